@@ -1,0 +1,133 @@
+"""One error hierarchy for the whole SDK.
+
+::
+
+    HandlerSDKError
+    ├── UserError                      the model author's or the client's doing
+    │   ├── ConfigError                bad target, bad option, bad env var (fails start-up)
+    │   ├── SetupError                 the setup hook raised (the process exits non-zero)
+    │   ├── JobFailure                 ends one job FAILED (reported, never raised past the runner)
+    │   │   ├── InvalidInput           the input model rejected the job's input
+    │   │   ├── OutputNotSerializable  an output orjson cannot encode
+    │   │   ├── OutputTooLarge         over the 1 MiB stream limit or the result cap
+    │   │   └── HandlerError           the handler returned or yielded {"error": ...}
+    │   └── HTTPError                  a client request answered with a 4xx JSON body
+    │       ├── BadRequest (400) · Unauthorized (401) · NotFound (404) · Conflict (409)
+    │       └── PayloadTooLarge (413) · TooManyRequests (429)
+    └── InfrastructureError            outside the user's control
+        ├── TransportError             a worker could not reach the endpoint
+        │   └── StaleResult            the endpoint refused a result (409): cancelled, re-leased or ended
+        └── StoreError                 the job store failed
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "Conflict",
+    "HTTPError",
+    "HandlerError",
+    "HandlerSDKError",
+    "InfrastructureError",
+    "InvalidInput",
+    "JobFailure",
+    "NotFound",
+    "OutputNotSerializable",
+    "OutputTooLarge",
+    "PayloadTooLarge",
+    "SetupError",
+    "StaleResult",
+    "StoreError",
+    "TooManyRequests",
+    "TransportError",
+    "Unauthorized",
+    "UserError",
+]
+
+
+class HandlerSDKError(Exception):
+    """Base of every error raised by handler_sdk."""
+
+
+class UserError(HandlerSDKError):
+    pass
+
+
+class ConfigError(UserError):
+    pass
+
+
+class SetupError(UserError):
+    pass
+
+
+class JobFailure(UserError):
+    """Ends one job FAILED with this message; the runner turns it into the job's error."""
+
+
+class InvalidInput(JobFailure):
+    pass
+
+
+class OutputNotSerializable(JobFailure):
+    pass
+
+
+class OutputTooLarge(JobFailure):
+    pass
+
+
+class HandlerError(JobFailure):
+    """The handler reported an error by value (runpod convention) rather than by raising."""
+
+
+class HTTPError(UserError):
+    status: ClassVar[int] = 400
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(HTTPError):
+    status = 400
+
+
+class Unauthorized(HTTPError):
+    status = 401
+
+
+class NotFound(HTTPError):
+    status = 404
+
+
+class Conflict(HTTPError):
+    status = 409
+
+
+class PayloadTooLarge(HTTPError):
+    status = 413
+
+
+class TooManyRequests(HTTPError):
+    status = 429
+
+
+class InfrastructureError(HandlerSDKError):
+    pass
+
+
+class TransportError(InfrastructureError):
+    pass
+
+
+class StaleResult(TransportError):
+    """The endpoint answered 409: the job was cancelled, re-leased or has ended. Retrying cannot help."""
+
+
+class StoreError(InfrastructureError):
+    pass

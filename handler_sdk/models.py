@@ -1,0 +1,192 @@
+"""Every wire format in one place: the client API, the worker protocol and the stream items.
+
+Incoming bodies are validated with these models. Outgoing replies are built as plain dicts on the hot path and
+declared here as models; the tests validate every reply the server sends against them.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "MAX_STREAM_BYTES",
+    "CancelReply",
+    "DoneBody",
+    "ErrorDetails",
+    "HealthJobs",
+    "HealthReply",
+    "HealthWorkers",
+    "JobReply",
+    "JobStatus",
+    "Policy",
+    "PurgeReply",
+    "RequestsEntry",
+    "RequestsReply",
+    "RunReply",
+    "RunRequest",
+    "StreamBody",
+    "StreamItem",
+    "StreamReply",
+    "TakenJob",
+]
+
+MAX_STREAM_BYTES = 1 << 20
+"""The platform's 1 MB stream limit, read as 1 MiB of serialized JSON."""
+
+
+class JobStatus(enum.StrEnum):
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT})
+
+
+class _Lenient(BaseModel):
+    # Clients send extra fields (runpod's SDK adds its own); ignoring them is what the platform does.
+    model_config = ConfigDict(extra="ignore")
+
+
+class Policy(_Lenient):
+    execution_timeout: int | None = Field(default=None, alias="executionTimeout", ge=1)
+    ttl: int | None = Field(default=None, ge=1)
+    low_priority: bool = Field(default=False, alias="lowPriority")
+
+
+class RunRequest(_Lenient):
+    """Body of /run and /runsync."""
+
+    input: dict[str, Any]
+    webhook: str | None = None
+    policy: Policy = Field(default_factory=Policy)
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_webhook(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("webhook must be an http(s) URL")
+        return v
+
+
+class ErrorDetails(_Lenient):
+    error_type: str
+    error_message: str
+    error_traceback: str | None = None
+    worker_id: str | None = None
+    hostname: str | None = None
+
+
+class JobReply(_Lenient):
+    """/status, /status-sync and a finished /runsync."""
+
+    id: str
+    status: JobStatus
+    delayTime: int | None = None
+    executionTime: int | None = None
+    output: Any = None
+    error: str | None = None
+    errorDetails: ErrorDetails | None = None
+    retries: int | None = None
+    workerId: str | None = None
+
+
+class RunReply(_Lenient):
+    id: str
+    status: JobStatus
+
+
+class CancelReply(RunReply):
+    pass
+
+
+class StreamItem(_Lenient):
+    output: Any
+    metrics: dict[str, Any]
+
+
+class StreamReply(_Lenient):
+    id: str
+    status: JobStatus
+    stream: list[StreamItem]
+
+
+class PurgeReply(_Lenient):
+    removed: int
+    status: Literal["completed"]
+
+
+class HealthJobs(_Lenient):
+    completed: int
+    failed: int
+    inProgress: int
+    inQueue: int
+    retried: int
+
+
+class HealthWorkers(_Lenient):
+    idle: int
+    running: int
+    initializing: int = 0
+
+
+class HealthReply(_Lenient):
+    jobs: HealthJobs
+    workers: HealthWorkers
+
+
+class RequestsEntry(_Lenient):
+    id: str
+    status: JobStatus
+    createdAt: int
+    delayTime: int | None = None
+    executionTime: int | None = None
+
+
+class RequestsReply(_Lenient):
+    requests: list[RequestsEntry]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- worker protocol -----------------------------------------------------------------------------------------
+
+
+class TakenJob(_Lenient):
+    """One job as job-take hands it to a worker (runpod shape, plus our optional policy)."""
+
+    id: str
+    input: Any
+    policy: Policy | None = None
+
+
+class DoneBody(_Lenient):
+    """Body of job-done. ``status`` is our extension for TIMED_OUT and CANCELLED outcomes."""
+
+    output: Any = None
+    error: Any = None
+    status: JobStatus | None = None
+    stopPod: bool | None = None
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamBody(_Lenient):
+    """Body of job-stream: one ``output`` (runpod), or several ``outputs`` (our batch extension).
+
+    ``metrics`` travels beside the output(s): a dict for one item, a list of dicts (or nulls) for several.
+    """
+
+    output: Any = None
+    outputs: list[Any] | None = None
+    metrics: dict[str, Any] | list[dict[str, Any] | None] | None = None

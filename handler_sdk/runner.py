@@ -1,0 +1,206 @@
+"""Runs ONE job: input validation, the four handler kinds, timeout, streaming, and the outcome it ends with.
+
+The runner never talks to a transport. Stream items go to an ``emit`` coroutine (the worker's stream sender,
+which applies back-pressure), and the outcome is returned for the worker to report. Cancellation is the caller's:
+cancelling the task that awaits ``run_job`` cancels an async handler, and abandons a sync one (its ``Job`` is
+marked cancelled so it can stop early; its late result is discarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import chunker, codec
+from .errors import HandlerError, InvalidInput, JobFailure, OutputTooLarge
+from .handler import Handler, HandlerKind
+from .job import Job
+from .models import JobStatus
+from .outputs import Chunk, Final
+from .threads import ElasticPool
+
+__all__ = ["DEFAULT_RESULT_CAP", "Emit", "Outcome", "error_details", "run_job"]
+
+DEFAULT_RESULT_CAP = 20 * 1024 * 1024
+
+Emit = Callable[[chunker.EncodedItem], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a job ended, ready to report. ``output`` is serialized JSON, or None for no output."""
+
+    status: JobStatus
+    output: bytes | None = None
+    error: str | None = None
+    error_details: dict[str, Any] | None = None
+    refresh_worker: bool = False
+
+
+def error_details(exc: BaseException, *, message: str | None = None, tb: bool = True) -> dict[str, Any]:
+    return {
+        "error_type": type(exc).__name__,
+        "error_message": str(exc) if message is None else message,
+        "error_traceback": "".join(traceback.format_exception(exc)) if tb else None,
+    }
+
+
+def _failed(exc: BaseException, status: JobStatus = JobStatus.FAILED, *, tb: bool = True) -> Outcome:
+    details = error_details(exc, tb=tb)
+    return Outcome(status, error=f"{details['error_type']}: {details['error_message']}", error_details=details)
+
+
+def _validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "input"
+        parts.append(f"{loc}: {err['msg']}")
+    return "invalid input: " + "; ".join(parts)
+
+
+def _prepare(h: Handler, job: Job) -> Any:
+    """Validate the input; returns what the function is called with."""
+    if h.input_model is None:
+        return job
+    try:
+        model: BaseModel = h.input_model.model_validate(job.input)
+    except ValidationError as e:
+        raise InvalidInput(_validation_message(e)) from e
+    if h.takes_model:
+        return model
+    job.input = model
+    return job
+
+
+def _encode_result(value: Any, cap: int) -> bytes:
+    data = codec.dumps(value)
+    if len(data) > cap:
+        raise OutputTooLarge(f"output is {len(data)} bytes serialized, over the {cap}-byte result cap")
+    return data
+
+
+def _error_value(value: Any) -> str:
+    return value if isinstance(value, str) else codec.dumps_str(value)
+
+
+class _Finished(Exception):
+    """Internal: a generator yielded Final."""
+
+    def __init__(self, output: Any) -> None:
+        self.output = output
+
+
+async def _stream(h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate: list[bytes] | None) -> Any:
+    """Drive a generator; returns the output it set with Final (or a sync generator's return value)."""
+
+    async def publish(value: Any) -> None:
+        if isinstance(value, dict) and "error" in value:
+            raise HandlerError(_error_value(value["error"]))
+        if isinstance(value, Final):
+            raise _Finished(value.output)
+        metrics = None
+        if isinstance(value, Chunk):
+            value, metrics = value.output, value.metrics
+        for piece in chunker.split(value):
+            await emit(chunker.encode_item(piece, metrics))
+            if aggregate is not None:
+                aggregate.append(piece)
+
+    try:
+        if h.kind is HandlerKind.ASYNC_GEN:
+            agen = h.fn(arg)
+            try:
+                async for value in agen:
+                    await publish(value)
+            finally:
+                await agen.aclose()
+            return None
+        gen = h.fn(arg)
+        try:
+            while True:
+                value = await pool.run(_step, gen)
+                await publish(value)
+        except _Returned as r:
+            return r.value
+        finally:
+            # Not running in its thread any more (it yielded, returned or raised), so closing cannot race it.
+            if not job_cancelled(arg):
+                gen.close()
+    except _Finished as f:
+        return f.output
+
+
+class _Returned(Exception):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _step(gen: Any) -> Any:
+    try:
+        return next(gen)
+    except StopIteration as e:
+        raise _Returned(e.value) from None
+
+
+def job_cancelled(arg: Any) -> bool:
+    return isinstance(arg, Job) and arg.cancelled
+
+
+async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -> Outcome:
+    arg = _prepare(h, job)
+    if h.kind.streams:
+        aggregate: list[bytes] | None = [] if h.aggregate_stream else None
+        final = await _stream(h, arg, pool, emit, aggregate)
+        if final is not None:
+            return Outcome(JobStatus.COMPLETED, output=_encode_result(final, cap))
+        if aggregate is None:
+            return Outcome(JobStatus.COMPLETED)
+        body = b"[" + b",".join(aggregate) + b"]"
+        if len(body) > cap:
+            raise OutputTooLarge(f"aggregated output is {len(body)} bytes, over the {cap}-byte result cap")
+        return Outcome(JobStatus.COMPLETED, output=body)
+    value = await (pool.run(h.fn, arg) if h.kind is HandlerKind.SYNC else h.fn(arg))
+    refresh = False
+    if isinstance(value, dict):
+        if "error" in value and value["error"] is not None:
+            raise HandlerError(_error_value(value["error"]))
+        if "refresh_worker" in value:
+            value = dict(value)
+            refresh = bool(value.pop("refresh_worker"))
+            value.pop("error", None)
+    out = Outcome(JobStatus.COMPLETED, output=None if value is None else _encode_result(value, cap))
+    out.refresh_worker = refresh
+    return out
+
+
+async def run_job(
+    h: Handler,
+    job: Job,
+    *,
+    emit: Emit,
+    pool: ElasticPool,
+    timeout: float | None = None,
+    result_cap: int = DEFAULT_RESULT_CAP,
+) -> Outcome:
+    """Run one job to its outcome. ``timeout`` (seconds) is the tighter of the handler's and the job's."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _call(h, job, pool, emit, result_cap)
+    except TimeoutError as e:
+        job._mark_cancelled()
+        err = TimeoutError(f"job exceeded its {timeout:g} s execution timeout")
+        err.__cause__ = e
+        return _failed(err, JobStatus.TIMED_OUT, tb=False)
+    except asyncio.CancelledError:
+        job._mark_cancelled()
+        raise
+    except JobFailure as e:
+        # Our own verdicts (bad input, too large, error by value) need no traceback of SDK internals.
+        return _failed(e, tb=e.__cause__ is not None and not isinstance(e, InvalidInput))
+    except Exception as e:
+        return _failed(e)

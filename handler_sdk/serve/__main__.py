@@ -1,0 +1,102 @@
+"""``python -m handler_sdk.serve [TARGET] [options]``: the whole endpoint API on localhost."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .. import codec
+from ..errors import BadRequest, ConfigError
+from ..loader import load_handler
+from ..logs import configure_logging
+from .broker import BrokerConfig
+from .oneshot import run_once
+from .server import ServeConfig, Server
+
+log = logging.getLogger("handler_sdk.serve")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m handler_sdk.serve", description=__doc__)
+    p.add_argument("target", nargs="?", help="path/to/file.py, package.module, or either with :function")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--endpoint-id", default="local")
+    p.add_argument("--api-key", default=os.environ.get("HANDLER_SDK_API_KEY"),
+                   help="require Authorization: Bearer KEY (env HANDLER_SDK_API_KEY)")  # fmt: skip
+    p.add_argument("--data-dir", type=Path, default=Path(".handler_sdk"), help="where the SQLite job journal lives")
+    p.add_argument("--no-rate-limits", action="store_true", help="turn off the SEED.md rate limits")
+    p.add_argument("--workers", type=int, default=0, help="run N worker subprocesses over HTTP instead of in-process")
+    p.add_argument("--run-retention-ms", type=int, default=30 * 60 * 1000)
+    p.add_argument("--sync-retention-ms", type=int, default=60 * 1000)
+    p.add_argument("--lease-ms", type=int, default=30_000, help="a remote worker silent this long is gone")
+    p.add_argument("--max-attempts", type=int, default=3, help="tries before a job lost with its worker fails")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds running jobs get on shutdown")
+    p.add_argument("--test-input", nargs="?", const="", metavar="JSON",
+                   help='run one job (e.g. \'{"input": {...}}\'; no value: test_input.json beside TARGET), '
+                   "print its final JSON and exit 0 if it completed, else 1")  # fmt: skip
+    p.add_argument("--log-level", default=None)
+    return p.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    h = load_handler(args.target) if args.target else None
+    cfg = ServeConfig(
+        host=args.host, port=args.port, endpoint_id=args.endpoint_id, api_key=args.api_key or None,
+        data_dir=args.data_dir, rate_limits=not args.no_rate_limits, workers=args.workers, target=args.target,
+        broker=BrokerConfig(run_retention_ms=args.run_retention_ms, sync_retention_ms=args.sync_retention_ms,
+                            lease_ms=args.lease_ms, max_attempts=args.max_attempts),
+    )  # fmt: skip
+    cfg.worker.drain_timeout_s = args.drain_timeout
+    if args.workers and h is None:
+        raise ConfigError("--workers needs a TARGET for the workers to load")
+    server = Server(cfg, None if args.workers else h)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stopped.set)
+    await server.start()
+    print(f"handler_sdk endpoint ready: {server.url}", flush=True)
+    try:
+        await server.stopped.wait()
+    finally:
+        log.info("shutting down")
+        await server.close()
+    return server.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        if args.test_input is not None:
+            if not args.target:
+                raise ConfigError("--test-input needs a TARGET")
+            raw = args.test_input or _test_input_file(args.target).read_text()
+            return asyncio.run(run_once(load_handler(args.target), codec.loads_request(raw.encode())))
+        return asyncio.run(_serve(args))
+    except (ConfigError, BadRequest) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _test_input_file(target: str) -> Path:
+    """``test_input.json`` beside a handler file (or in the current folder), as runpod's local test reads it."""
+    module = target.partition(":")[0]
+    here = Path(module).parent if module.endswith(".py") else Path(".")
+    path = here / "test_input.json"
+    if not path.is_file():
+        raise ConfigError(f"--test-input without a value reads {path}, which does not exist")
+    return path
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,492 @@
+"""The endpoint's side of every job: the queue, leases, the lifecycle, waiting, retention.
+
+The broker owns the truth about a job (DESIGN section 1); workers own only their lease. It never does I/O of its
+own except through the store (journaling) and the ``on_terminal`` hooks (webhooks). Both the client routes and the
+worker routes, and the in-process worker, call into one broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import lifecycle
+from ..errors import Conflict, NotFound
+from ..models import JobStatus, RunRequest
+from .record import JobRecord
+from .store import JobStore
+
+__all__ = ["Broker", "BrokerConfig", "WorkerSeen", "now_ms"]
+
+S = JobStatus
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    run_retention_ms: int = 30 * 60 * 1000
+    sync_retention_ms: int = 60 * 1000
+    lease_ms: int = 30_000
+    # A job whose worker vanished is handed out again until it has been tried this many times.
+    max_attempts: int = 3
+    # Server-side backstop for executionTimeout, on top of the worker's own enforcement.
+    execution_grace_ms: int = 5_000
+    tick_s: float = 0.05
+
+
+@dataclass(slots=True, eq=False)
+class WorkerSeen:
+    id: str
+    last_seen: int
+    local: bool = False
+    initializing: bool = False
+    jobs: set[str] = field(default_factory=set)
+    stops: set[str] = field(default_factory=set)
+    stop_waiter: asyncio.Future[None] | None = None
+
+
+class Broker:
+    def __init__(
+        self,
+        store: JobStore | None = None,
+        config: BrokerConfig | None = None,
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store
+        self.cfg = config or BrokerConfig()
+        self.clock = clock
+        self.jobs: dict[str, JobRecord] = {}
+        self.counts: dict[JobStatus, int] = dict.fromkeys(JobStatus, 0)
+        self.retried = 0
+        self.workers: dict[str, WorkerSeen] = {}
+        self.on_terminal: list[Callable[[JobRecord], None]] = []
+        self._queue: deque[str] = deque()
+        self._low: deque[str] = deque()
+        self._takers: deque[asyncio.Future[None]] = deque()
+        self._deadlines: list[tuple[int, int, str, str, int]] = []
+        self._seq = itertools.count()
+        self._last_reap = 0
+
+    # --- start-up ------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load the journal: queued jobs queue again, running ones were orphaned by the restart and requeue."""
+        if self.store is None:
+            return
+        records, meta = await self.store.open()
+        self.retried = int(meta.get("retried", 0))
+        records.sort(key=lambda r: r.created)
+        for r in records:
+            self.jobs[r.id] = r
+            self.counts[r.status] += 1
+            if r.status is S.IN_PROGRESS:
+                self._requeue(r, front=False)
+            elif r.status is S.IN_QUEUE:
+                (self._low if r.low_priority else self._queue).append(r.id)
+            if r.ttl is not None and not r.status.terminal:
+                self._at(r.created + r.ttl, "ttl", r)
+            if r.expires is not None:
+                self._at(r.expires, "expire", r)
+
+    # --- internals -----------------------------------------------------------------------------------------
+
+    def _set(self, r: JobRecord, new: JobStatus) -> None:
+        lifecycle.check(r.status, new)
+        self.counts[r.status] -= 1
+        self.counts[new] += 1
+        r.status = new
+
+    def _journal(self, r: JobRecord) -> None:
+        if self.store is not None and not r.sync:
+            self.store.update(r)
+
+    def _at(self, when: int, kind: str, r: JobRecord) -> None:
+        heapq.heappush(self._deadlines, (when, next(self._seq), kind, r.id, r.started or 0))
+
+    def _wake_taker(self) -> None:
+        while self._takers:
+            f = self._takers.popleft()
+            if not f.done():
+                f.set_result(None)
+                return
+
+    def _requeue(self, r: JobRecord, *, front: bool = True) -> None:
+        """Lost lease: back to the queue, or FAILED once it has been tried max_attempts times."""
+        r.retries += 1
+        self.retried += 1
+        if self.store is not None:
+            self.store.set_meta("retried", self.retried)
+        if r.retries >= self.cfg.max_attempts:
+            self._finish(r, S.FAILED, error_type="WorkerLost",
+                         message=f"job was lost with its worker {r.retries} times (max_attempts={self.cfg.max_attempts})")  # fmt: skip
+            return
+        self._set(r, S.IN_QUEUE)
+        r.worker_id, r.started, r.output = None, None, None
+        (self._queue.appendleft if front else self._queue.append)(r.id)
+        self._journal(r)
+        self._wake_taker()
+
+    def _finish(
+        self,
+        r: JobRecord,
+        status: JobStatus,
+        *,
+        output: bytes | None = None,
+        error: str | None = None,
+        details: dict[str, Any] | None = None,
+        error_type: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        if error_type is not None:
+            details = {"error_type": error_type, "error_message": message, "error_traceback": None}
+            error = f"{error_type}: {message}"
+        self._set(r, status)
+        r.ended = self.clock()
+        r.output, r.error, r.error_details = output, error, details
+        if r.worker_id is not None and (w := self.workers.get(r.worker_id)) is not None:
+            w.jobs.discard(r.id)
+        self._journal(r)
+        self._at(r.expires or r.ended, "expire", r)
+        r.notify()
+        for hook in self.on_terminal:
+            hook(r)
+
+    def _stop_remote(self, r: JobRecord) -> None:
+        if r.worker_id is not None and (w := self.workers.get(r.worker_id)) is not None:
+            w.stops.add(r.id)
+            if w.stop_waiter is not None and not w.stop_waiter.done():
+                w.stop_waiter.set_result(None)
+
+    def _get(self, job_id: str) -> JobRecord:
+        r = self.jobs.get(job_id)
+        if r is None:
+            raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
+        return r
+
+    def _leased(self, worker_id: str, job_id: str) -> JobRecord:
+        r = self._get(job_id)
+        if r.status is not S.IN_PROGRESS or r.worker_id != worker_id:
+            raise Conflict(f"job {job_id} is {r.status} and not leased to worker {worker_id}; result ignored")
+        return r
+
+    # --- client side ---------------------------------------------------------------------------------------
+
+    def submit(self, req: RunRequest, *, sync: bool = False) -> JobRecord:
+        now = self.clock()
+        job_id = f"sync-{uuid.uuid4()}" if sync else str(uuid.uuid4())
+        p = req.policy
+        r = JobRecord(
+            job_id, req.input, now, sync=sync, webhook=req.webhook, execution_timeout=p.execution_timeout,
+            ttl=p.ttl, low_priority=p.low_priority,
+            retention=self.cfg.sync_retention_ms if sync else self.cfg.run_retention_ms,
+        )  # fmt: skip
+        self.jobs[job_id] = r
+        self.counts[S.IN_QUEUE] += 1
+        (self._low if p.low_priority else self._queue).append(job_id)
+        if p.ttl is not None:
+            self._at(now + p.ttl, "ttl", r)
+        if self.store is not None and not sync:
+            self.store.insert(r)
+        self._wake_taker()
+        return r
+
+    async def durable(self) -> None:
+        """Wait until every change so far is journaled."""
+        if self.store is not None:
+            await self.store.flush()
+
+    def status(self, job_id: str, ttl: int | None = None) -> JobRecord:
+        r = self._get(job_id)
+        if ttl is not None and ttl < r.retention:
+            r.retention = ttl
+            self._journal(r)
+            if r.expires is not None:
+                self._at(r.expires, "expire", r)
+        return r
+
+    async def wait_terminal(self, r: JobRecord, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not r.status.terminal:
+                    await r.watch().wait()
+        except TimeoutError:
+            pass
+
+    async def wait_change(self, r: JobRecord, timeout: float) -> None:
+        """Wait up to ``timeout`` s for anything to happen to the job (a stream item, progress, its end)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await r.watch().wait()
+        except TimeoutError:
+            pass
+
+    def read_stream(self, job_id: str, start: int | None = None) -> tuple[JobRecord, list[bytes]]:
+        r = self._get(job_id)
+        if start is not None:
+            return r, r.stream[max(start, 0) :]
+        items = r.stream[r.cursor :]
+        if items:
+            r.cursor = len(r.stream)
+            self._journal(r)
+        return r, items
+
+    def cancel(self, job_id: str) -> JobRecord:
+        r = self._get(job_id)
+        if r.status.terminal:
+            return r
+        if r.status is S.IN_PROGRESS:
+            self._stop_remote(r)
+        self._finish(r, S.CANCELLED)
+        return r
+
+    def retry(self, job_id: str) -> JobRecord:
+        r = self._get(job_id)
+        if r.status not in (S.FAILED, S.TIMED_OUT):
+            raise Conflict(f"job {job_id} is {r.status}; only FAILED or TIMED_OUT jobs can be retried")
+        self._set(r, S.IN_QUEUE)
+        r.retries += 1
+        r.started = r.ended = r.output = r.error = r.error_details = r.worker_id = None
+        r.stream, r.cursor = [], 0
+        if self.store is not None and not r.sync:
+            self.store.reset_stream(r.id)
+        self._journal(r)
+        (self._low if r.low_priority else self._queue).append(r.id)
+        self._wake_taker()
+        return r
+
+    def purge(self) -> int:
+        ids = [i for i in itertools.chain(self._queue, self._low) if self.jobs[i].status is S.IN_QUEUE]
+        for i in ids:
+            r = self.jobs.pop(i)
+            self.counts[S.IN_QUEUE] -= 1
+            r.notify()
+        self._queue.clear()
+        self._low.clear()
+        if self.store is not None:
+            self.store.delete(ids)
+        return len(ids)
+
+    def health(self) -> dict[str, Any]:
+        self.reap()
+        c = self.counts
+        idle = running = init = 0
+        for w in self.workers.values():
+            if w.initializing:
+                init += 1
+            elif w.jobs:
+                running += 1
+            else:
+                idle += 1
+        return {
+            "jobs": {
+                "completed": c[S.COMPLETED],
+                "failed": c[S.FAILED] + c[S.TIMED_OUT],
+                "inProgress": c[S.IN_PROGRESS],
+                "inQueue": c[S.IN_QUEUE],
+                "retried": self.retried,
+            },
+            "workers": {"idle": idle, "running": running, "initializing": init},
+        }
+
+    def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
+        rows = [r for r in reversed(self.jobs.values()) if status is None or r.status is status]
+        return {
+            "requests": [r.summary() for r in rows[offset : offset + limit]],
+            "total": len(rows),
+            "limit": limit,
+            "offset": offset,
+        }
+
+    # --- worker side ---------------------------------------------------------------------------------------
+
+    def seen(self, worker_id: str, *, local: bool = False, initializing: bool | None = None) -> WorkerSeen:
+        w = self.workers.get(worker_id)
+        if w is None:
+            w = self.workers[worker_id] = WorkerSeen(worker_id, self.clock(), local=local)
+        else:
+            w.last_seen = self.clock()
+        if initializing is not None:
+            w.initializing = initializing
+        return w
+
+    def _pop(self) -> JobRecord | None:
+        for q in (self._queue, self._low):
+            while q:
+                r = self.jobs.get(q.popleft())
+                if r is not None and r.status is S.IN_QUEUE:
+                    return r
+        return None
+
+    async def take(self, worker_id: str, n: int, wait: float = 0.0, *, local: bool = False) -> list[JobRecord]:
+        """Lease up to ``n`` queued jobs to the worker, holding an empty take open up to ``wait`` seconds."""
+        w = self.seen(worker_id, local=local, initializing=False)
+        taken: list[JobRecord] = []
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            while len(taken) < n and (r := self._pop()) is not None:
+                self._set(r, S.IN_PROGRESS)
+                r.started, r.worker_id = self.clock(), worker_id
+                w.jobs.add(r.id)
+                self._journal(r)
+                if r.execution_timeout is not None:
+                    self._at(r.started + r.execution_timeout + self.cfg.execution_grace_ms, "exec", r)
+                taken.append(r)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if taken or remaining <= 0:
+                if taken and (self._queue or self._low):
+                    self._wake_taker()  # more work than this worker took: let the next taker at it
+                return taken
+            f = asyncio.get_running_loop().create_future()
+            self._takers.append(f)
+            try:
+                async with asyncio.timeout(remaining):
+                    await f
+            except TimeoutError:
+                pass  # one last look below: a wake-up may have raced the timeout
+            finally:
+                f.cancel()
+
+    def stream(self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]) -> int:
+        """Append stream items in order; outputs and metrics (JSON objects, or None) come serialized. Returns the
+        job's item count."""
+        self.seen(worker_id)
+        r = self._leased(worker_id, job_id)
+        for out, m in zip(outputs, metrics, strict=True):
+            idx = len(r.stream)
+            # Splice our two fields into the serialized metrics rather than decode and re-encode them.
+            tail = b'"stream_index":%d,"scenario":"stream"}}' % idx
+            if m is None or m == b"{}":
+                item = b'{"output":' + out + b',"metrics":{' + tail
+            else:
+                item = b'{"output":' + out + b',"metrics":' + m[:-1] + b"," + tail
+            r.stream.append(item)
+            if self.store is not None and not r.sync:
+                self.store.add_stream(r.id, idx, item)
+        r.notify()
+        return len(r.stream)
+
+    def progress(self, worker_id: str, job_id: str, output: bytes) -> None:
+        self.seen(worker_id)
+        r = self._leased(worker_id, job_id)
+        r.output = output
+        self._journal(r)
+        r.notify()
+
+    def done(
+        self,
+        worker_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        output: bytes | None = None,
+        error: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> JobRecord:
+        """Record a worker's result; 409 (Conflict) unless the job is in progress under this worker's lease."""
+        self.seen(worker_id)
+        r = self._leased(worker_id, job_id)
+        self._finish(r, status, output=output, error=error, details=details)
+        return r
+
+    def hand_back(self, worker_id: str, job_ids: Sequence[str]) -> int:
+        """A draining worker returns jobs it will not finish: they queue again at the front, not as results."""
+        self.seen(worker_id)
+        n = 0
+        for job_id in job_ids:
+            r = self.jobs.get(job_id)
+            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
+                self.workers[worker_id].jobs.discard(job_id)
+                self._set(r, S.IN_QUEUE)
+                r.worker_id, r.started, r.output = None, None, None
+                self._queue.appendleft(r.id)
+                self._journal(r)
+                self._wake_taker()
+                n += 1
+        return n
+
+    def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
+        self.seen(worker_id, initializing=initializing)
+
+    async def stops(self, worker_id: str, wait: float = 0.0, *, local: bool = False) -> list[str]:
+        """Jobs this worker must stop (cancelled or timed out here), holding an empty reply up to ``wait`` s."""
+        w = self.seen(worker_id, local=local)
+        if not w.stops and wait > 0:
+            w.stop_waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(wait):
+                    await w.stop_waiter
+            except TimeoutError:
+                pass
+            finally:
+                w.stop_waiter = None
+        ids = list(w.stops)
+        w.stops.clear()
+        return ids
+
+    def leave(self, worker_id: str) -> None:
+        """A worker that is gone: its jobs are lost leases."""
+        w = self.workers.pop(worker_id, None)
+        if w is None:
+            return
+        for job_id in list(w.jobs):
+            r = self.jobs.get(job_id)
+            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
+                self._requeue(r)
+        if w.stop_waiter is not None and not w.stop_waiter.done():
+            w.stop_waiter.set_result(None)
+
+    # --- time ----------------------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Remote workers silent for longer than their lease are gone."""
+        now = self.clock()
+        for w in list(self.workers.values()):
+            if not w.local and now - w.last_seen > self.cfg.lease_ms:
+                self.leave(w.id)
+
+    def expire_due(self) -> None:
+        """Apply every deadline that has passed: ttl, the execution backstop, and retention."""
+        now = self.clock()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, kind, job_id, started = heapq.heappop(self._deadlines)
+            r = self.jobs.get(job_id)
+            if r is None:
+                continue
+            if kind == "expire":
+                if r.expires is not None and r.expires <= now:
+                    del self.jobs[job_id]
+                    self.counts[r.status] -= 1
+                    if self.store is not None and not r.sync:
+                        self.store.delete([job_id])
+            elif r.status.terminal:
+                continue
+            elif kind == "ttl":
+                self._time_out(r, f"job exceeded its ttl of {r.ttl} ms")
+            elif kind == "exec" and r.status is S.IN_PROGRESS and r.started == started:
+                self._time_out(r, f"job exceeded its executionTimeout of {r.execution_timeout} ms")
+
+    def _time_out(self, r: JobRecord, message: str) -> None:
+        if r.status is S.IN_PROGRESS:
+            self._stop_remote(r)
+        self._finish(r, S.TIMED_OUT, error_type="TimeoutError", message=message)
+
+    async def run_clock(self) -> None:
+        """The background ticker; run it in the server's task group."""
+        while True:
+            await asyncio.sleep(self.cfg.tick_s)
+            self.expire_due()
+            now = self.clock()
+            if now - self._last_reap >= self.cfg.lease_ms // 4:
+                self._last_reap = now
+                self.reap()

@@ -1,0 +1,130 @@
+"""The client routes of DESIGN section 2: run, runsync, status, status-sync, stream, cancel, retry, purge-queue,
+health and requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .. import codec
+from ..errors import BadRequest
+from ..models import JobStatus, RunRequest
+from .broker import Broker
+from .web import json_reply, query_int, raw_json_reply, read_json
+
+__all__ = ["ClientLimits", "add_client_routes"]
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    run_body: int = 10 * MiB
+    runsync_body: int = 20 * MiB
+    default_wait_ms: int = 90_000
+    min_wait_ms: int = 1_000
+    max_wait_ms: int = 300_000
+    # An empty /stream reply on a running job waits this long for an item, so polling clients don't spin.
+    stream_hold_ms: int = 1_000
+
+
+def _run_request(body: Any) -> RunRequest:
+    if not isinstance(body, dict):
+        raise BadRequest('request body must be a JSON object like {"input": {...}}')
+    if "input" not in body:
+        raise BadRequest('missing "input": the body must be {"input": {...}}')
+    if not isinstance(body["input"], dict):
+        raise BadRequest('"input" must be a JSON object')
+    try:
+        return RunRequest.model_validate(body)
+    except ValidationError as e:
+        fields = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise BadRequest(f"invalid request: {fields}") from None
+
+
+def add_client_routes(app: web.Application, broker: Broker, lim: ClientLimits | None = None) -> None:
+    lim = lim or ClientLimits()
+
+    def wait_s(request: web.Request) -> float:
+        ms = query_int(request, "wait", lim.default_wait_ms, lim.min_wait_ms, lim.max_wait_ms)
+        assert ms is not None
+        return ms / 1000
+
+    async def run(request: web.Request) -> web.Response:
+        req = _run_request(await read_json(request, lim.run_body))
+        r = broker.submit(req)
+        await broker.durable()  # journaled before we answer
+        return json_reply({"id": r.id, "status": r.status.value})
+
+    async def runsync(request: web.Request) -> web.Response:
+        req = _run_request(await read_json(request, lim.runsync_body))
+        r = broker.submit(req, sync=True)
+        await broker.wait_terminal(r, wait_s(request))
+        if r.status.terminal:
+            return json_reply(r.reply())
+        return json_reply({"id": r.id, "status": r.status.value})
+
+    def ttl_of(request: web.Request) -> int | None:
+        return query_int(request, "ttl", None, 0, 2**62)
+
+    async def status(request: web.Request) -> web.Response:
+        return json_reply(broker.status(request.match_info["job_id"], ttl_of(request)).reply())
+
+    async def status_sync(request: web.Request) -> web.Response:
+        r = broker.status(request.match_info["job_id"], ttl_of(request))
+        await broker.wait_terminal(r, wait_s(request))
+        return json_reply(r.reply())
+
+    async def stream(request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        start = query_int(request, "from", None, 0, 2**62)
+        r, items = broker.read_stream(job_id, start)
+        if not items and not r.status.terminal and lim.stream_hold_ms > 0:
+            await broker.wait_change(r, lim.stream_hold_ms / 1000)
+            r, items = broker.read_stream(job_id, start)
+        head = b'{"id":' + codec.dumps(r.id) + b',"status":"' + r.status.value.encode() + b'","stream":['
+        return raw_json_reply(head + b",".join(items) + b"]}")
+
+    async def cancel(request: web.Request) -> web.Response:
+        r = broker.cancel(request.match_info["job_id"])
+        return json_reply({"id": r.id, "status": r.status.value})
+
+    async def retry(request: web.Request) -> web.Response:
+        r = broker.retry(request.match_info["job_id"])
+        await broker.durable()
+        return json_reply({"id": r.id, "status": r.status.value})
+
+    async def purge(request: web.Request) -> web.Response:
+        removed = broker.purge()
+        await broker.durable()
+        return json_reply({"removed": removed, "status": "completed"})
+
+    async def health(request: web.Request) -> web.Response:
+        return json_reply(broker.health())
+
+    async def requests(request: web.Request) -> web.Response:
+        limit = query_int(request, "limit", 50, 1, 500)
+        offset = query_int(request, "offset", 0, 0, 2**62)
+        raw = request.query.get("status")
+        try:
+            st = JobStatus(raw) if raw else None
+        except ValueError:
+            raise BadRequest(f"unknown status {raw!r}; one of {', '.join(s.value for s in JobStatus)}") from None
+        assert limit is not None and offset is not None
+        return json_reply(broker.requests(limit, offset, st))
+
+    p = "/v2/{endpoint_id}"
+    app.router.add_post(f"{p}/run", run)
+    app.router.add_post(f"{p}/runsync", runsync)
+    for verb in ("GET", "POST"):
+        app.router.add_route(verb, f"{p}/status/{{job_id}}", status)
+        app.router.add_route(verb, f"{p}/status-sync/{{job_id}}", status_sync)
+        app.router.add_route(verb, f"{p}/stream/{{job_id}}", stream)
+        app.router.add_route(verb, f"{p}/health", health)
+    app.router.add_post(f"{p}/cancel/{{job_id}}", cancel)
+    app.router.add_post(f"{p}/retry/{{job_id}}", retry)
+    app.router.add_post(f"{p}/purge-queue", purge)
+    app.router.add_get(f"{p}/requests", requests)

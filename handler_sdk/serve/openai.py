@@ -1,0 +1,107 @@
+"""OpenAI-compatible routes: each request becomes a job ``{"openai_route": "/v1/...", "openai_input": body}``.
+
+The worker's handler (e.g. the built-in vLLM one) answers in one of two ways, and the route relays it:
+
+* a final output ``{"status_code": int, "body": json}``: sent as that status with that JSON body (this is how an
+  OpenAI error's status code travels through job-done);
+* for ``stream: true``, stream items that are SSE event strings (``"data: {...}\\n\\n"``), relayed to the client
+  as they land, in order, as ``text/event-stream``.
+
+A client that disconnects mid-stream cancels its job. A handler that is not OpenAI-aware simply has its output
+returned as the JSON body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from aiohttp import web
+
+from .. import codec
+from ..errors import BadRequest
+from ..models import JobStatus, Policy, RunRequest
+from .broker import Broker
+from .record import JobRecord
+from .web import read_json
+
+__all__ = ["add_openai_routes"]
+
+
+def _openai_error(message: str, status: int, kind: str = "invalid_request_error") -> web.Response:
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return web.Response(body=codec.dumps(body), status=status, content_type="application/json")
+
+
+def _final(r: JobRecord) -> web.Response:
+    if r.status is JobStatus.COMPLETED:
+        out = codec.loads(r.output) if r.output is not None else None
+        if isinstance(out, dict) and isinstance(out.get("status_code"), int) and "body" in out:
+            return web.Response(body=codec.dumps(out["body"]), status=out["status_code"],
+                                content_type="application/json")  # fmt: skip
+        return web.Response(body=r.output or b"null", content_type="application/json")
+    if r.status is JobStatus.TIMED_OUT:
+        return _openai_error(r.error or "request timed out", 504, "timeout")
+    if r.status is JobStatus.CANCELLED:
+        return _openai_error("request was cancelled", 499, "cancelled")
+    return _openai_error(r.error or "the handler failed", 500, "internal_error")
+
+
+def add_openai_routes(app: web.Application, broker: Broker, *, body_cap: int = 20 << 20, wait_s: float = 600.0) -> None:
+    async def relay(request: web.Request, route: str, body: Any) -> web.StreamResponse:
+        req = RunRequest(input={"openai_route": route, "openai_input": body}, policy=Policy())
+        r = broker.submit(req, sync=True)
+        streaming = isinstance(body, dict) and bool(body.get("stream"))
+        sent = 0
+        resp: web.StreamResponse | None = None
+        try:
+            async with asyncio.timeout(wait_s):
+                while True:
+                    items = r.stream[sent:]
+                    if streaming and items:
+                        if resp is None:
+                            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                               "Cache-Control": "no-cache"})  # fmt: skip
+                            await resp.prepare(request)
+                        for raw in items:
+                            out = codec.loads(raw)["output"]
+                            await resp.write(
+                                out.encode() if isinstance(out, str) else b"data: " + codec.dumps(out) + b"\n\n"
+                            )
+                        sent += len(items)
+                    if r.status.terminal and (not streaming or sent >= len(r.stream)):
+                        break
+                    await r.watch().wait()
+        except TimeoutError:
+            broker.cancel(r.id)
+            if resp is None:
+                return _openai_error("no reply from a worker in time", 504, "timeout")
+        except (asyncio.CancelledError, ConnectionResetError):
+            broker.cancel(r.id)  # the client went away: free the worker
+            raise
+        if resp is not None:
+            with contextlib.suppress(ConnectionResetError):
+                await resp.write_eof()
+            return resp
+        return _final(r)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await read_json(request, body_cap)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object")
+        return await relay(request, "/v1/chat/completions", body)
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await read_json(request, body_cap)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object")
+        return await relay(request, "/v1/completions", body)
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        return await relay(request, "/v1/models", None)
+
+    p = "/v2/{endpoint_id}/openai/v1"
+    app.router.add_post(f"{p}/chat/completions", chat)
+    app.router.add_post(f"{p}/completions", completions)
+    app.router.add_get(f"{p}/models", models)

@@ -1,0 +1,114 @@
+"""The endpoint's record of one job, and how it reads on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import codec
+from ..models import JobStatus
+
+__all__ = ["JobRecord"]
+
+
+@dataclass(slots=True, eq=False)
+class JobRecord:
+    id: str
+    input: Any
+    created: int
+    sync: bool = False
+    status: JobStatus = JobStatus.IN_QUEUE
+    started: int | None = None
+    ended: int | None = None
+    # Serialized JSON: the final output, or the latest progress update while the job runs.
+    output: bytes | None = None
+    error: str | None = None
+    error_details: dict[str, Any] | None = None
+    retries: int = 0
+    worker_id: str | None = None
+    webhook: str | None = None
+    execution_timeout: int | None = None
+    ttl: int | None = None
+    low_priority: bool = False
+    retention: int = 0
+    # Each stream item fully serialized: {"output":...,"metrics":{...,"stream_index":i,"scenario":"stream"}}.
+    stream: list[bytes] = field(default_factory=list)
+    cursor: int = 0
+    # Wakes everyone waiting on this job (runsync, status-sync, an OpenAI stream relay); replaced after each set.
+    changed: asyncio.Event | None = None
+
+    @property
+    def expires(self) -> int | None:
+        return None if self.ended is None else self.ended + self.retention
+
+    def notify(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+    def watch(self) -> asyncio.Event:
+        if self.changed is None:
+            self.changed = asyncio.Event()
+        return self.changed
+
+    def reply(self) -> dict[str, Any]:
+        """The job reply of /status, /status-sync and a finished /runsync."""
+        d: dict[str, Any] = {"id": self.id, "status": self.status.value}
+        if self.started is not None:
+            d["delayTime"] = self.started - self.created
+            if self.ended is not None:
+                d["executionTime"] = self.ended - self.started
+        if self.output is not None:
+            d["output"] = codec.Fragment(self.output)
+        if self.error is not None:
+            d["error"] = self.error
+            if self.error_details is not None:
+                d["errorDetails"] = self.error_details
+        if self.retries:
+            d["retries"] = self.retries
+        if self.worker_id is not None:
+            d["workerId"] = self.worker_id
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        """One row of /requests."""
+        d: dict[str, Any] = {"id": self.id, "status": self.status.value, "createdAt": self.created}
+        if self.started is not None:
+            d["delayTime"] = self.started - self.created
+            if self.ended is not None:
+                d["executionTime"] = self.ended - self.started
+        return d
+
+    # --- persistence ---------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything but the input, output and stream, which the store keeps in their own columns."""
+        return {
+            "status": self.status.value,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
+            "error": self.error,
+            "error_details": self.error_details,
+            "retries": self.retries,
+            "worker_id": self.worker_id,
+            "webhook": self.webhook,
+            "execution_timeout": self.execution_timeout,
+            "ttl": self.ttl,
+            "low_priority": self.low_priority,
+            "retention": self.retention,
+            "cursor": self.cursor,
+        }
+
+    @classmethod
+    def restore(cls, job_id: str, input: Any, state: dict[str, Any], output: bytes | None) -> JobRecord:
+        r = cls(job_id, input, state["created"])
+        r.status = JobStatus(state["status"])
+        for k in (
+            "started", "ended", "error", "error_details", "retries", "worker_id", "webhook",
+            "execution_timeout", "ttl", "low_priority", "retention", "cursor",
+        ):  # fmt: skip
+            setattr(r, k, state[k])
+        r.output = output
+        return r

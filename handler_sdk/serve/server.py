@@ -1,0 +1,175 @@
+"""Puts the endpoint together: store, broker, routes, and the workers that feed on it.
+
+With a handler and ``workers == 0`` one Worker runs in this process over the direct transport (the fast default);
+with ``workers = N`` it starts N ``python -m handler_sdk.worker`` subprocesses that attach over HTTP; with no
+handler the endpoint is a pure queue for external workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from ..errors import SetupError
+from ..handler import Handler
+from ..runner import DEFAULT_RESULT_CAP
+from ..threads import ElasticPool
+from ..worker.inprocess import InProcessTransport
+from ..worker.loop import Worker, WorkerConfig
+from .broker import Broker, BrokerConfig
+from .client import ClientLimits, add_client_routes
+from .limits import RateLimiter
+from .openai import add_openai_routes
+from .store import JobStore
+from .web import make_middleware
+from .webhooks import Webhooks
+from .workers import add_worker_routes
+
+__all__ = ["ServeConfig", "Server"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    endpoint_id: str = "local"
+    api_key: str | None = None
+    data_dir: Path | None = Path(".handler_sdk")
+    rate_limits: bool = True
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    client: ClientLimits = field(default_factory=ClientLimits)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    take_hold_s: float = 3.0
+    result_cap: int = DEFAULT_RESULT_CAP
+    workers: int = 0
+    target: str | None = None  # what subprocess workers load
+    webhook_attempts: int = 6
+    webhook_backoff_s: float = 1.0
+
+
+class Server:
+    def __init__(self, cfg: ServeConfig, h: Handler | None = None) -> None:
+        self.cfg = cfg
+        self.h = h
+        store = JobStore(cfg.data_dir / "jobs.sqlite3") if cfg.data_dir is not None else None
+        self.broker = Broker(store, cfg.broker)
+        self.webhooks = Webhooks(attempts=cfg.webhook_attempts, backoff_s=cfg.webhook_backoff_s)
+        self.broker.on_terminal.append(self.webhooks.on_terminal)
+        self.worker: Worker | None = None
+        self.exit_code = 0
+        self.stopped = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._closing = False
+        self.pool = ElasticPool()
+        self.port = cfg.port
+
+    def build_app(self) -> web.Application:
+        limiter = RateLimiter() if self.cfg.rate_limits else None
+        app = web.Application(
+            middlewares=[make_middleware(self.cfg.endpoint_id, self.cfg.api_key, limiter)],
+            client_max_size=self.cfg.result_cap + (2 << 20),
+        )
+        add_client_routes(app, self.broker, self.cfg.client)
+        add_worker_routes(app, self.broker, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
+        add_openai_routes(app, self.broker)
+        return app
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}/v2/{self.cfg.endpoint_id}"
+
+    async def start(self) -> None:
+        await self.broker.open()
+        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        await site.start()
+        if self.cfg.port == 0:
+            self.port = self._runner.addresses[0][1]
+        self._tasks.append(asyncio.create_task(self.broker.run_clock(), name="broker-clock"))
+        if self.h is not None and self.cfg.workers == 0:
+            self._tasks.append(asyncio.create_task(self._local_worker(), name="local-worker"))
+        for i in range(self.cfg.workers):
+            self._tasks.append(asyncio.create_task(self._subprocess_worker(i), name=f"worker-{i}"))
+        log.info("endpoint %s listening on %s", self.cfg.endpoint_id, self.url)
+
+    async def _local_worker(self) -> None:
+        assert self.h is not None
+        while not self._closing:
+            transport = InProcessTransport(self.broker, "local", hold_s=self.cfg.take_hold_s)
+            self.worker = Worker(self.h, transport, self.cfg.worker, pool=self.pool)
+            try:
+                await self.worker.run()
+            except SetupError as e:
+                log.error("%s; the worker cannot start, exiting (queued jobs stay queued)", e)
+                self.exit_code = 1
+                self.stopped.set()
+                return
+            finally:
+                await transport.close()
+            if not self.worker.refresh:
+                return
+            log.info("refresh_worker: starting a fresh worker (setup runs again)")
+
+    async def _subprocess_worker(self, i: int) -> None:
+        env = dict(os.environ)
+        env.update(
+            HANDLER_SDK_ENDPOINT_URL=self.url,
+            HANDLER_SDK_WORKER_ID=f"worker-{i}",
+            HANDLER_SDK_SPOOL_DIR=str((self.cfg.data_dir or Path(".")) / f"spool-worker-{i}"),
+        )
+        if self.cfg.api_key:
+            env["HANDLER_SDK_API_KEY"] = self.cfg.api_key
+        assert self.cfg.target is not None
+        delay = 0.5
+        while not self._closing:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "handler_sdk.worker", self.cfg.target, env=env
+            )
+            self._procs.append(proc)
+            rc = await proc.wait()
+            self._procs.remove(proc)
+            if self._closing:
+                return
+            log.warning("worker-%d exited with %d; restarting in %.1fs", i, rc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30) if rc != 0 else 0.5
+
+    async def close(self) -> None:
+        """Drain the in-process worker, stop subprocess workers, then stop serving and close the journal."""
+        self._closing = True
+        if self.worker is not None:
+            self.worker.stop()
+        for p in self._procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
+        drain = self.cfg.worker.drain_timeout_s + 5
+        for t in self._tasks:
+            if t.get_name() == "broker-clock":
+                t.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        for p in self._procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.webhooks.close()
+        if self.broker.store is not None:
+            await self.broker.store.close()
+        self.pool.shutdown()

@@ -1,0 +1,168 @@
+"""The worker routes (DESIGN section 3): job-take(-batch), job-stop, job-done, job-stream, ping, and our
+job-handback extension. Every reply carries the extensions header, so our worker knows what it may use."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .. import codec
+from ..errors import BadRequest
+from ..models import MAX_STREAM_BYTES, DoneBody, JobStatus, StreamBody
+from .broker import Broker
+from .record import JobRecord
+from .web import query_int, read_json
+
+__all__ = ["EXTENSIONS", "add_worker_routes", "normalize_error"]
+
+EXTENSIONS = "1; ext=stream-batch,hand-back"
+_HEADERS = {"X-Handler-SDK": EXTENSIONS}
+_OK = codec.dumps({"ok": True})
+_CLASS_RE = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>$")
+_GEN_RE = re.compile(r"^handler: (?P<msg>.*?)\s*\ntraceback: (?P<tb>.*)$", re.S)
+
+
+def _reply(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json", headers=_HEADERS)
+
+
+def normalize_error(value: Any) -> tuple[str, dict[str, Any]]:
+    """Every error shape a worker may post becomes ``("Type: message", errorDetails)``.
+
+    Handles our dict, runpod's JSON-in-a-string (with ``error_type`` like ``"<class 'ValueError'>"``), runpod's
+    generator string ``"handler: msg \\ntraceback: ..."``, and any plain string or value.
+    """
+    if isinstance(value, str):
+        try:
+            parsed = codec.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            value = parsed
+        elif m := _GEN_RE.match(value):
+            details = {"error_type": "HandlerError", "error_message": m["msg"], "error_traceback": m["tb"]}
+            return f"HandlerError: {m['msg']}", details
+        else:
+            return value, {"error_type": "HandlerError", "error_message": value, "error_traceback": None}
+    if isinstance(value, dict):
+        raw_type = str(value.get("error_type") or "HandlerError")
+        m = _CLASS_RE.match(raw_type)
+        etype = m.group(1) if m else raw_type
+        message = value.get("error_message", value.get("message"))
+        message = codec.dumps_str(value) if message is None else str(message)
+        details = {
+            "error_type": etype,
+            "error_message": message,
+            "error_traceback": value.get("error_traceback"),
+            "worker_id": value.get("worker_id"),
+            "hostname": value.get("hostname"),
+        }
+        return f"{etype}: {message}", details
+    text = codec.dumps_str(value)
+    return text, {"error_type": "HandlerError", "error_message": text, "error_traceback": None}
+
+
+def _job_payload(r: JobRecord) -> dict[str, Any]:
+    d: dict[str, Any] = {"id": r.id, "input": r.input}
+    if r.execution_timeout is not None:
+        d["policy"] = {"executionTimeout": r.execution_timeout}
+    return d
+
+
+def add_worker_routes(
+    app: web.Application, broker: Broker, *, hold_s: float = 3.0, result_cap: int = 20 << 20, max_batch: int = 1000
+) -> None:
+    async def take(request: web.Request) -> web.Response:
+        jobs = await broker.take(request.match_info["worker_id"], 1, hold_s)
+        if not jobs:
+            return _reply(b"", 204)
+        return _reply(codec.dumps(_job_payload(jobs[0])))
+
+    async def take_batch(request: web.Request) -> web.Response:
+        n = query_int(request, "batch_size", 1, 1, max_batch)
+        assert n is not None
+        jobs = await broker.take(request.match_info["worker_id"], n, hold_s)
+        if not jobs:
+            return _reply(b"", 204)
+        return _reply(codec.dumps([_job_payload(r) for r in jobs]))
+
+    async def stop(request: web.Request) -> web.Response:
+        ids = await broker.stops(request.match_info["worker_id"], hold_s)
+        return _reply(codec.dumps({"jobsToStop": ids}))
+
+    async def done(request: web.Request) -> web.Response:
+        wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
+        raw = await read_json(request, result_cap + MAX_STREAM_BYTES, allow_empty=True)
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise BadRequest("job-done body must be a JSON object")
+        try:
+            body = DoneBody.model_validate(raw)
+        except ValidationError as e:
+            raise BadRequest(f"invalid job-done body: {e.errors()[0]['msg']}") from None
+        output = codec.dumps(body.output) if "output" in raw and body.output is not None else None
+        if body.status is JobStatus.IN_PROGRESS:
+            if output is not None:
+                broker.progress(wid, jid, output)
+            return _reply(_OK)
+        if body.error is not None:
+            error, details = normalize_error(body.error)
+            failed = body.status if body.status in (JobStatus.TIMED_OUT, JobStatus.CANCELLED) else JobStatus.FAILED
+            r = broker.done(wid, jid, failed, output=output, error=error, details=details)
+        else:
+            if request.query.get("isStream") == "true" and output == b"[]":
+                output = None  # runpod's final post of a generator that does not aggregate: no output
+            ok = body.status if body.status is not None and body.status.terminal else JobStatus.COMPLETED
+            r = broker.done(wid, jid, ok, output=output)
+        if not r.sync:
+            await broker.durable()  # the worker forgets the result once we answer
+        return _reply(_OK)
+
+    async def stream(request: web.Request) -> web.Response:
+        wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
+        raw = await read_json(request, MAX_STREAM_BYTES)
+        if not isinstance(raw, dict):
+            raise BadRequest("job-stream body must be a JSON object")
+        try:
+            body = StreamBody.model_validate(raw)
+        except ValidationError as e:
+            raise BadRequest(f"invalid job-stream body: {e.errors()[0]['msg']}") from None
+        if body.outputs is not None:
+            outputs = body.outputs
+            ms = body.metrics if isinstance(body.metrics, list) else [None] * len(outputs)
+            if len(ms) != len(outputs):
+                raise BadRequest("job-stream: metrics must have one entry per output")
+        elif "output" in raw:
+            outputs = [body.output]
+            ms = [body.metrics if isinstance(body.metrics, dict) else None]
+        else:
+            raise BadRequest('job-stream body needs "output" (or our "outputs" extension)')
+        n = broker.stream(
+            wid, jid, [codec.dumps(o) for o in outputs], [None if m is None else codec.dumps(m) for m in ms]
+        )
+        return _reply(codec.dumps({"ok": True, "items": n}))
+
+    async def ping(request: web.Request) -> web.Response:
+        ids = [i for i in request.query.get("job_id", "").split(",") if i]
+        broker.ping(request.match_info["worker_id"], ids, initializing=request.query.get("initializing") == "1")
+        return _reply(_OK)
+
+    async def hand_back(request: web.Request) -> web.Response:
+        raw = await read_json(request, MAX_STREAM_BYTES)
+        ids = raw.get("ids") if isinstance(raw, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise BadRequest('job-handback body must be {"ids": ["job id", ...]}')
+        n = broker.hand_back(request.match_info["worker_id"], ids)
+        return _reply(codec.dumps({"ok": True, "handedBack": n}))
+
+    p = "/v2/{endpoint_id}"
+    app.router.add_get(f"{p}/job-take/{{worker_id}}", take)
+    app.router.add_get(f"{p}/job-take-batch/{{worker_id}}", take_batch)
+    app.router.add_get(f"{p}/job-stop/{{worker_id}}", stop)
+    app.router.add_post(f"{p}/job-done/{{worker_id}}/{{job_id}}", done)
+    app.router.add_post(f"{p}/job-stream/{{worker_id}}/{{job_id}}", stream)
+    app.router.add_get(f"{p}/ping/{{worker_id}}", ping)
+    app.router.add_post(f"{p}/job-handback/{{worker_id}}", hand_back)

@@ -1,0 +1,225 @@
+"""Engine configuration from environment variables (the worker-vllm convention).
+
+* ``MODEL_NAME`` (hub id or local path) and ``TOKENIZER_NAME`` map to ``model`` and ``tokenizer``.
+* Every other ``AsyncEngineArgs`` field is read from its upper-case name (``MAX_MODEL_LEN``, ``DTYPE``,
+  ``ENFORCE_EAGER=true``, ``KV_CACHE_MEMORY_BYTES``, ...) and converted to the field's type; JSON for lists,
+  dicts and config objects. A value that does not convert raises ConfigError naming the variable, so a typo
+  fails start-up instead of being served with a default. An empty value counts as unset.
+* The handler's own knobs: ``MAX_CONCURRENCY`` (30), ``DEFAULT_BATCH_SIZE`` (50), ``MIN_BATCH_SIZE`` (1),
+  ``BATCH_SIZE_GROWTH_FACTOR`` (3) and ``OPENAI_SERVED_MODEL_NAME_OVERRIDE``.
+
+Without ``MODEL_NAME`` the handler serves the tiny random-weight model (see ``tiny``) with CPU-friendly defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import typing
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from .. import codec
+from ..errors import ConfigError
+from .tiny import TINY_MODEL_NAME, default_tiny_dir
+
+__all__ = ["BatchPolicy", "EngineConfig", "engine_kwargs_from_env"]
+
+# Names that are engine fields but too generic to claim from the environment: MODEL and TOKENIZER come in as
+# MODEL_NAME and TOKENIZER_NAME; LOG_LEVEL is commonly set for other programs with other values.
+_NOT_FROM_ENV = frozenset({"model", "tokenizer", "log_level"})
+_ALIASES = {"MODEL_NAME": "model", "TOKENIZER_NAME": "tokenizer"}
+_NONE = frozenset({"none", "null"})
+
+# The tiny model on a CPU: fp32, no graph capture, and an explicit KV pool (without one vLLM reads
+# gpu_memory_utilization as a share of host memory and start-up fails). Any of these can be overridden by env.
+TINY_ENGINE_DEFAULTS: dict[str, Any] = {
+    "dtype": "float32",
+    "enforce_eager": True,
+    "max_model_len": 2048,
+    "kv_cache_memory_bytes": 64 << 20,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How many tokens go in each stream item: ``min_size``, then times ``growth`` per item, up to ``max_size``.
+
+    Small first items give a fast first token; larger later ones keep per-item overhead low. A consumer that
+    falls behind gets larger items still, because the engine's deltas merge while it waits.
+    """
+
+    min_size: int = 1
+    max_size: int = 50
+    growth: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.min_size < 1:
+            raise ConfigError(f"the minimum batch size must be >= 1, got {self.min_size}")
+        if self.max_size < self.min_size:
+            raise ConfigError(f"the batch size {self.max_size} is below the minimum batch size {self.min_size}")
+        if self.growth < 1:
+            raise ConfigError(f"the batch size growth factor must be >= 1, got {self.growth}")
+
+    def sizes(self) -> Iterator[int]:
+        """Target token count of each successive item: 1, 3, 9, 27, 50, 50, ... with the defaults."""
+        size = float(self.min_size)
+        while True:
+            yield min(self.max_size, int(size))
+            size = min(float(self.max_size), size * self.growth)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything the engine and the ready-made handler read from the environment.
+
+    ``engine_kwargs`` become ``AsyncEngineArgs(**engine_kwargs)``. ``tiny`` is true when ``MODEL_NAME`` is
+    unset: the model at ``engine_kwargs["model"]`` is the tiny one, built there on first start.
+    """
+
+    engine_kwargs: dict[str, Any]
+    served_model_name: str
+    max_concurrency: int = 30
+    batch: BatchPolicy = dataclasses.field(default_factory=BatchPolicy)
+    tiny: bool = False
+
+    @property
+    def model(self) -> str:
+        return str(self.engine_kwargs["model"])
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineConfig:
+        """Read the configuration from ``env`` (default ``os.environ``); raises ConfigError on a bad value."""
+        env = os.environ if env is None else env
+        user = engine_kwargs_from_env(env)
+        tiny = "model" not in user
+        kwargs = dict(user)
+        if tiny:
+            kwargs = {**TINY_ENGINE_DEFAULTS, "model": str(default_tiny_dir(env)), **user}
+            if _get(env, "VLLM_CPU_KVCACHE_SPACE") and "kv_cache_memory_bytes" not in user:
+                # The user sized the CPU KV pool their way; ours would override it.
+                del kwargs["kv_cache_memory_bytes"]
+        served = _get(env, "OPENAI_SERVED_MODEL_NAME_OVERRIDE") or _get(env, "MODEL_NAME") or TINY_MODEL_NAME
+        kwargs.setdefault("served_model_name", served)
+        max_size = env_int(env, "DEFAULT_BATCH_SIZE", 50)
+        batch = _policy(env_int(env, "MIN_BATCH_SIZE", 1), max_size, env_float(env, "BATCH_SIZE_GROWTH_FACTOR", 3.0))
+        return cls(
+            engine_kwargs=kwargs,
+            served_model_name=served,
+            max_concurrency=env_int(env, "MAX_CONCURRENCY", 30),
+            batch=batch,
+            tiny=tiny,
+        )
+
+
+def _policy(min_size: int, max_size: int, growth: float) -> BatchPolicy:
+    try:
+        return BatchPolicy(min_size, max_size, growth)
+    except ConfigError as e:
+        raise ConfigError(f"MIN_BATCH_SIZE / DEFAULT_BATCH_SIZE / BATCH_SIZE_GROWTH_FACTOR: {e}") from None
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value if value is not None and value.strip() != "" else None
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
+    """An integer env var of at least ``minimum``; ConfigError naming the variable otherwise."""
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+@functools.cache
+def _engine_fields() -> dict[str, tuple[str, Any]]:
+    """ENV_NAME -> (field name, resolved type or None when vLLM's annotation does not resolve)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    namespace = vars(sys.modules[AsyncEngineArgs.__module__])
+    out: dict[str, tuple[str, Any]] = {}
+    for f in dataclasses.fields(AsyncEngineArgs):
+        if f.name.startswith("_") or f.name in _NOT_FROM_ENV:
+            continue
+        hint: Any = f.type
+        if isinstance(hint, str):
+            try:
+                hint = typing._eval_type(typing.ForwardRef(hint), namespace, None)  # type: ignore[attr-defined]
+            except Exception:  # a name only imported under TYPE_CHECKING in vLLM
+                hint = None
+        out[f.name.upper()] = (f.name, hint)
+    for env_name, field in _ALIASES.items():
+        out[env_name] = (field, str)
+    return out
+
+
+def _allows_none(hint: Any) -> bool:
+    return hint is None or type(None) in typing.get_args(hint)
+
+
+@functools.cache
+def _adapter(hint: Any) -> TypeAdapter[Any] | None:
+    try:
+        return TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # a type pydantic cannot describe (a callable, a torch dtype): taken as str or JSON
+        return None
+
+
+def convert(name: str, raw: str, hint: Any) -> Any:
+    """Convert one env value to ``hint``. JSON text (``{...}``/``[...]``) is parsed as JSON first."""
+    if raw.strip().lower() in _NONE and _allows_none(hint):
+        return None
+    looks_json = raw.lstrip()[:1] in ("{", "[")
+    adapter = _adapter(hint) if hint is not None else None
+    if adapter is None:
+        if not looks_json:
+            return raw
+        try:
+            return codec.loads(raw)
+        except ValueError as e:
+            raise ConfigError(f"{name}={raw!r} is not valid JSON: {e}") from None
+    attempts = [adapter.validate_json, adapter.validate_strings] if looks_json else [adapter.validate_strings]
+    first: ValidationError | None = None
+    for attempt in attempts:
+        try:
+            return attempt(raw)
+        except ValidationError as e:
+            first = first or e
+    assert first is not None
+    err = first.errors()[0]
+    raise ConfigError(f"{name}={raw!r} is not a valid {_type_name(hint)}: {err['msg']}") from None
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def engine_kwargs_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``AsyncEngineArgs`` keyword arguments for every engine field set in ``env``, converted to its type."""
+    out: dict[str, Any] = {}
+    for env_name, (field, hint) in _engine_fields().items():
+        raw = _get(env, env_name)
+        if raw is not None:
+            out[field] = convert(env_name, raw, hint)
+    return out

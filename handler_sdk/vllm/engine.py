@@ -1,0 +1,95 @@
+"""The engine adapter: one vLLM ``AsyncLLM`` per worker process, its stats, and its OpenAI serving objects."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from vllm import AsyncEngineArgs
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from . import stream
+from .config import EngineConfig
+from .metrics import EngineStats
+from .openai import OpenAIServing
+from .tiny import ensure_tiny_model
+
+if TYPE_CHECKING:
+    from ..outputs import Chunk, Final
+    from .inputs import GenerateRequest
+
+__all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """A started vLLM engine plus what jobs need around it.
+
+    Start one with ``await Engine.start()`` (configured from the environment, see ``config``); it is meant to be
+    a handler's setup hook, so ``job.state`` is the Engine. The engine shuts down at process exit, or earlier
+    with ``shutdown()``.
+
+    ``llm`` is vLLM's ``AsyncLLM`` for anything this adapter does not wrap.
+    """
+
+    def __init__(self, llm: AsyncLLM, config: EngineConfig, stats: EngineStats) -> None:
+        self.llm = llm
+        self.config = config
+        self.stats = stats
+        self.openai = OpenAIServing(llm, config.served_model_name, config.model)
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @classmethod
+    async def start(cls, config: EngineConfig | None = None) -> Engine:
+        """Build and start the engine (30-50 s for the tiny model on two CPU cores; longer for real weights).
+
+        The blocking parts run in a thread, so the event loop keeps answering health checks meanwhile.
+        """
+        config = EngineConfig.from_env() if config is None else config
+        if config.tiny:
+            log.warning(
+                "MODEL_NAME is not set: serving the TINY RANDOM-WEIGHT test model from %s. "
+                "It writes gibberish. Set MODEL_NAME=<hub id or local path> to serve a real model.",
+                config.model,
+            )
+            await asyncio.to_thread(ensure_tiny_model, config.model)
+        stats = EngineStats()
+        args = AsyncEngineArgs(**config.engine_kwargs)
+        log.info("starting vLLM engine for %s", config.model)
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[stats.logger_factory])
+        engine = cls(llm, config, stats)
+        atexit.register(engine.shutdown)
+        log.info("vLLM engine ready, serving %s as %r", config.model, config.served_model_name)
+        return engine
+
+    def shutdown(self) -> None:
+        """Stop the engine and its worker processes (about 5 s). Safe to call more than once."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self.shutdown)
+        self.llm.shutdown()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def unfinished(self) -> int:
+        """Requests the engine has accepted and not yet finished (aborted ones included once aborted)."""
+        return int(self.llm.get_num_unfinished_requests())
+
+    def metrics(self) -> dict[str, Any]:
+        """The engine-wide stream-item metrics (throughput, KV cache usage, running and pending requests)."""
+        return self.stats.snapshot(self.unfinished())
+
+    def generate(self, request: GenerateRequest, request_id: str) -> AsyncIterator[Chunk | Final]:
+        """Run one generation request: ``Chunk`` items when it streams, then always one ``Final`` with
+        ``{"text": [...], "input_tokens": n, "output_tokens": m}``. See ``stream.generate``."""
+        return stream.generate(self, request, request_id)

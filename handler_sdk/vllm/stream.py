@@ -1,0 +1,99 @@
+"""One generation job on the engine: render the prompt, batch the streamed tokens, and sum up the usage.
+
+vLLM streams deltas (``RequestOutputKind.DELTA``) into a per-request collector that merges them while nobody
+reads, so the engine never waits for us. We read a delta, add it to the pending item, and yield the item once it
+holds the policy's next batch size (1, 3, 9, ... tokens). While the runtime sends an item (and waits on the
+network), deltas pile up in the collector and arrive merged: the next item is then larger than planned, which is
+how the batch grows when the consumer falls behind. Tokens are counted from ``token_ids``, never by counting
+outputs, because one merged output holds many tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, cast
+
+from jinja2 import TemplateError
+from vllm.exceptions import VLLMClientError
+from vllm.inputs import TextPrompt
+from vllm.renderers.params import ChatParams
+
+from ..errors import InvalidInput
+from ..outputs import Chunk, Final
+
+if TYPE_CHECKING:
+    from vllm.renderers.chat_utils import ChatCompletionMessageParam
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from .engine import Engine
+    from .inputs import GenerateRequest
+
+__all__ = ["generate", "render"]
+
+
+async def render(llm: AsyncLLM, request: GenerateRequest) -> Any:
+    """The engine input for a prompt (tokenized as is) or for messages (the chat template applied first)."""
+    try:
+        if request.messages is not None:
+            messages = cast("list[ChatCompletionMessageParam]", request.messages)
+            _, prompts = await llm.renderer.render_chat_async([messages], ChatParams())
+        else:
+            prompts = await llm.renderer.render_cmpl_async([TextPrompt(prompt=request.prompt or "")])
+    except (VLLMClientError, TemplateError, ValueError, TypeError, KeyError) as e:
+        field = "messages" if request.messages is not None else "prompt"
+        raise InvalidInput(f"{field}: {e}") from e
+    return prompts[0]
+
+
+class _Pending:
+    """Text and tokens gathered since the last stream item, one slot per choice."""
+
+    def __init__(self, n: int) -> None:
+        self.text = [""] * n
+        self.tokens = 0
+
+    def take(self) -> tuple[list[str], int]:
+        text, tokens = self.text, self.tokens
+        self.text, self.tokens = [""] * len(text), 0
+        return text, tokens
+
+
+async def generate(engine: Engine, request: GenerateRequest, request_id: str) -> AsyncIterator[Chunk | Final]:
+    """Run ``request``; yields ``Chunk`` stream items when ``request.stream``, and always a ``Final`` with
+    ``{"text": [one str per choice], "input_tokens": n, "output_tokens": m}``.
+
+    Each item's output is ``{"text", "input_tokens", "output_tokens"}`` for that item alone (input_tokens is the
+    prompt length on the first item and 0 after), and its metrics add the engine-wide figures. The items'
+    output_tokens add up to the final total. Closing or cancelling this generator aborts the vLLM request.
+    """
+    params = request.params()
+    sizes = request.batch_policy(engine.config.batch).sizes()
+    prompt = await render(engine.llm, request)
+    n = params.n
+    full = [""] * n
+    pending = _Pending(n)
+    input_tokens = output_tokens = items = 0
+    target = next(sizes)
+    outputs = engine.llm.generate(prompt, params, request_id)
+    try:
+        async for out in outputs:
+            input_tokens = len(out.prompt_token_ids or ())
+            for choice in out.outputs:
+                # With n > 1 a delta holds only the choices that advanced; index says which.
+                full[choice.index] += choice.text
+                pending.text[choice.index] += choice.text
+                pending.tokens += len(choice.token_ids)
+            if request.stream and pending.tokens and (pending.tokens >= target or out.finished):
+                text, tokens = pending.take()
+                output_tokens += tokens
+                first = input_tokens if items == 0 else 0
+                items += 1
+                target = next(sizes)
+                metrics = {**engine.metrics(), "input_tokens": first, "output_tokens": tokens}
+                yield Chunk({"text": text, "input_tokens": first, "output_tokens": tokens}, metrics=metrics)
+    except VLLMClientError as e:
+        raise InvalidInput(str(e)) from e
+    finally:
+        await outputs.aclose()
+    output_tokens += pending.tokens
+    yield Final({"text": full, "input_tokens": input_tokens, "output_tokens": output_tokens})

@@ -1,0 +1,66 @@
+"""``python -m handler_sdk.worker TARGET``: pull jobs from an endpoint over the worker protocol.
+
+Configured from env vars (see handler_sdk.worker.config). SIGTERM drains: no new jobs, running ones get until the
+drain deadline, then the rest are handed back. Exit status: 0 after a drain or a ``refresh_worker``, 1 when the
+setup hook fails, 2 on bad configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from ..errors import ConfigError, SetupError
+from ..handler import Handler
+from ..loader import load_handler
+from ..logs import configure_logging
+from .config import endpoints_from_env, worker_config_from_env
+from .http import HttpTransport
+from .loop import Worker
+
+log = logging.getLogger("handler_sdk.worker")
+
+
+async def _run(h: Handler, *, handle_signals: bool = True) -> int:
+    transport = HttpTransport(endpoints_from_env())
+    worker = Worker(h, transport, worker_config_from_env())
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+    log.info("worker %s starting (%s, concurrency %d)", transport.worker_id, h.name, h.concurrency)
+    try:
+        await worker.run()
+    except SetupError as e:
+        log.error("%s", e)
+        return 1
+    finally:
+        await transport.close()
+    log.info("worker %s stopped%s", transport.worker_id, " for refresh_worker" if worker.refresh else "")
+    return 0
+
+
+def run_worker(target: object = None, *, handle_signals: bool = True) -> int:
+    """Load ``target`` (a TARGET string or a Handler) and run the worker until it drains."""
+    configure_logging()
+    try:
+        if isinstance(target, Handler):
+            h = target
+        elif isinstance(target, str):
+            h = load_handler(target)
+        else:
+            raise ConfigError("usage: python -m handler_sdk.worker TARGET  (path/to/file.py, module, module:function)")
+        return asyncio.run(_run(h, handle_signals=handle_signals))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def main() -> int:
+    return run_worker(sys.argv[1] if len(sys.argv) > 1 else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Worker settings from the environment, runpod's names accepted as they are.
+
+Our own names come first; each falls back to the runpod variable, so one image runs on the hosted platform and
+against ``serve``:
+
+=================================  ================================  =============================================
+ours                               runpod                            meaning
+=================================  ================================  =============================================
+HANDLER_SDK_ENDPOINT_URL           -                                 ``http://host:port/v2/ENDPOINT``: derives the
+                                                                     four URLs below
+HANDLER_SDK_TAKE_URL               RUNPOD_WEBHOOK_GET_JOB            job-take, ``$ID`` = worker id
+HANDLER_SDK_DONE_URL               RUNPOD_WEBHOOK_POST_OUTPUT        job-done, ``$ID`` = job id
+HANDLER_SDK_STREAM_URL             RUNPOD_WEBHOOK_POST_STREAM        job-stream, ``$ID`` = job id
+HANDLER_SDK_PING_URL               RUNPOD_WEBHOOK_PING               ping
+HANDLER_SDK_API_KEY                RUNPOD_AI_API_KEY                 sent as ``Authorization``
+HANDLER_SDK_WORKER_ID              RUNPOD_POD_ID                     ``$RUNPOD_POD_ID`` (default: host-random)
+HANDLER_SDK_PING_INTERVAL_MS       RUNPOD_PING_INTERVAL              heartbeat period (ms, default 10000)
+HANDLER_SDK_DRAIN_TIMEOUT_S        -                                 SIGTERM drain deadline (default 30)
+HANDLER_SDK_SPOOL_DIR              -                                 undeliverable results (default ./.handler_sdk_spool)
+HANDLER_SDK_REPORT_RETRIES         -                                 result posts before spooling (default 5)
+HANDLER_SDK_BACKOFF_BASE_S         -                                 first retry delay (default 0.2)
+HANDLER_SDK_BACKOFF_MAX_S          -                                 longest retry delay (default 10)
+HANDLER_SDK_LOG_FORMAT             -                                 ``json`` or ``plain`` (default: json unless a tty)
+=================================  ================================  =============================================
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from yarl import URL
+
+from ..errors import ConfigError
+from .loop import WorkerConfig
+
+__all__ = ["Endpoints", "endpoints_from_env", "worker_config_from_env"]
+
+
+def _get(env: Mapping[str, str], *names: str) -> str | None:
+    for n in names:
+        v = env.get(n)
+        if v:
+            return v
+    return None
+
+
+def _num(env: Mapping[str, str], name: str, default: float, *fallbacks: str) -> float:
+    raw = _get(env, name, *fallbacks)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    take: str
+    done: str
+    stream: str
+    ping: str
+    worker_id: str
+    api_key: str | None = None
+
+    def _fill(self, template: str, job_id: str | None = None) -> URL:
+        s = template.replace("$RUNPOD_POD_ID", self.worker_id)
+        s = s.replace("$ID", job_id if job_id is not None else self.worker_id)
+        return URL(s)
+
+    @property
+    def take_url(self) -> URL:
+        return self._fill(self.take)
+
+    @property
+    def take_batch_url(self) -> URL:
+        return self._fill(self.take.replace("/job-take/", "/job-take-batch/"))
+
+    @property
+    def stop_url(self) -> URL:
+        return self._fill(self.take.replace("/job-take/", "/job-stop/"))
+
+    @property
+    def hand_back_url(self) -> URL:
+        return self._fill(self.take.replace("/job-take/", "/job-handback/"))
+
+    @property
+    def ping_url(self) -> URL:
+        return self._fill(self.ping)
+
+    def done_url(self, job_id: str) -> URL:
+        return self._fill(self.done, job_id)
+
+    def stream_url(self, job_id: str) -> URL:
+        return self._fill(self.stream, job_id)
+
+
+def endpoints_from_env(env: Mapping[str, str] = os.environ) -> Endpoints:
+    worker_id = _get(env, "HANDLER_SDK_WORKER_ID", "RUNPOD_POD_ID") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    key = _get(env, "HANDLER_SDK_API_KEY", "RUNPOD_AI_API_KEY")
+    base = _get(env, "HANDLER_SDK_ENDPOINT_URL")
+    derived: dict[str, str] = {}
+    if base is not None:
+        b = base.rstrip("/")
+        derived = {
+            "take": f"{b}/job-take/$RUNPOD_POD_ID",
+            "done": f"{b}/job-done/$RUNPOD_POD_ID/$ID",
+            "stream": f"{b}/job-stream/$RUNPOD_POD_ID/$ID",
+            "ping": f"{b}/ping/$RUNPOD_POD_ID",
+        }
+    urls = {
+        "take": _get(env, "HANDLER_SDK_TAKE_URL", "RUNPOD_WEBHOOK_GET_JOB") or derived.get("take"),
+        "done": _get(env, "HANDLER_SDK_DONE_URL", "RUNPOD_WEBHOOK_POST_OUTPUT") or derived.get("done"),
+        "stream": _get(env, "HANDLER_SDK_STREAM_URL", "RUNPOD_WEBHOOK_POST_STREAM") or derived.get("stream"),
+        "ping": _get(env, "HANDLER_SDK_PING_URL", "RUNPOD_WEBHOOK_PING") or derived.get("ping"),
+    }
+    missing = [k for k, v in urls.items() if not v]
+    if missing:
+        raise ConfigError(
+            "worker endpoint not configured: set HANDLER_SDK_ENDPOINT_URL (e.g. http://127.0.0.1:8000/v2/local) "
+            f"or the RUNPOD_WEBHOOK_* variables (missing: {', '.join(missing)})"
+        )
+    if urls["ping"] is None:
+        urls["ping"] = urls["take"].replace("/job-take/", "/ping/")  # type: ignore[union-attr]
+    return Endpoints(urls["take"], urls["done"], urls["stream"], urls["ping"], worker_id, key)  # type: ignore[arg-type]
+
+
+def worker_config_from_env(env: Mapping[str, str] = os.environ) -> WorkerConfig:
+    spool = _get(env, "HANDLER_SDK_SPOOL_DIR") or ".handler_sdk_spool"
+    return WorkerConfig(
+        ping_interval_s=_num(env, "HANDLER_SDK_PING_INTERVAL_MS", 10_000, "RUNPOD_PING_INTERVAL") / 1000,
+        drain_timeout_s=_num(env, "HANDLER_SDK_DRAIN_TIMEOUT_S", 30.0),
+        report_retries=int(_num(env, "HANDLER_SDK_REPORT_RETRIES", 5)),
+        backoff_base_s=_num(env, "HANDLER_SDK_BACKOFF_BASE_S", 0.2),
+        backoff_max_s=_num(env, "HANDLER_SDK_BACKOFF_MAX_S", 10.0),
+        spool_dir=Path(spool),
+    )

@@ -1,0 +1,133 @@
+"""The HTTP transport: the runpod-compatible worker protocol, plus our extensions where the endpoint announces
+them (``X-Handler-SDK`` response header): several stream items per request, and handing jobs back at a drain
+deadline. Against any other endpoint it speaks plain runpod: one item per request, leases that lapse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .. import __version__, codec
+from ..chunker import EncodedItem, batch_body, single_body
+from ..errors import StaleResult, TransportError
+from ..runner import Outcome
+from .config import Endpoints
+from .transport import Assignment
+
+__all__ = ["EXTENSIONS_HEADER", "HttpTransport"]
+
+EXTENSIONS_HEADER = "X-Handler-SDK"
+_JSON = {"Content-Type": "application/json"}
+
+
+class HttpTransport:
+    direct = False
+
+    def __init__(self, endpoints: Endpoints, *, request_timeout_s: float = 30.0) -> None:
+        self.ep = endpoints
+        self.worker_id = endpoints.worker_id
+        self.batch_stream = False
+        self.can_hand_back = False
+        headers = {"User-Agent": f"handler-sdk/{__version__}"}
+        if endpoints.api_key:
+            headers["Authorization"] = endpoints.api_key  # bare, as the hosted platform expects
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=request_timeout_s),
+            connector=aiohttp.TCPConnector(limit=0),
+        )
+
+    def _learn(self, resp: aiohttp.ClientResponse) -> None:
+        ext = resp.headers.get(EXTENSIONS_HEADER)
+        if ext is not None:
+            names = {e.strip() for e in ext.split(";")[-1].removeprefix("ext=").split(",")}
+            self.batch_stream = "stream-batch" in names
+            self.can_hand_back = "hand-back" in names
+
+    async def _request(
+        self, method: str, url: URL, *, body: bytes | None = None, params: Mapping[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        if params:
+            url = url.update_query(params)
+        try:
+            async with self._session.request(method, url, data=body, headers=_JSON if body else None) as resp:
+                data = await resp.read()
+                self._learn(resp)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise TransportError(f"{method} {url.path}: {type(e).__name__}: {e}") from e
+        if resp.status == 409:
+            raise StaleResult(f"{url.path}: 409 {data[:200]!r}")
+        if resp.status >= 400:
+            raise TransportError(f"{method} {url.path}: HTTP {resp.status} {data[:200]!r}")
+        return resp.status, data
+
+    async def take(self, n: int, busy: bool) -> list[Assignment]:
+        flag = {"job_in_progress": "1" if busy else "0"}
+        if n > 1:
+            status, data = await self._request("GET", self.ep.take_batch_url, params={**flag, "batch_size": str(n)})
+        else:
+            status, data = await self._request("GET", self.ep.take_url, params=flag)
+        if status == 204 or not data.strip():
+            return []
+        try:
+            parsed = codec.loads(data)
+        except ValueError as e:
+            raise TransportError(f"job take answered malformed JSON: {e}") from e
+        jobs = parsed if isinstance(parsed, list) else [parsed]
+        return [self._assignment(j) for j in jobs if isinstance(j, dict) and "id" in j]
+
+    @staticmethod
+    def _assignment(j: dict[str, Any]) -> Assignment:
+        policy = j.get("policy") or {}
+        timeout_ms = policy.get("executionTimeout") if isinstance(policy, dict) else None
+        timeout = timeout_ms / 1000 if isinstance(timeout_ms, int | float) and timeout_ms > 0 else None
+        return Assignment(str(j["id"]), j.get("input"), j, timeout)
+
+    async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
+        body = single_body(items[0]) if len(items) == 1 else batch_body(list(items))
+        await self._request("POST", self.ep.stream_url(job_id), body=body, params={"isStream": "false"})
+
+    async def progress(self, job_id: str, output: bytes) -> None:
+        body = b'{"status":"IN_PROGRESS","output":' + output + b"}"
+        await self._request("POST", self.ep.done_url(job_id), body=body, params={"isStream": "false"})
+
+    async def done(self, job_id: str, outcome: Outcome) -> None:
+        parts = [b'"status":' + codec.dumps(outcome.status.value)]
+        if outcome.output is not None:
+            parts.append(b'"output":' + outcome.output)
+        if outcome.error is not None:
+            # runpod's shape: the details as a JSON string under "error"; the endpoint parses it back.
+            parts.append(b'"error":' + codec.dumps(codec.dumps_str(outcome.error_details or outcome.error)))
+        body = b"{" + b",".join(parts) + b"}"
+        await self._request("POST", self.ep.done_url(job_id), body=body, params={"isStream": "false"})
+
+    async def ping(self, job_ids: Sequence[str], initializing: bool) -> None:
+        params = {"runpod_version": f"handler-sdk-{__version__}"}
+        if job_ids:
+            params["job_id"] = ",".join(job_ids)
+        if initializing:
+            params["initializing"] = "1"
+        await self._request("GET", self.ep.ping_url, params=params)
+
+    async def stops(self) -> list[str]:
+        status, data = await self._request("GET", self.ep.stop_url)
+        if status == 204 or not data.strip():
+            return []
+        try:
+            parsed = codec.loads(data)
+        except ValueError as e:
+            raise TransportError(f"job-stop answered malformed JSON: {e}") from e
+        ids = parsed.get("jobsToStop", []) if isinstance(parsed, dict) else []
+        return [str(i) for i in ids]
+
+    async def hand_back(self, job_ids: Sequence[str]) -> None:
+        await self._request("POST", self.ep.hand_back_url, body=codec.dumps({"ids": list(job_ids)}))
+
+    async def close(self) -> None:
+        await self._session.close()
+        # Let the connector's transports finish closing before the loop goes away.
+        await asyncio.sleep(0)

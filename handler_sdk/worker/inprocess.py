@@ -1,0 +1,72 @@
+"""The direct transport: the worker calls the serve process's broker without any I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..chunker import EncodedItem
+from ..errors import Conflict, NotFound, StaleResult
+from ..runner import Outcome
+from ..serve.broker import Broker
+from .transport import Assignment
+
+__all__ = ["InProcessTransport"]
+
+
+class InProcessTransport:
+    batch_stream = True
+    direct = True
+    can_hand_back = True
+
+    def __init__(self, broker: Broker, worker_id: str = "local", *, hold_s: float = 5.0) -> None:
+        self.broker = broker
+        self.worker_id = worker_id
+        self.hold_s = hold_s
+        broker.seen(worker_id, local=True, initializing=True)
+
+    async def take(self, n: int, busy: bool) -> list[Assignment]:
+        records = await self.broker.take(self.worker_id, n, self.hold_s, local=True)
+        return [
+            Assignment(
+                r.id,
+                r.input,
+                {"id": r.id, "input": r.input},
+                None if r.execution_timeout is None else r.execution_timeout / 1000,
+            )
+            for r in records
+        ]
+
+    async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
+        try:
+            self.broker.stream(self.worker_id, job_id, [i.output for i in items], [i.metrics for i in items])
+        except (Conflict, NotFound) as e:
+            raise StaleResult(str(e)) from e
+
+    async def progress(self, job_id: str, output: bytes) -> None:
+        try:
+            self.broker.progress(self.worker_id, job_id, output)
+        except (Conflict, NotFound) as e:
+            raise StaleResult(str(e)) from e
+
+    async def done(self, job_id: str, outcome: Outcome) -> None:
+        try:
+            r = self.broker.done(
+                self.worker_id, job_id, outcome.status, output=outcome.output, error=outcome.error,
+                details=outcome.error_details,
+            )  # fmt: skip
+        except (Conflict, NotFound) as e:
+            raise StaleResult(str(e)) from e
+        if not r.sync:
+            await self.broker.durable()
+
+    async def ping(self, job_ids: Sequence[str], initializing: bool) -> None:
+        self.broker.ping(self.worker_id, job_ids, initializing=initializing)
+
+    async def stops(self) -> list[str]:
+        return await self.broker.stops(self.worker_id, self.hold_s, local=True)
+
+    async def hand_back(self, job_ids: Sequence[str]) -> None:
+        self.broker.hand_back(self.worker_id, job_ids)
+
+    async def close(self) -> None:
+        self.broker.workers.pop(self.worker_id, None)

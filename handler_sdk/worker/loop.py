@@ -1,0 +1,375 @@
+"""The worker runtime: take jobs, run them, report them; heartbeat, cancel, drain.
+
+The same Worker runs inside ``serve`` (with the in-process transport) and in a container (over HTTP). It never
+lets a job's failure escape: every job ends in exactly one report, or, when it is cancelled or handed back at a
+drain deadline, in none (the endpoint already knows its fate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import inspect
+import logging
+import random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import codec
+from ..errors import SetupError, StaleResult, TransportError
+from ..handler import Handler
+from ..job import Job
+from ..runner import DEFAULT_RESULT_CAP, Outcome, error_details, run_job
+from ..threads import ElasticPool
+from .sender import StreamSender
+from .spool import Spool
+from .transport import Assignment, Transport
+
+__all__ = ["Worker", "WorkerConfig", "WorkerState"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState(enum.Enum):
+    INITIALIZING = "initializing"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    ping_interval_s: float = 10.0
+    drain_timeout_s: float = 30.0
+    # Result delivery: retried with exponential backoff and jitter, then spooled to disk and re-sent.
+    report_retries: int = 5
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 10.0
+    spool_dir: Path | None = None
+    spool_retry_s: float = 2.0
+    result_cap: int = DEFAULT_RESULT_CAP
+    progress_interval_s: float = 0.1
+    hostname: str = field(default_factory=socket.gethostname)
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    assignment: Assignment
+    job: Job
+    task: asyncio.Task[None] | None = None
+    sender: StreamSender | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        h: Handler,
+        transport: Transport,
+        config: WorkerConfig | None = None,
+        *,
+        pool: ElasticPool | None = None,
+    ) -> None:
+        self.h = h
+        self.t = transport
+        self.cfg = config or WorkerConfig()
+        self.pool = pool or ElasticPool()
+        self.state = WorkerState.INITIALIZING
+        self.limit = h.concurrency
+        self.running: dict[str, _Running] = {}
+        self.refresh = False
+        self.setup_state: Any = None
+        self.spool = Spool(self.cfg.spool_dir) if self.cfg.spool_dir is not None else None
+        self._spooled: set[str] = set()
+        self._slot = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._progress: dict[str, Any] = {}
+        self._progress_wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._take_task: asyncio.Task[list[Assignment]] | None = None
+
+    # --- public ----------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin draining: take nothing more, let running jobs finish until the drain deadline."""
+        if self.state in (WorkerState.DRAINING, WorkerState.STOPPED):
+            return
+        log.info("worker %s draining (%d running)", self.t.worker_id, len(self.running))
+        self.state = WorkerState.DRAINING
+        self._stopping.set()
+        self._slot.set()
+        if self._take_task is not None and self.t.direct:
+            self._take_task.cancel()  # an in-process take leases nothing once cancelled
+
+    async def run(self) -> None:
+        """Run until stopped (or a job asks for a refresh). Raises SetupError if the setup hook fails."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                background = [tg.create_task(self._ping_loop(), name="ping")]
+                await self._setup()
+                self.state = WorkerState.READY if self.state is WorkerState.INITIALIZING else self.state
+                background += [
+                    tg.create_task(self._stop_loop(), name="job-stop"),
+                    tg.create_task(self._progress_loop(), name="progress"),
+                ]
+                if self.spool is not None:
+                    background.append(tg.create_task(self._spool_loop(), name="spool"))
+                await self._take_loop(tg)
+                await self._drain()
+                for b in background:
+                    b.cancel()
+        except BaseExceptionGroup as eg:
+            setup = eg.subgroup(SetupError)
+            if setup is not None:
+                raise setup.exceptions[0] from None
+            raise
+        finally:
+            self.state = WorkerState.STOPPED
+            self.pool.shutdown()
+
+    # --- setup -----------------------------------------------------------------------------------------------
+
+    async def _setup(self) -> None:
+        if self.h.setup is None:
+            return
+        log.info("running setup hook %s", getattr(self.h.setup, "__qualname__", self.h.setup))
+        try:
+            if inspect.iscoroutinefunction(self.h.setup):
+                self.setup_state = await self.h.setup()
+            else:
+                self.setup_state = await self.pool.run(self.h.setup)
+        except Exception as e:
+            raise SetupError(f"setup hook failed: {type(e).__name__}: {e}") from e
+        with contextlib.suppress(TransportError):
+            await self.t.ping(list(self.running), initializing=False)
+        log.info("setup hook finished; taking jobs")
+
+    # --- taking ----------------------------------------------------------------------------------------------
+
+    def _apply_modifier(self) -> None:
+        mod = self.h.concurrency_modifier
+        if mod is None:
+            return
+        try:
+            new = mod(self.limit)
+        except Exception:
+            log.exception("concurrency modifier raised; keeping concurrency %d", self.limit)
+            return
+        if not isinstance(new, int) or isinstance(new, bool) or new < 1:
+            log.error("concurrency modifier returned %r, not an int >= 1; keeping %d", new, self.limit)
+            return
+        if new != self.limit:
+            log.info("concurrency %d -> %d", self.limit, new)
+            self.limit = new
+
+    async def _take_loop(self, tg: asyncio.TaskGroup) -> None:
+        delay = self.cfg.backoff_base_s
+        while self.state is WorkerState.READY:
+            self._apply_modifier()
+            free = self.limit - len(self.running)
+            if free <= 0:
+                self._slot.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):  # re-ask the modifier now and then
+                        await self._slot.wait()
+                continue
+            self._take_task = asyncio.ensure_future(self.t.take(free, busy=bool(self.running)))
+            try:
+                jobs = await self._take_task
+            except asyncio.CancelledError:
+                if self.state is WorkerState.READY:
+                    raise
+                return
+            except TransportError as e:
+                log.warning("job take failed (%s); retrying in %.2fs", e, delay)
+                await self._sleep_unless_stopping(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self.cfg.backoff_max_s)
+                continue
+            finally:
+                self._take_task = None
+            delay = self.cfg.backoff_base_s
+            for a in jobs:
+                self._start(tg, a)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    def _start(self, tg: asyncio.TaskGroup, a: Assignment) -> None:
+        job = Job(a.raw, input=a.input, state=self.setup_state, on_progress=functools.partial(self._on_progress, a.id))
+        rj = _Running(a, job)
+        self.running[a.id] = rj
+        rj.task = tg.create_task(self._run_one(rj), name=f"job-{a.id}")
+
+    # --- running one job -------------------------------------------------------------------------------------
+
+    def _timeout_for(self, a: Assignment) -> float | None:
+        ts = [t for t in (self.h.timeout, a.timeout_s) if t is not None]
+        return min(ts) if ts else None
+
+    async def _run_one(self, rj: _Running) -> None:
+        a = rj.assignment
+        log.debug("job %s started", a.id)
+        rj.sender = StreamSender(self.t, a.id, retries=self.cfg.report_retries, backoff_s=self.cfg.backoff_base_s)
+        try:
+            outcome = await run_job(
+                self.h, rj.job, emit=rj.sender.emit, pool=self.pool, timeout=self._timeout_for(a),
+                result_cap=self.cfg.result_cap,
+            )  # fmt: skip
+            try:
+                await rj.sender.flush()
+            except StaleResult:
+                log.info("job %s was stopped by the endpoint while streaming", a.id)
+                return
+            except TransportError as e:
+                outcome = Outcome(outcome.status.FAILED, error=f"TransportError: stream items undeliverable: {e}",
+                                  error_details=error_details(e, tb=False))  # fmt: skip
+        except asyncio.CancelledError:
+            # Stopped by the endpoint (cancel/timeout there) or handed back at a drain deadline: no report.
+            rj.sender.abort()
+            log.info("job %s stopped", a.id)
+            return
+        finally:
+            self.running.pop(a.id, None)
+            self._progress.pop(a.id, None)
+            self._slot.set()
+        if outcome.error_details is not None:
+            outcome.error_details["worker_id"] = self.t.worker_id
+            outcome.error_details["hostname"] = self.cfg.hostname
+        log.info("job %s %s", a.id, outcome.status.value)
+        # The report must survive a drain deadline or a shutdown: shield it from cancellation.
+        await asyncio.shield(self._report(a.id, outcome))
+        if outcome.refresh_worker:
+            log.info("job %s asked for refresh_worker: restarting the worker after it", a.id)
+            self.refresh = True
+            self.stop()
+
+    async def _report(self, job_id: str, outcome: Outcome) -> None:
+        delay = self.cfg.backoff_base_s
+        for attempt in range(self.cfg.report_retries + 1):
+            try:
+                await self.t.done(job_id, outcome)
+                return
+            except StaleResult as e:
+                log.warning("result of job %s refused by the endpoint: %s", job_id, e)
+                return
+            except TransportError as e:
+                if attempt == self.cfg.report_retries:
+                    break
+                log.warning("result of job %s not delivered (%s); retry in %.2fs", job_id, e, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self.cfg.backoff_max_s)
+        if self.spool is None:
+            # No disk to fall back on: keep trying rather than drop a result.
+            await asyncio.sleep(delay)
+            await self._report(job_id, outcome)
+            return
+        self.spool.save(job_id, outcome)
+        self._spooled.add(job_id)
+
+    async def _spool_loop(self) -> None:
+        assert self.spool is not None
+        self._spooled.update(self.spool.ids())
+        while True:
+            for job_id, outcome, path in self.spool.pending():
+                try:
+                    await self.t.done(job_id, outcome)
+                except StaleResult as e:
+                    log.warning("spooled result of job %s refused: %s", job_id, e)
+                except TransportError:
+                    break
+                else:
+                    log.info("spooled result of job %s delivered", job_id)
+                self.spool.remove(path)
+                self._spooled.discard(job_id)
+            await asyncio.sleep(self.cfg.spool_retry_s)
+
+    # --- progress --------------------------------------------------------------------------------------------
+
+    def _on_progress(self, job_id: str, update: Any) -> None:
+        """Called from the handler (any thread): latest update wins, sent by the progress loop."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._set_progress(job_id, update)
+        else:
+            loop.call_soon_threadsafe(self._set_progress, job_id, update)
+
+    def _set_progress(self, job_id: str, update: Any) -> None:
+        if job_id in self.running:
+            self._progress[job_id] = update
+            self._progress_wake.set()
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await self._progress_wake.wait()
+            self._progress_wake.clear()
+            pending, self._progress = self._progress, {}
+            for job_id, update in pending.items():
+                try:
+                    await self.t.progress(job_id, codec.dumps(update))
+                except (TransportError, ValueError) as e:
+                    log.warning("progress update of job %s dropped: %s", job_id, e)
+            if not self.t.direct:
+                await asyncio.sleep(self.cfg.progress_interval_s)
+
+    # --- heartbeat and stop ----------------------------------------------------------------------------------
+
+    def job_ids(self) -> list[str]:
+        return [*self.running, *self._spooled]
+
+    async def _ping_loop(self) -> None:
+        while True:
+            try:
+                await self.t.ping(self.job_ids(), initializing=self.state is WorkerState.INITIALIZING)
+            except TransportError as e:
+                log.warning("ping failed: %s", e)
+            await asyncio.sleep(self.cfg.ping_interval_s)
+
+    async def _stop_loop(self) -> None:
+        delay = self.cfg.backoff_base_s
+        while True:
+            try:
+                ids = await self.t.stops()
+            except TransportError as e:
+                log.warning("job-stop poll failed (%s)", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.cfg.backoff_max_s)
+                continue
+            delay = self.cfg.backoff_base_s
+            for job_id in ids:
+                self.cancel(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        rj = self.running.get(job_id)
+        if rj is None or rj.task is None:
+            return False
+        rj.job._mark_cancelled()
+        rj.task.cancel()
+        return True
+
+    # --- drain -----------------------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        if self.running:
+            tasks = [rj.task for rj in self.running.values() if rj.task is not None]
+            _, pending = await asyncio.wait(tasks, timeout=self.cfg.drain_timeout_s)
+            if pending:
+                ids = [job_id for job_id, rj in self.running.items() if rj.task in pending]
+                log.warning("drain deadline reached; handing back %d unfinished job(s): %s", len(ids), ids)
+                for job_id in ids:
+                    self.cancel(job_id)
+                await asyncio.wait(pending)
+                if self.t.can_hand_back:
+                    with contextlib.suppress(TransportError):
+                        await self.t.hand_back(ids)

@@ -1,0 +1,54 @@
+"""What a worker needs from the endpoint, whichever way it reaches it (in-process or over HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..chunker import EncodedItem
+from ..runner import Outcome
+
+__all__ = ["Assignment", "Transport"]
+
+
+@dataclass(slots=True)
+class Assignment:
+    """A job as a worker takes it: the raw take dict plus the parts the runtime reads."""
+
+    id: str
+    input: Any
+    raw: dict[str, Any]
+    timeout_s: float | None = None
+
+
+class Transport(Protocol):
+    worker_id: str
+    # True when a stream request may carry several items ({"outputs": [...]}), as our endpoint announces.
+    batch_stream: bool
+    # True when stream/progress calls complete without I/O, so the worker calls them inline instead of batching.
+    direct: bool
+    # True when unfinished jobs can be handed back at a drain deadline instead of waiting for their lease.
+    can_hand_back: bool
+
+    async def take(self, n: int, busy: bool) -> list[Assignment]:
+        """Up to ``n`` jobs; may hold an empty reply open for a while (long poll)."""
+        ...
+
+    async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None: ...
+
+    async def progress(self, job_id: str, output: bytes) -> None: ...
+
+    async def done(self, job_id: str, outcome: Outcome) -> None:
+        """Report a result. Raises StaleResult when the endpoint refuses it (409), TransportError otherwise."""
+        ...
+
+    async def ping(self, job_ids: Sequence[str], initializing: bool) -> None: ...
+
+    async def stops(self) -> list[str]:
+        """Ids of jobs to stop; may hold an empty reply open for a while."""
+        ...
+
+    async def hand_back(self, job_ids: Sequence[str]) -> None: ...
+
+    async def close(self) -> None: ...

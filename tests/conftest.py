@@ -1,0 +1,146 @@
+"""Fixture factories: real servers on loopback, real SQLite files, real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from handler_sdk.handler import Handler
+from handler_sdk.loader import load_handler
+from handler_sdk.serve.server import ServeConfig, Server
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = Path(__file__).resolve().parent / "handlers"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Endpoint:
+    """A running endpoint and a client session pointed at it."""
+
+    server: Server
+    http: aiohttp.ClientSession
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def broker(self) -> Any:
+        return self.server.broker
+
+    async def call(self, method: str, op: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        kw.setdefault("headers", self.headers)
+        async with self.http.request(method, f"{self.url}/{op}", json=body, **kw) as r:
+            data = await r.read()
+            return r.status, (await r.json(content_type=None)) if data else None
+
+    async def post(self, op: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        return await self.call("POST", op, body, **kw)
+
+    async def get(self, op: str, **kw: Any) -> tuple[int, Any]:
+        return await self.call("GET", op, **kw)
+
+    async def wait_status(self, job_id: str, *statuses: str, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            code, body = await self.get(f"status/{job_id}")
+            if code == 200 and body["status"] in statuses:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} never reached {statuses}; last {code} {body}")
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def endpoint_factory(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await endpoint_factory(target_or_handler, **ServeConfig fields)`` -> Endpoint on a free port.
+
+    Targets are paths relative to tests/handlers (``"kinds.py:sync_echo"``) or Handler objects. Defaults suit
+    tests: a SQLite journal in tmp_path, rate limits off, short holds.
+    """
+    servers: list[Server] = []
+
+    async def make(target: str | Handler | None = None, **overrides: Any) -> Endpoint:
+        h = load_handler(str(HANDLERS / target)) if isinstance(target, str) else target
+        cfg = ServeConfig(port=0, data_dir=tmp_path / f"data{len(servers)}", rate_limits=False, take_hold_s=0.5)
+        cfg.client = type(cfg.client)(stream_hold_ms=200)
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        server = Server(cfg, h)
+        await server.start()
+        servers.append(server)
+        headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        return Endpoint(server, http, headers)
+
+    yield make
+    for s in servers:
+        await s.close()
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def process_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start ``python -m ...`` subprocesses (serve, worker) with output captured to a file; killed at teardown."""
+    procs: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, name: str = "proc") -> Proc:
+        log = tmp_path / f"{name}-{len(procs)}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        p = subprocess.Popen(
+            [sys.executable, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
+        )
+        procs.append(Proc(p, log))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.proc.wait(5)
+
+
+def wait_for_line(p: Proc, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in p.output():
+            return
+        if p.proc.poll() is not None:
+            raise AssertionError(f"process exited {p.proc.returncode} before printing {text!r}:\n{p.output()}")
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} within {timeout}s:\n{p.output()}")

@@ -1,0 +1,6 @@
+from handler_sdk import handler
+
+
+@handler
+async def echo(job):
+    return job.input

@@ -1,0 +1,6 @@
+from handler_sdk import handler
+
+
+@handler
+def boom(job):
+    raise ValueError(f"boom: {job.input.get('why', 'no reason')}")
