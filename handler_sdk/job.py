@@ -8,6 +8,8 @@ from typing import Any
 
 __all__ = ["Job"]
 
+_EVENT_LOCK = threading.Lock()
+
 
 class Job(Mapping[str, Any]):
     """One job as the handler sees it.
@@ -18,7 +20,7 @@ class Job(Mapping[str, Any]):
     cannot be interrupted, so a long loop should check it and return early.
     """
 
-    __slots__ = ("_cancel", "_on_progress", "_raw", "id", "input", "state")
+    __slots__ = ("_cancel", "_cancelled", "_on_progress", "_raw", "id", "input", "state")
 
     def __init__(
         self,
@@ -33,7 +35,9 @@ class Job(Mapping[str, Any]):
         self.input: Any = raw.get("input") if input is None else input
         self.state: Any = state
         self._on_progress = on_progress
-        self._cancel = threading.Event()
+        # The Event is made only if a handler waits on it: most jobs never do, and it costs a lock and a condition.
+        self._cancelled = False
+        self._cancel: threading.Event | None = None
 
     # Mapping protocol over the job as it came from the queue.
     def __getitem__(self, key: str) -> Any:
@@ -58,11 +62,19 @@ class Job(Mapping[str, Any]):
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancelled
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Block up to ``timeout`` seconds until the job is cancelled; an interruptible ``sleep`` for sync code."""
+        with _EVENT_LOCK:
+            if self._cancel is None:
+                self._cancel = threading.Event()
+                if self._cancelled:
+                    self._cancel.set()
         return self._cancel.wait(timeout)
 
     def _mark_cancelled(self) -> None:
-        self._cancel.set()
+        with _EVENT_LOCK:
+            self._cancelled = True
+            if self._cancel is not None:
+                self._cancel.set()

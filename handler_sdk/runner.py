@@ -188,10 +188,15 @@ async def run_job(
     result_cap: int = DEFAULT_RESULT_CAP,
 ) -> Outcome:
     """Run one job to its outcome. ``timeout`` (seconds) is the tighter of the handler's and the job's."""
+    cm = None if timeout is None else asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        if cm is None:
+            return await _call(h, job, pool, emit, result_cap)
+        async with cm:
             return await _call(h, job, pool, emit, result_cap)
     except TimeoutError as e:
+        if cm is None or not cm.expired():
+            return _failed(e)  # the handler's own TimeoutError, not our deadline
         job._mark_cancelled()
         err = TimeoutError(f"job exceeded its {timeout:g} s execution timeout")
         err.__cause__ = e

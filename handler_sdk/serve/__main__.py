@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sync-retention-ms", type=int, default=60 * 1000)
     p.add_argument("--lease-ms", type=int, default=30_000, help="a remote worker silent this long is gone")
     p.add_argument("--max-attempts", type=int, default=3, help="tries before a job lost with its worker fails")
+    p.add_argument("--hold-s", type=float, default=3.0, help="how long an empty job-take or job-stop is held open")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds running jobs get on shutdown")
     p.add_argument("--test-input", nargs="?", const="", metavar="JSON",
                    help='run one job (e.g. \'{"input": {...}}\'; no value: test_input.json beside TARGET), '
@@ -54,6 +55,7 @@ async def _serve(args: argparse.Namespace) -> int:
                             lease_ms=args.lease_ms, max_attempts=args.max_attempts),
     )  # fmt: skip
     cfg.worker.drain_timeout_s = args.drain_timeout
+    cfg.take_hold_s = args.hold_s
     if args.workers and h is None:
         raise ConfigError("--workers needs a TARGET for the workers to load")
     server = Server(cfg, None if args.workers else h)

@@ -30,13 +30,16 @@ if TYPE_CHECKING:
 
 __all__ = ["generate", "render"]
 
+# The template must end on the assistant's turn, or the model continues the user's message.
+_CHAT = ChatParams(chat_template_kwargs={"add_generation_prompt": True})
+
 
 async def render(llm: AsyncLLM, request: GenerateRequest) -> Any:
     """The engine input for a prompt (tokenized as is) or for messages (the chat template applied first)."""
     try:
         if request.messages is not None:
             messages = cast("list[ChatCompletionMessageParam]", request.messages)
-            _, prompts = await llm.renderer.render_chat_async([messages], ChatParams())
+            _, prompts = await llm.renderer.render_chat_async([messages], _CHAT)
         else:
             prompts = await llm.renderer.render_cmpl_async([TextPrompt(prompt=request.prompt or "")])
     except (VLLMClientError, TemplateError, ValueError, TypeError, KeyError) as e:

@@ -73,7 +73,7 @@ def _build_into(path: Path, seed: int) -> None:
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     fast = hf.PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=256
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=2048
     )
     fast.chat_template = _CHAT_TEMPLATE
     fast.save_pretrained(path)
@@ -87,7 +87,7 @@ def _build_into(path: Path, seed: int) -> None:
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=64,
-        max_position_embeddings=256,
+        max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tok.token_to_id("<s>"),
         eos_token_id=tok.token_to_id("</s>"),
