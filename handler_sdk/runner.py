@@ -95,6 +95,26 @@ class _Finished(Exception):
         self.output = output
 
 
+async def _drive_async(agen: Any, publish: Callable[[Any], Awaitable[None]]) -> None:
+    try:
+        async for value in agen:
+            await publish(value)
+    finally:
+        await agen.aclose()
+
+
+async def _drive_sync(gen: Any, arg: Any, pool: ElasticPool, publish: Callable[[Any], Awaitable[None]]) -> Any:
+    try:
+        while True:
+            await publish(await pool.run(_step, gen))
+    except _Returned as r:
+        return r.value
+    finally:
+        # Not running in its thread any more (it yielded, returned or raised), so closing cannot race it.
+        if not job_cancelled(arg):
+            gen.close()
+
+
 async def _stream(h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate: list[bytes] | None) -> Any:
     """Drive a generator; returns the output it set with Final (or a sync generator's return value)."""
 
@@ -113,24 +133,9 @@ async def _stream(h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate
 
     try:
         if h.kind is HandlerKind.ASYNC_GEN:
-            agen = h.fn(arg)
-            try:
-                async for value in agen:
-                    await publish(value)
-            finally:
-                await agen.aclose()
+            await _drive_async(h.fn(arg), publish)
             return None
-        gen = h.fn(arg)
-        try:
-            while True:
-                value = await pool.run(_step, gen)
-                await publish(value)
-        except _Returned as r:
-            return r.value
-        finally:
-            # Not running in its thread any more (it yielded, returned or raised), so closing cannot race it.
-            if not job_cancelled(arg):
-                gen.close()
+        return await _drive_sync(h.fn(arg), arg, pool, publish)
     except _Finished as f:
         return f.output
 

@@ -10,6 +10,7 @@ already given up on; the worker logs a warning when it grows past ``warn_abandon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import queue
@@ -100,10 +101,9 @@ class ElasticPool:
                 ok = True
             except BaseException as e:  # handed to the awaiting task, which decides what it means
                 ok, value = False, e
-            try:
+            # A closed loop means nobody is waiting any more: the handler ran on past the runtime's end.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, ok, value)
-            except RuntimeError:  # the loop closed while the handler ran on; nobody is waiting any more
-                pass
 
         self._submit(call)
         try:

@@ -128,8 +128,8 @@ class Broker:
         if self.store is not None:
             self.store.set_meta("retried", self.retried)
         if r.retries >= self.cfg.max_attempts:
-            self._finish(r, S.FAILED, error_type="WorkerLost",
-                         message=f"job was lost with its worker {r.retries} times (max_attempts={self.cfg.max_attempts})")  # fmt: skip
+            why = f"job was lost with its worker {r.retries} times (max_attempts={self.cfg.max_attempts})"
+            self._finish(r, S.FAILED, error_type="WorkerLost", message=why)
             return
         self._set(r, S.IN_QUEUE)
         r.worker_id, r.started, r.output = None, None, None

@@ -45,67 +45,67 @@ def _run_request(body: Any) -> RunRequest:
         raise BadRequest(f"invalid request: {fields}") from None
 
 
-def add_client_routes(app: web.Application, broker: Broker, lim: ClientLimits | None = None) -> None:
-    lim = lim or ClientLimits()
+class ClientRoutes:
+    def __init__(self, broker: Broker, lim: ClientLimits) -> None:
+        self.broker = broker
+        self.lim = lim
 
-    def wait_s(request: web.Request) -> float:
+    def _wait_s(self, request: web.Request) -> float:
+        lim = self.lim
         ms = query_int(request, "wait", lim.default_wait_ms, lim.min_wait_ms, lim.max_wait_ms)
         assert ms is not None
         return ms / 1000
 
-    async def run(request: web.Request) -> web.Response:
-        req = _run_request(await read_json(request, lim.run_body))
-        r = broker.submit(req)
-        await broker.durable()  # journaled before we answer
+    async def run(self, request: web.Request) -> web.Response:
+        req = _run_request(await read_json(request, self.lim.run_body))
+        r = self.broker.submit(req)
+        await self.broker.durable()  # journaled before we answer
         return json_reply({"id": r.id, "status": r.status.value})
 
-    async def runsync(request: web.Request) -> web.Response:
-        req = _run_request(await read_json(request, lim.runsync_body))
-        r = broker.submit(req, sync=True)
-        await broker.wait_terminal(r, wait_s(request))
+    async def runsync(self, request: web.Request) -> web.Response:
+        req = _run_request(await read_json(request, self.lim.runsync_body))
+        r = self.broker.submit(req, sync=True)
+        await self.broker.wait_terminal(r, self._wait_s(request))
         if r.status.terminal:
             return json_reply(r.reply())
         return json_reply({"id": r.id, "status": r.status.value})
 
-    def ttl_of(request: web.Request) -> int | None:
-        return query_int(request, "ttl", None, 0, 2**62)
+    async def status(self, request: web.Request) -> web.Response:
+        return json_reply(self.broker.status(request.match_info["job_id"], _ttl(request)).reply())
 
-    async def status(request: web.Request) -> web.Response:
-        return json_reply(broker.status(request.match_info["job_id"], ttl_of(request)).reply())
-
-    async def status_sync(request: web.Request) -> web.Response:
-        r = broker.status(request.match_info["job_id"], ttl_of(request))
-        await broker.wait_terminal(r, wait_s(request))
+    async def status_sync(self, request: web.Request) -> web.Response:
+        r = self.broker.status(request.match_info["job_id"], _ttl(request))
+        await self.broker.wait_terminal(r, self._wait_s(request))
         return json_reply(r.reply())
 
-    async def stream(request: web.Request) -> web.Response:
+    async def stream(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         start = query_int(request, "from", None, 0, 2**62)
-        r, items = broker.read_stream(job_id, start)
-        if not items and not r.status.terminal and lim.stream_hold_ms > 0:
-            await broker.wait_change(r, lim.stream_hold_ms / 1000)
-            r, items = broker.read_stream(job_id, start)
+        r, items = self.broker.read_stream(job_id, start)
+        if not items and not r.status.terminal and self.lim.stream_hold_ms > 0:
+            await self.broker.wait_change(r, self.lim.stream_hold_ms / 1000)
+            r, items = self.broker.read_stream(job_id, start)
         head = b'{"id":' + codec.dumps(r.id) + b',"status":"' + r.status.value.encode() + b'","stream":['
         return raw_json_reply(head + b",".join(items) + b"]}")
 
-    async def cancel(request: web.Request) -> web.Response:
-        r = broker.cancel(request.match_info["job_id"])
+    async def cancel(self, request: web.Request) -> web.Response:
+        r = self.broker.cancel(request.match_info["job_id"])
         return json_reply({"id": r.id, "status": r.status.value})
 
-    async def retry(request: web.Request) -> web.Response:
-        r = broker.retry(request.match_info["job_id"])
-        await broker.durable()
+    async def retry(self, request: web.Request) -> web.Response:
+        r = self.broker.retry(request.match_info["job_id"])
+        await self.broker.durable()
         return json_reply({"id": r.id, "status": r.status.value})
 
-    async def purge(request: web.Request) -> web.Response:
-        removed = broker.purge()
-        await broker.durable()
+    async def purge(self, request: web.Request) -> web.Response:
+        removed = self.broker.purge()
+        await self.broker.durable()
         return json_reply({"removed": removed, "status": "completed"})
 
-    async def health(request: web.Request) -> web.Response:
-        return json_reply(broker.health())
+    async def health(self, request: web.Request) -> web.Response:
+        return json_reply(self.broker.health())
 
-    async def requests(request: web.Request) -> web.Response:
+    async def requests(self, request: web.Request) -> web.Response:
         limit = query_int(request, "limit", 50, 1, 500)
         offset = query_int(request, "offset", 0, 0, 2**62)
         raw = request.query.get("status")
@@ -114,17 +114,24 @@ def add_client_routes(app: web.Application, broker: Broker, lim: ClientLimits | 
         except ValueError:
             raise BadRequest(f"unknown status {raw!r}; one of {', '.join(s.value for s in JobStatus)}") from None
         assert limit is not None and offset is not None
-        return json_reply(broker.requests(limit, offset, st))
+        return json_reply(self.broker.requests(limit, offset, st))
 
+
+def _ttl(request: web.Request) -> int | None:
+    return query_int(request, "ttl", None, 0, 2**62)
+
+
+def add_client_routes(app: web.Application, broker: Broker, lim: ClientLimits | None = None) -> None:
+    c = ClientRoutes(broker, lim or ClientLimits())
     p = "/v2/{endpoint_id}"
-    app.router.add_post(f"{p}/run", run)
-    app.router.add_post(f"{p}/runsync", runsync)
+    app.router.add_post(f"{p}/run", c.run)
+    app.router.add_post(f"{p}/runsync", c.runsync)
     for verb in ("GET", "POST"):
-        app.router.add_route(verb, f"{p}/status/{{job_id}}", status)
-        app.router.add_route(verb, f"{p}/status-sync/{{job_id}}", status_sync)
-        app.router.add_route(verb, f"{p}/stream/{{job_id}}", stream)
-        app.router.add_route(verb, f"{p}/health", health)
-    app.router.add_post(f"{p}/cancel/{{job_id}}", cancel)
-    app.router.add_post(f"{p}/retry/{{job_id}}", retry)
-    app.router.add_post(f"{p}/purge-queue", purge)
-    app.router.add_get(f"{p}/requests", requests)
+        app.router.add_route(verb, f"{p}/status/{{job_id}}", c.status)
+        app.router.add_route(verb, f"{p}/status-sync/{{job_id}}", c.status_sync)
+        app.router.add_route(verb, f"{p}/stream/{{job_id}}", c.stream)
+        app.router.add_route(verb, f"{p}/health", c.health)
+    app.router.add_post(f"{p}/cancel/{{job_id}}", c.cancel)
+    app.router.add_post(f"{p}/retry/{{job_id}}", c.retry)
+    app.router.add_post(f"{p}/purge-queue", c.purge)
+    app.router.add_get(f"{p}/requests", c.requests)

@@ -48,37 +48,41 @@ def _final(r: JobRecord) -> web.Response:
     return _openai_error(r.error or "the handler failed", 500, "internal_error")
 
 
-def add_openai_routes(app: web.Application, broker: Broker, *, body_cap: int = 20 << 20, wait_s: float = 600.0) -> None:
-    async def relay(request: web.Request, route: str, body: Any) -> web.StreamResponse:
+class OpenAIRoutes:
+    def __init__(self, broker: Broker, body_cap: int, wait_s: float) -> None:
+        self.broker = broker
+        self.body_cap = body_cap
+        self.wait_s = wait_s
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        body = await read_json(request, self.body_cap)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object")
+        return body
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self.relay(request, "/v1/chat/completions", await self._body(request))
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.relay(request, "/v1/completions", await self._body(request))
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        return await self.relay(request, "/v1/models", None)
+
+    async def relay(self, request: web.Request, route: str, body: dict[str, Any] | None) -> web.StreamResponse:
         req = RunRequest(input={"openai_route": route, "openai_input": body}, policy=Policy())
-        r = broker.submit(req, sync=True)
-        streaming = isinstance(body, dict) and bool(body.get("stream"))
-        sent = 0
+        r = self.broker.submit(req, sync=True)
+        streaming = body is not None and bool(body.get("stream"))
         resp: web.StreamResponse | None = None
         try:
-            async with asyncio.timeout(wait_s):
-                while True:
-                    items = r.stream[sent:]
-                    if streaming and items:
-                        if resp is None:
-                            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                                               "Cache-Control": "no-cache"})  # fmt: skip
-                            await resp.prepare(request)
-                        for raw in items:
-                            out = codec.loads(raw)["output"]
-                            await resp.write(
-                                out.encode() if isinstance(out, str) else b"data: " + codec.dumps(out) + b"\n\n"
-                            )
-                        sent += len(items)
-                    if r.status.terminal and (not streaming or sent >= len(r.stream)):
-                        break
-                    await r.watch().wait()
+            async with asyncio.timeout(self.wait_s):
+                resp = await (_relay_sse(request, r) if streaming else _wait_end(r))
         except TimeoutError:
-            broker.cancel(r.id)
+            self.broker.cancel(r.id)
             if resp is None:
                 return _openai_error("no reply from a worker in time", 504, "timeout")
         except (asyncio.CancelledError, ConnectionResetError):
-            broker.cancel(r.id)  # the client went away: free the worker
+            self.broker.cancel(r.id)  # the client went away: free the worker
             raise
         if resp is not None:
             with contextlib.suppress(ConnectionResetError):
@@ -86,22 +90,34 @@ def add_openai_routes(app: web.Application, broker: Broker, *, body_cap: int = 2
             return resp
         return _final(r)
 
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await read_json(request, body_cap)
-        if not isinstance(body, dict):
-            raise BadRequest("body must be a JSON object")
-        return await relay(request, "/v1/chat/completions", body)
 
-    async def completions(request: web.Request) -> web.StreamResponse:
-        body = await read_json(request, body_cap)
-        if not isinstance(body, dict):
-            raise BadRequest("body must be a JSON object")
-        return await relay(request, "/v1/completions", body)
+async def _wait_end(r: JobRecord) -> None:
+    while not r.status.terminal:
+        await r.watch().wait()
 
-    async def models(request: web.Request) -> web.StreamResponse:
-        return await relay(request, "/v1/models", None)
 
+async def _relay_sse(request: web.Request, r: JobRecord) -> web.StreamResponse | None:
+    """Write each SSE item as it lands; None when the job ended without any (then its final output answers)."""
+    resp: web.StreamResponse | None = None
+    sent = 0
+    while True:
+        items = r.stream[sent:]
+        if items:
+            if resp is None:
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+                await resp.prepare(request)
+            for raw in items:
+                out = codec.loads(raw)["output"]
+                await resp.write(out.encode() if isinstance(out, str) else b"data: " + codec.dumps(out) + b"\n\n")
+            sent += len(items)
+        if r.status.terminal and sent >= len(r.stream):
+            return resp
+        await r.watch().wait()
+
+
+def add_openai_routes(app: web.Application, broker: Broker, *, body_cap: int = 20 << 20, wait_s: float = 600.0) -> None:
+    o = OpenAIRoutes(broker, body_cap, wait_s)
     p = "/v2/{endpoint_id}/openai/v1"
-    app.router.add_post(f"{p}/chat/completions", chat)
-    app.router.add_post(f"{p}/completions", completions)
-    app.router.add_get(f"{p}/models", models)
+    app.router.add_post(f"{p}/chat/completions", o.chat)
+    app.router.add_post(f"{p}/completions", o.completions)
+    app.router.add_get(f"{p}/models", o.models)

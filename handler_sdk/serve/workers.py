@@ -72,30 +72,50 @@ def _job_payload(r: JobRecord) -> dict[str, Any]:
     return d
 
 
-def add_worker_routes(
-    app: web.Application, broker: Broker, *, hold_s: float = 3.0, result_cap: int = 20 << 20, max_batch: int = 1000
-) -> None:
-    async def take(request: web.Request) -> web.Response:
-        jobs = await broker.take(request.match_info["worker_id"], 1, hold_s)
+def _stream_items(raw: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """The outputs and their metrics from a job-stream body: runpod's one ``output``, or our ``outputs``."""
+    try:
+        body = StreamBody.model_validate(raw)
+    except ValidationError as e:
+        raise BadRequest(f"invalid job-stream body: {e.errors()[0]['msg']}") from None
+    if body.outputs is not None:
+        ms = body.metrics if isinstance(body.metrics, list) else [None] * len(body.outputs)
+        if len(ms) != len(body.outputs):
+            raise BadRequest("job-stream: metrics must have one entry per output")
+        return body.outputs, ms
+    if "output" in raw:
+        return [body.output], [body.metrics if isinstance(body.metrics, dict) else None]
+    raise BadRequest('job-stream body needs "output" (or our "outputs" extension)')
+
+
+class WorkerRoutes:
+    def __init__(self, broker: Broker, hold_s: float, result_cap: int, max_batch: int) -> None:
+        self.broker = broker
+        self.hold_s = hold_s
+        self.result_cap = result_cap
+        self.max_batch = max_batch
+
+    async def take(self, request: web.Request) -> web.Response:
+        jobs = await self.broker.take(request.match_info["worker_id"], 1, self.hold_s)
         if not jobs:
             return _reply(b"", 204)
         return _reply(codec.dumps(_job_payload(jobs[0])))
 
-    async def take_batch(request: web.Request) -> web.Response:
-        n = query_int(request, "batch_size", 1, 1, max_batch)
+    async def take_batch(self, request: web.Request) -> web.Response:
+        n = query_int(request, "batch_size", 1, 1, self.max_batch)
         assert n is not None
-        jobs = await broker.take(request.match_info["worker_id"], n, hold_s)
+        jobs = await self.broker.take(request.match_info["worker_id"], n, self.hold_s)
         if not jobs:
             return _reply(b"", 204)
         return _reply(codec.dumps([_job_payload(r) for r in jobs]))
 
-    async def stop(request: web.Request) -> web.Response:
-        ids = await broker.stops(request.match_info["worker_id"], hold_s)
+    async def stop(self, request: web.Request) -> web.Response:
+        ids = await self.broker.stops(request.match_info["worker_id"], self.hold_s)
         return _reply(codec.dumps({"jobsToStop": ids}))
 
-    async def done(request: web.Request) -> web.Response:
+    async def done(self, request: web.Request) -> web.Response:
         wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
-        raw = await read_json(request, result_cap + MAX_STREAM_BYTES, allow_empty=True)
+        raw = await read_json(request, self.result_cap + MAX_STREAM_BYTES, allow_empty=True)
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise BadRequest("job-done body must be a JSON object")
@@ -106,63 +126,55 @@ def add_worker_routes(
         output = codec.dumps(body.output) if "output" in raw and body.output is not None else None
         if body.status is JobStatus.IN_PROGRESS:
             if output is not None:
-                broker.progress(wid, jid, output)
+                self.broker.progress(wid, jid, output)
             return _reply(_OK)
         if body.error is not None:
             error, details = normalize_error(body.error)
             failed = body.status if body.status in (JobStatus.TIMED_OUT, JobStatus.CANCELLED) else JobStatus.FAILED
-            r = broker.done(wid, jid, failed, output=output, error=error, details=details)
+            r = self.broker.done(wid, jid, failed, output=output, error=error, details=details)
         else:
             if request.query.get("isStream") == "true" and output == b"[]":
                 output = None  # runpod's final post of a generator that does not aggregate: no output
             ok = body.status if body.status is not None and body.status.terminal else JobStatus.COMPLETED
-            r = broker.done(wid, jid, ok, output=output)
+            r = self.broker.done(wid, jid, ok, output=output)
         if not r.sync:
-            await broker.durable()  # the worker forgets the result once we answer
+            await self.broker.durable()  # the worker forgets the result once we answer
         return _reply(_OK)
 
-    async def stream(request: web.Request) -> web.Response:
+    async def stream(self, request: web.Request) -> web.Response:
         wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
         raw = await read_json(request, MAX_STREAM_BYTES)
         if not isinstance(raw, dict):
             raise BadRequest("job-stream body must be a JSON object")
-        try:
-            body = StreamBody.model_validate(raw)
-        except ValidationError as e:
-            raise BadRequest(f"invalid job-stream body: {e.errors()[0]['msg']}") from None
-        if body.outputs is not None:
-            outputs = body.outputs
-            ms = body.metrics if isinstance(body.metrics, list) else [None] * len(outputs)
-            if len(ms) != len(outputs):
-                raise BadRequest("job-stream: metrics must have one entry per output")
-        elif "output" in raw:
-            outputs = [body.output]
-            ms = [body.metrics if isinstance(body.metrics, dict) else None]
-        else:
-            raise BadRequest('job-stream body needs "output" (or our "outputs" extension)')
-        n = broker.stream(
+        outputs, ms = _stream_items(raw)
+        n = self.broker.stream(
             wid, jid, [codec.dumps(o) for o in outputs], [None if m is None else codec.dumps(m) for m in ms]
         )
         return _reply(codec.dumps({"ok": True, "items": n}))
 
-    async def ping(request: web.Request) -> web.Response:
+    async def ping(self, request: web.Request) -> web.Response:
         ids = [i for i in request.query.get("job_id", "").split(",") if i]
-        broker.ping(request.match_info["worker_id"], ids, initializing=request.query.get("initializing") == "1")
+        self.broker.ping(request.match_info["worker_id"], ids, initializing=request.query.get("initializing") == "1")
         return _reply(_OK)
 
-    async def hand_back(request: web.Request) -> web.Response:
+    async def hand_back(self, request: web.Request) -> web.Response:
         raw = await read_json(request, MAX_STREAM_BYTES)
         ids = raw.get("ids") if isinstance(raw, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise BadRequest('job-handback body must be {"ids": ["job id", ...]}')
-        n = broker.hand_back(request.match_info["worker_id"], ids)
+        n = self.broker.hand_back(request.match_info["worker_id"], ids)
         return _reply(codec.dumps({"ok": True, "handedBack": n}))
 
+
+def add_worker_routes(
+    app: web.Application, broker: Broker, *, hold_s: float = 3.0, result_cap: int = 20 << 20, max_batch: int = 1000
+) -> None:
+    w = WorkerRoutes(broker, hold_s, result_cap, max_batch)
     p = "/v2/{endpoint_id}"
-    app.router.add_get(f"{p}/job-take/{{worker_id}}", take)
-    app.router.add_get(f"{p}/job-take-batch/{{worker_id}}", take_batch)
-    app.router.add_get(f"{p}/job-stop/{{worker_id}}", stop)
-    app.router.add_post(f"{p}/job-done/{{worker_id}}/{{job_id}}", done)
-    app.router.add_post(f"{p}/job-stream/{{worker_id}}/{{job_id}}", stream)
-    app.router.add_get(f"{p}/ping/{{worker_id}}", ping)
-    app.router.add_post(f"{p}/job-handback/{{worker_id}}", hand_back)
+    app.router.add_get(f"{p}/job-take/{{worker_id}}", w.take)
+    app.router.add_get(f"{p}/job-take-batch/{{worker_id}}", w.take_batch)
+    app.router.add_get(f"{p}/job-stop/{{worker_id}}", w.stop)
+    app.router.add_post(f"{p}/job-done/{{worker_id}}/{{job_id}}", w.done)
+    app.router.add_post(f"{p}/job-stream/{{worker_id}}/{{job_id}}", w.stream)
+    app.router.add_get(f"{p}/ping/{{worker_id}}", w.ping)
+    app.router.add_post(f"{p}/job-handback/{{worker_id}}", w.hand_back)

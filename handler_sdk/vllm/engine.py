@@ -44,6 +44,8 @@ class Engine:
         self.openai = OpenAIServing(llm, config.served_model_name, config.model)
         self._closed = False
         self._close_lock = threading.Lock()
+        # The loop the engine's sockets live on, for closing them from another thread at shutdown.
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def start(cls, config: EngineConfig | None = None) -> Engine:
@@ -76,6 +78,7 @@ class Engine:
             self._closed = True
         atexit.unregister(self.shutdown)
         self.llm.shutdown()
+        _close_client_context(self.llm, self._loop)
 
     @property
     def closed(self) -> bool:
@@ -93,3 +96,24 @@ class Engine:
         """Run one generation request: ``Chunk`` items when it streams, then always one ``Final`` with
         ``{"text": [...], "input_tokens": n, "output_tokens": m}``. See ``stream.generate``."""
         return stream.generate(self, request, request_id)
+
+
+def _close_client_context(llm: AsyncLLM, loop: asyncio.AbstractEventLoop) -> None:
+    """Close the ZMQ context of vLLM's engine client, which vLLM 0.32's shutdown leaves open.
+
+    Left open, it is torn down whenever the garbage collector gets to it, with a ResourceWarning. Its sockets
+    are closed on the event loop (vLLM schedules that when shutdown runs in another thread), so the context is
+    destroyed there too, after them.
+    """
+    resources = getattr(getattr(llm, "engine_core", None), "resources", None)
+    ctx = getattr(resources, "ctx", None)
+    if ctx is None or getattr(ctx, "closed", True):
+        return
+    try:
+        in_loop = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        in_loop = False
+    if in_loop or loop.is_closed() or not loop.is_running():
+        ctx.destroy(linger=0)
+    else:
+        loop.call_soon_threadsafe(ctx.destroy, 0)

@@ -41,17 +41,23 @@ def sampling_params(raw: dict[str, Any]) -> SamplingParams:
     try:
         # convert (not the constructor) checks each field's type and names it, then runs vLLM's own checks.
         params = msgspec.convert(raw, SamplingParams)
-    except VLLMValidationError as e:
-        where = f"sampling_params.{e.parameter}" if e.parameter else "sampling_params"
-        raise InvalidInput(f"{where}: {e}") from None
     except msgspec.ValidationError as e:
         msg, _, path = str(e).partition(" - at `$.")
         where = "sampling_params." + path.rstrip("`") if path else "sampling_params"
         raise InvalidInput(f"{where}: {msg}") from None
-    except (ValueError, TypeError) as e:
-        raise InvalidInput(f"sampling_params: {e}") from None
+    except (VLLMValidationError, ValueError, TypeError) as e:
+        raise InvalidInput(f"{_field_of(e, raw)}: {e}") from None
     params.output_kind = RequestOutputKind.DELTA
     return params
+
+
+def _field_of(e: Exception, raw: dict[str, Any]) -> str:
+    parameter = getattr(e, "parameter", None)
+    if not parameter:
+        # Not every vLLM check names its parameter, but their messages start with it ("n must be at least 1").
+        words = str(e).split(maxsplit=1)
+        parameter = words[0].strip("`'\":") if words else None
+    return f"sampling_params.{parameter}" if parameter in raw else "sampling_params"
 
 
 class GenerateRequest(BaseModel):

@@ -16,7 +16,7 @@ HANDLER_SDK_API_KEY                RUNPOD_AI_API_KEY                 sent as ``A
 HANDLER_SDK_WORKER_ID              RUNPOD_POD_ID                     ``$RUNPOD_POD_ID`` (default: host-random)
 HANDLER_SDK_PING_INTERVAL_MS       RUNPOD_PING_INTERVAL              heartbeat period (ms, default 10000)
 HANDLER_SDK_DRAIN_TIMEOUT_S        -                                 SIGTERM drain deadline (default 30)
-HANDLER_SDK_SPOOL_DIR              -                                 undeliverable results (default ./.handler_sdk_spool)
+HANDLER_SDK_SPOOL_DIR              -                                 undeliverable results (./.handler_sdk_spool)
 HANDLER_SDK_REPORT_RETRIES         -                                 result posts before spooling (default 5)
 HANDLER_SDK_BACKOFF_BASE_S         -                                 first retry delay (default 0.2)
 HANDLER_SDK_BACKOFF_MAX_S          -                                 longest retry delay (default 10)

@@ -215,7 +215,9 @@ class Worker:
     async def _run_one(self, rj: _Running) -> None:
         a = rj.assignment
         log.debug("job %s started", a.id)
-        rj.sender = sender = StreamSender(self.t, a.id, retries=self.cfg.report_retries, backoff_s=self.cfg.backoff_base_s)
+        rj.sender = sender = StreamSender(
+            self.t, a.id, retries=self.cfg.report_retries, backoff_s=self.cfg.backoff_base_s
+        )
         try:
             outcome = await run_job(
                 self.h, rj.job, emit=sender.emit, pool=self.pool, timeout=self._timeout_for(a),
