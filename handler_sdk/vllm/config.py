@@ -103,8 +103,12 @@ class EngineConfig:
             if _get(env, "VLLM_CPU_KVCACHE_SPACE") and "kv_cache_memory_bytes" not in user:
                 # The user sized the CPU KV pool their way; ours would override it.
                 del kwargs["kv_cache_memory_bytes"]
-        served = _get(env, "OPENAI_SERVED_MODEL_NAME_OVERRIDE") or _get(env, "MODEL_NAME") or TINY_MODEL_NAME
-        kwargs.setdefault("served_model_name", served)
+        # vLLM's own SERVED_MODEL_NAME (a name or a JSON list) counts too; the override wins over both.
+        override = _get(env, "OPENAI_SERVED_MODEL_NAME_OVERRIDE")
+        engine_names = user.get("served_model_name")
+        first = engine_names[0] if isinstance(engine_names, list) and engine_names else engine_names
+        served = override or first or _get(env, "MODEL_NAME") or TINY_MODEL_NAME
+        kwargs["served_model_name"] = served if override or not engine_names else engine_names
         max_size = env_int(env, "DEFAULT_BATCH_SIZE", 50)
         batch = _policy(env_int(env, "MIN_BATCH_SIZE", 1), max_size, env_float(env, "BATCH_SIZE_GROWTH_FACTOR", 3.0))
         return cls(
@@ -208,11 +212,7 @@ def convert(name: str, raw: str, hint: Any) -> Any:
             first = first or e
     assert first is not None
     err = first.errors()[0]
-    raise ConfigError(f"{name}={raw!r} is not a valid {_type_name(hint)}: {err['msg']}") from None
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    raise ConfigError(f"{name}={raw!r} is invalid: {err['msg']}") from None
 
 
 def engine_kwargs_from_env(env: Mapping[str, str]) -> dict[str, Any]:

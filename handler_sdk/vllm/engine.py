@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import gc
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from vllm import AsyncEngineArgs
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from ..errors import InfrastructureError
 from . import stream
 from .config import EngineConfig
 from .metrics import EngineStats
@@ -38,11 +41,10 @@ class Engine:
     """
 
     def __init__(self, llm: AsyncLLM, config: EngineConfig, stats: EngineStats) -> None:
-        self.llm = llm
+        self._llm: AsyncLLM | None = llm
         self.config = config
         self.stats = stats
         self.openai = OpenAIServing(llm, config.served_model_name, config.model)
-        self._closed = False
         self._close_lock = threading.Lock()
         # The loop the engine's sockets live on, for closing them from another thread at shutdown.
         self._loop = asyncio.get_running_loop()
@@ -66,23 +68,31 @@ class Engine:
         log.info("starting vLLM engine for %s", config.model)
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[stats.logger_factory])
         engine = cls(llm, config, stats)
-        atexit.register(engine.shutdown)
+        atexit.register(_shutdown_at_exit, weakref.ref(engine))
         log.info("vLLM engine ready, serving %s as %r", config.model, config.served_model_name)
         return engine
 
     def shutdown(self) -> None:
         """Stop the engine and its worker processes (about 5 s). Safe to call more than once."""
         with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        atexit.unregister(self.shutdown)
-        self.llm.shutdown()
-        _close_client_context(self.llm, self._loop)
+            llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        # Ours are then the last references, so the AsyncLLM is freed as soon as the collector runs.
+        self.openai.close()
+        llm.shutdown()
+        _close_client_context(llm, self._loop)
+
+    @property
+    def llm(self) -> AsyncLLM:
+        """vLLM's ``AsyncLLM``; InfrastructureError once the engine is shut down."""
+        if self._llm is None:
+            raise InfrastructureError("the vLLM engine is shut down")
+        return self._llm
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._llm is None
 
     def unfinished(self) -> int:
         """Requests the engine has accepted and not yet finished (aborted ones included once aborted)."""
@@ -96,6 +106,17 @@ class Engine:
         """Run one generation request: ``Chunk`` items when it streams, then always one ``Final`` with
         ``{"text": [...], "input_tokens": n, "output_tokens": m}``. See ``stream.generate``."""
         return stream.generate(self, request, request_id)
+
+
+def _shutdown_at_exit(ref: weakref.ref[Engine]) -> None:
+    engine = ref()
+    if engine is None:
+        return
+    engine.shutdown()
+    del engine
+    # AsyncLLM.__del__ shuts down again. Let it run now, while modules are intact: during interpreter teardown it
+    # fails on half-cleared module globals and prints a traceback after a clean shutdown.
+    gc.collect()
 
 
 def _close_client_context(llm: AsyncLLM, loop: asyncio.AbstractEventLoop) -> None:

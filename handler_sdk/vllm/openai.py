@@ -27,6 +27,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from ..errors import InfrastructureError
 from ..outputs import Final
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class OpenAIServing:
     """
 
     def __init__(self, llm: AsyncLLM, served_model_name: str, model_path: str) -> None:
-        self._llm = llm
+        self._llm: AsyncLLM | None = llm
         self._served = served_model_name
         self._model_path = model_path
         self._models: OpenAIServingModels | None = None
@@ -81,6 +82,8 @@ class OpenAIServing:
         # No await in here, so two first jobs arriving together cannot both build.
         if self._models is None or self._chat is None or self._completion is None:
             llm = self._llm
+            if llm is None:
+                raise InfrastructureError("the vLLM engine is shut down")
             models = OpenAIServingModels(llm, [BaseModelPath(name=self._served, model_path=self._model_path)])
             renderer = OnlineRenderer(
                 llm.model_config,
@@ -101,6 +104,10 @@ class OpenAIServing:
             self._completion = OpenAIServingCompletion(llm, models, online_renderer=renderer, request_logger=None)
             self._models = models
         return self._models, self._chat, self._completion
+
+    def close(self) -> None:
+        """Drop every reference to the engine (the engine is shutting down)."""
+        self._llm = self._models = self._chat = self._completion = None
 
     async def handle(self, route: str, body: dict[str, Any] | None) -> AsyncIterator[str | Final]:
         """Answer one OpenAI request: SSE strings for a stream, then always one ``Final`` with the status."""

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from handler_sdk import codec
+from handler_sdk.job import Job
+from handler_sdk.loader import load_handler
 from handler_sdk.models import JobStatus
+from handler_sdk.runner import run_job
+from handler_sdk.threads import ElasticPool
 from handler_sdk.vllm import ENGINE_METRIC_FIELDS, BatchPolicy
 
 pytestmark = pytest.mark.vllm
@@ -173,7 +179,7 @@ async def test_timeout_aborts_the_vllm_request_and_ends_timed_out(jobs: Any, eng
         seen_running.append(engine.unfinished())
 
     ran = await jobs.run(
-        {"prompt": PROMPT, "stream": True, "sampling_params": sampling(2000)}, timeout=1.0, on_item=note
+        {"prompt": PROMPT, "stream": True, "sampling_params": sampling(2000)}, timeout=0.5, on_item=note
     )
     assert ran.outcome.status is JobStatus.TIMED_OUT, ran.outcome
     assert seen_running and seen_running[0] == 1
@@ -225,3 +231,20 @@ async def test_concurrent_jobs_each_get_their_own_counts(jobs: Any, engine: Any)
         assert ran.outcome.status is JobStatus.COMPLETED
         assert ran.output["output_tokens"] == sum(item["output_tokens"] for item in ran.items) == 10 + i
     assert engine.unfinished() == 0
+
+
+async def test_the_custom_handler_example_runs_on_the_adapter(engine: Any) -> None:
+    example = load_handler(str(Path(__file__).resolve().parents[2] / "examples" / "vllm_custom.py"))
+    counts: list[int] = []
+
+    async def emit(item: Any) -> None:
+        counts.append(codec.loads(item.output)["output_tokens"])
+
+    job = Job({"id": "example-1", "input": {"question": "Why?", "max_tokens": 6}}, state=engine)
+    outcome = await run_job(example, job, emit=emit, pool=ElasticPool())
+    assert outcome.status is JobStatus.COMPLETED, outcome
+    final = codec.loads(outcome.output)
+    assert 1 <= final["output_tokens"] <= 6  # the random model may end early with </s>
+    assert sum(counts) == final["output_tokens"]
+    bad = await run_job(example, Job({"id": "example-2", "input": {}}, state=engine), emit=emit, pool=ElasticPool())
+    assert bad.status is JobStatus.FAILED and "question" in (bad.error or "")
