@@ -121,9 +121,8 @@ def process_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     def start(*args: str, env: dict[str, str] | None = None, name: str = "proc") -> Proc:
         log = tmp_path / f"{name}-{len(procs)}.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        p = subprocess.Popen(
-            [sys.executable, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
-        )
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            p = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
         procs.append(Proc(p, log))
         return procs[-1]
 
