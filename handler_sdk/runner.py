@@ -103,15 +103,16 @@ async def _drive_async(agen: Any, publish: Callable[[Any], Awaitable[None]]) -> 
         await agen.aclose()
 
 
-async def _drive_sync(gen: Any, arg: Any, pool: ElasticPool, publish: Callable[[Any], Awaitable[None]]) -> Any:
+async def _drive_sync(gen: Any, pool: ElasticPool, publish: Callable[[Any], Awaitable[None]]) -> Any:
     try:
         while True:
             await publish(await pool.run(_step, gen))
     except _Returned as r:
         return r.value
     finally:
-        # Not running in its thread any more (it yielded, returned or raised), so closing cannot race it.
-        if not job_cancelled(arg):
+        # A cancel or timeout can land while next() still runs in its thread; closing it then would raise
+        # "generator already executing" over the cancel. That generator is abandoned with its thread instead.
+        if not gen.gi_running:
             gen.close()
 
 
@@ -135,7 +136,7 @@ async def _stream(h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate
         if h.kind is HandlerKind.ASYNC_GEN:
             await _drive_async(h.fn(arg), publish)
             return None
-        return await _drive_sync(h.fn(arg), arg, pool, publish)
+        return await _drive_sync(h.fn(arg), pool, publish)
     except _Finished as f:
         return f.output
 

@@ -47,19 +47,17 @@ class ElasticPool:
                 item = self._work.get(timeout=self._idle_timeout)
             except queue.Empty:
                 with self._lock:
-                    # Re-check under the lock: a submit may have counted on this thread being idle.
-                    if self._work.empty():
+                    # _idle counts waiting threads no queued item has claimed; with none left, an item put
+                    # just now is counting on this thread.
+                    if self._idle > 0:
                         self._idle -= 1
                         self._threads -= 1
                         return
                 continue
             if item is _STOP:
                 with self._lock:
-                    self._idle -= 1
                     self._threads -= 1
                 return
-            with self._lock:
-                self._idle -= 1
             item()
             with self._lock:
                 self._idle += 1
@@ -69,7 +67,10 @@ class ElasticPool:
             spawn = self._idle == 0
             if spawn:
                 self._threads += 1
-                self._idle += 1  # the new thread starts idle and takes this item
+            else:
+                # Claim the idle thread now, not when it dequeues: otherwise a burst of submits all count on the
+                # same idle thread and queue behind it.
+                self._idle -= 1
         if spawn:
             threading.Thread(target=self._worker, name=f"{self._name}-{self._threads}", daemon=True).start()
         self._work.put(fn)
@@ -81,9 +82,11 @@ class ElasticPool:
         fut: asyncio.Future[T] = loop.create_future()
         ctx = contextvars.copy_context()
 
-        abandoned = False
+        abandoned = finished = False
 
         def settle(ok: bool, value: Any) -> None:
+            nonlocal finished
+            finished = True
             if fut.done():  # cancelled earlier: the thread is done with the job we abandoned
                 if abandoned:
                     with self._lock:
@@ -109,7 +112,8 @@ class ElasticPool:
         try:
             return await fut
         except asyncio.CancelledError:
-            if not fut.done():
+            # Not fut.done(): cancelling this task cancels fut too. Both this and settle run on the loop.
+            if not finished:
                 abandoned = True
                 with self._lock:
                     self.abandoned += 1
@@ -120,6 +124,6 @@ class ElasticPool:
 
     def shutdown(self) -> None:
         with self._lock:
-            n = self._idle
+            n, self._idle = self._idle, 0
         for _ in range(n):
             self._work.put(_STOP)

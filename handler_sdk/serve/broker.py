@@ -416,7 +416,17 @@ class Broker:
         return n
 
     def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
-        self.seen(worker_id, initializing=initializing)
+        w = self.seen(worker_id, initializing=initializing)
+        # A worker still running a job it no longer holds (cancelled, timed out, or leased to another) is told
+        # to stop it again: the runpod worker drops a stop that reaches it before the job's task exists.
+        for job_id in job_ids:
+            r = self.jobs.get(job_id)
+            if r is not None and (
+                r.status in (S.CANCELLED, S.TIMED_OUT) or (not r.status.terminal and r.worker_id != worker_id)
+            ):
+                w.stops.add(job_id)
+        if w.stops and w.stop_waiter is not None and not w.stop_waiter.done():
+            w.stop_waiter.set_result(None)
 
     async def stops(self, worker_id: str, wait: float = 0.0, *, local: bool = False) -> list[str]:
         """Jobs this worker must stop (cancelled or timed out here), holding an empty reply up to ``wait`` s."""

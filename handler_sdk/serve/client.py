@@ -59,8 +59,10 @@ class ClientRoutes:
     async def run(self, request: web.Request) -> web.Response:
         req = _run_request(await read_json(request, self.lim.run_body))
         r = self.broker.submit(req)
+        # The reply is the job as submitted: the in-process worker may finish it while the journal commits.
+        reply = {"id": r.id, "status": r.status.value}
         await self.broker.durable()  # journaled before we answer
-        return json_reply({"id": r.id, "status": r.status.value})
+        return json_reply(reply)
 
     async def runsync(self, request: web.Request) -> web.Response:
         req = _run_request(await read_json(request, self.lim.runsync_body))
@@ -94,8 +96,9 @@ class ClientRoutes:
 
     async def retry(self, request: web.Request) -> web.Response:
         r = self.broker.retry(request.match_info["job_id"])
+        reply = {"id": r.id, "status": r.status.value}  # as queued again, before the worker can take it
         await self.broker.durable()
-        return json_reply({"id": r.id, "status": r.status.value})
+        return json_reply(reply)
 
     async def purge(self, request: web.Request) -> web.Response:
         removed = self.broker.purge()

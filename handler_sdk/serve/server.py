@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -108,7 +108,9 @@ class Server:
         assert self.h is not None
         while not self._closing:
             transport = InProcessTransport(self.broker, "local", hold_s=self.cfg.take_hold_s)
-            self.worker = Worker(self.h, transport, self.cfg.worker, pool=self.pool)
+            # The endpoint's result cap binds its own worker too (the tighter of the two wins).
+            wcfg = replace(self.cfg.worker, result_cap=min(self.cfg.worker.result_cap, self.cfg.result_cap))
+            self.worker = Worker(self.h, transport, wcfg, pool=self.pool)
             try:
                 await self.worker.run()
             except SetupError as e:

@@ -26,6 +26,7 @@ HANDLER_SDK_LOG_FORMAT             -                                 ``json`` or
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -57,8 +58,8 @@ def _num(env: Mapping[str, str], name: str, default: float, *fallbacks: str) -> 
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must not be negative")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={raw!r} must be a finite number, not negative")
     return value
 
 
@@ -122,7 +123,8 @@ def endpoints_from_env(env: Mapping[str, str] = os.environ) -> Endpoints:
         "stream": _get(env, "HANDLER_SDK_STREAM_URL", "RUNPOD_WEBHOOK_POST_STREAM") or derived.get("stream"),
         "ping": _get(env, "HANDLER_SDK_PING_URL", "RUNPOD_WEBHOOK_PING") or derived.get("ping"),
     }
-    missing = [k for k, v in urls.items() if not v]
+    # The ping URL alone may be left out: it is derived from the take URL below.
+    missing = [k for k, v in urls.items() if not v and k != "ping"]
     if missing:
         raise ConfigError(
             "worker endpoint not configured: set HANDLER_SDK_ENDPOINT_URL (e.g. http://127.0.0.1:8000/v2/local) "
@@ -135,8 +137,11 @@ def endpoints_from_env(env: Mapping[str, str] = os.environ) -> Endpoints:
 
 def worker_config_from_env(env: Mapping[str, str] = os.environ) -> WorkerConfig:
     spool = _get(env, "HANDLER_SDK_SPOOL_DIR") or ".handler_sdk_spool"
+    ping_ms = _num(env, "HANDLER_SDK_PING_INTERVAL_MS", 10_000, "RUNPOD_PING_INTERVAL")
+    if ping_ms <= 0:
+        raise ConfigError("the ping interval (HANDLER_SDK_PING_INTERVAL_MS / RUNPOD_PING_INTERVAL) must be > 0 ms")
     return WorkerConfig(
-        ping_interval_s=_num(env, "HANDLER_SDK_PING_INTERVAL_MS", 10_000, "RUNPOD_PING_INTERVAL") / 1000,
+        ping_interval_s=ping_ms / 1000,
         drain_timeout_s=_num(env, "HANDLER_SDK_DRAIN_TIMEOUT_S", 30.0),
         report_retries=int(_num(env, "HANDLER_SDK_REPORT_RETRIES", 5)),
         backoff_base_s=_num(env, "HANDLER_SDK_BACKOFF_BASE_S", 0.2),

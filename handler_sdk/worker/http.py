@@ -44,7 +44,8 @@ class HttpTransport:
     def _learn(self, resp: aiohttp.ClientResponse) -> None:
         ext = resp.headers.get(EXTENSIONS_HEADER)
         if ext is not None:
-            names = {e.strip() for e in ext.split(";")[-1].removeprefix("ext=").split(",")}
+            # "1; ext=stream-batch,hand-back": strip before the prefix, or the space after ";" hides "ext=".
+            names = {e.strip() for e in ext.split(";")[-1].strip().removeprefix("ext=").split(",")}
             self.batch_stream = "stream-batch" in names
             self.can_hand_back = "hand-back" in names
 

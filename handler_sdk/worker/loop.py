@@ -177,6 +177,7 @@ class Worker:
                     async with asyncio.timeout(1.0):  # re-ask the modifier now and then
                         await self._slot.wait()
                 continue
+            asked = asyncio.get_running_loop().time()
             self._take_task = asyncio.ensure_future(self.t.take(free, busy=bool(self.running)))
             try:
                 jobs = await self._take_task
@@ -185,12 +186,18 @@ class Worker:
                     raise
                 return
             except TransportError as e:
-                log.warning("job take failed (%s); retrying in %.2fs", e, delay)
+                # Not "job take failed": JSON logs read the word after "job " as a job id.
+                log.warning("taking jobs failed (%s); retrying in %.2fs", e, delay)
                 await self._sleep_unless_stopping(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, self.cfg.backoff_max_s)
                 continue
             finally:
                 self._take_task = None
+            if not jobs and not self.t.direct and asyncio.get_running_loop().time() - asked < self.cfg.backoff_base_s:
+                # Nothing, at once: a server that does not hold takes open. Re-asking at once would spin.
+                await self._sleep_unless_stopping(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self.cfg.backoff_max_s, 1.0)
+                continue
             delay = self.cfg.backoff_base_s
             for a in jobs:
                 self._start(tg, a)
@@ -345,12 +352,18 @@ class Worker:
     async def _stop_loop(self) -> None:
         delay = self.cfg.backoff_base_s
         while True:
+            asked = asyncio.get_running_loop().time()
             try:
                 ids = await self.t.stops()
             except TransportError as e:
                 log.warning("job-stop poll failed (%s)", e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.cfg.backoff_max_s)
+                continue
+            if not ids and not self.t.direct and asyncio.get_running_loop().time() - asked < self.cfg.backoff_base_s:
+                # Nothing, at once: a server that does not hold job-stop open. Re-asking at once would spin.
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self.cfg.backoff_max_s, 1.0)
                 continue
             delay = self.cfg.backoff_base_s
             for job_id in ids:
