@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class HandlerKind(enum.Enum):
 
 
 def _kind_of(fn: Callable[..., Any]) -> HandlerKind:
+    call = vars(type(fn)).get("__call__")
+    if not inspect.isfunction(fn) and inspect.isfunction(call):
+        fn = types.MethodType(call, fn)  # an instance of a class with a Python __call__: that method decides the kind
     if inspect.isasyncgenfunction(fn):
         return HandlerKind.ASYNC_GEN
     if inspect.iscoroutinefunction(fn):

@@ -153,10 +153,6 @@ def _step(gen: Any) -> Any:
         raise _Returned(e.value) from None
 
 
-def job_cancelled(arg: Any) -> bool:
-    return isinstance(arg, Job) and arg.cancelled
-
-
 async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -> Outcome:
     arg = _prepare(h, job)
     if h.kind.streams:

@@ -266,7 +266,10 @@ class Broker:
         return r
 
     def purge(self) -> int:
-        ids = [i for i in itertools.chain(self._queue, self._low) if self.jobs[i].status is S.IN_QUEUE]
+        # The queues keep stale ids (a queued job that was cancelled, timed out or has expired is skipped when
+        # popped), and a job retried after timing out in the queue is listed twice.
+        queued = (self.jobs.get(i) for i in itertools.chain(self._queue, self._low))
+        ids = list(dict.fromkeys(r.id for r in queued if r is not None and r.status is S.IN_QUEUE))
         for i in ids:
             r = self.jobs.pop(i)
             self.counts[S.IN_QUEUE] -= 1

@@ -1,0 +1,292 @@
+"""The chunker: stream items under 1 MiB, split strings that round-trip, bodies that never exceed the limit."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from handler_sdk import codec
+from handler_sdk.chunker import (
+    MAX_ITEM_OUTPUT,
+    METRICS_RESERVE,
+    EncodedItem,
+    batch_body,
+    encode_item,
+    pack,
+    single_body,
+    split,
+)
+from handler_sdk.errors import OutputNotSerializable, OutputTooLarge
+from handler_sdk.models import MAX_STREAM_BYTES
+
+MiB = 1 << 20
+# The widest single character in JSON is a control character escaped as \u00XX: 6 bytes, 8 with the quotes.
+MIN_LIMIT = 8
+
+# Characters whose JSON encoding is wider than one byte, mixed in often so that splits land between them.
+_WIDE = st.sampled_from(['"', "\\", "\x00", "\x1f", "\n", "\t", "é", "€", "😀", "\u2028", "a", " "])
+texts = st.text(alphabet=st.one_of(st.characters(codec="utf-8"), _WIDE), max_size=300)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    texts,
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(texts, inner, max_size=6)),
+    max_leaves=30,
+)
+metrics_dicts = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.text(st.characters(codec="utf-8"), max_size=10),
+        st.one_of(st.integers(-1000, 1000), st.floats(0, 1), st.text(st.characters(codec="utf-8"), max_size=20)),
+    ),
+)
+
+
+def _decoded(pieces: list[bytes]) -> list[Any]:
+    return [orjson.loads(p) for p in pieces]
+
+
+# --- split -----------------------------------------------------------------------------------------------------
+
+
+@given(s=texts, limit=st.integers(MIN_LIMIT, 200))
+def test_split_string_pieces_rejoin_in_order_to_the_original(s: str, limit: int) -> None:
+    pieces = split(s, limit)
+    decoded = _decoded(pieces)
+    assert all(isinstance(p, str) for p in decoded)
+    assert "".join(decoded) == s
+
+
+@given(s=texts, limit=st.integers(MIN_LIMIT, 200))
+def test_split_string_pieces_are_each_at_most_the_limit(s: str, limit: int) -> None:
+    for piece in split(s, limit):
+        assert len(piece) <= limit
+
+
+@given(s=texts, limit=st.integers(MIN_LIMIT, 200))
+def test_split_string_pieces_are_never_empty_unless_the_string_is(s: str, limit: int) -> None:
+    pieces = _decoded(split(s, limit))
+    if s:
+        assert all(pieces), "an empty piece would be a stream item carrying nothing"
+    else:
+        assert pieces == [""]
+
+
+@given(value=json_values, limit=st.integers(MIN_LIMIT, 400))
+def test_split_value_that_fits_is_one_piece_with_its_exact_encoding(value: Any, limit: int) -> None:
+    data = codec.dumps(value)
+    if len(data) <= limit:
+        assert split(value, limit) == [data]
+
+
+@given(value=json_values, limit=st.integers(MIN_LIMIT, 400))
+def test_split_non_string_over_the_limit_raises_output_too_large(value: Any, limit: int) -> None:
+    if isinstance(value, str) or len(codec.dumps(value)) <= limit:
+        return
+    with pytest.raises(OutputTooLarge, match=r"over the \d+-byte limit"):
+        split(value, limit)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    unit=st.text(alphabet=st.one_of(st.characters(codec="utf-8"), _WIDE), min_size=1, max_size=8),
+    total=st.integers(1 * MiB, 4 * MiB),
+    limit=st.sampled_from([MAX_ITEM_OUTPUT, 64 * 1024, 300 * 1024 + 7]),
+)
+def test_split_multi_mebibyte_strings_round_trip_under_the_limit(unit: str, total: int, limit: int) -> None:
+    s = (unit * (total // len(unit) + 1))[:total]
+    pieces = split(s, limit)
+    assert all(len(p) <= limit for p in pieces)
+    assert "".join(_decoded(pieces)) == s
+
+
+@pytest.mark.parametrize(
+    "s",
+    [
+        pytest.param("x" * (3 * MiB), id="ascii-3MiB"),
+        pytest.param('"' * (2 * MiB), id="quotes-double-when-escaped"),
+        pytest.param("\\" * (2 * MiB), id="backslashes-double-when-escaped"),
+        pytest.param("\x00" * MiB, id="control-chars-grow-sixfold"),
+        pytest.param("😀" * MiB, id="four-byte-utf8"),
+        pytest.param("a" * MiB + "\x01" * MiB, id="narrow-then-wide"),
+    ],
+)
+def test_split_at_the_real_limit_round_trips_and_fits(s: str) -> None:
+    pieces = split(s)
+    assert len(pieces) >= 2
+    assert all(len(p) <= MAX_ITEM_OUTPUT for p in pieces)
+    assert "".join(_decoded(pieces)) == s
+
+
+def test_split_string_exactly_at_the_limit_stays_whole() -> None:
+    s = "y" * (MAX_ITEM_OUTPUT - 2)  # + 2 quotes = exactly the limit
+    assert split(s) == [codec.dumps(s)]
+    assert len(split(s + "y")) == 2
+
+
+def test_split_dict_over_the_real_limit_fails_and_says_only_strings_split() -> None:
+    with pytest.raises(OutputTooLarge, match="only strings are split"):
+        split({"text": "x" * MAX_ITEM_OUTPUT})
+
+
+def test_split_unserializable_value_raises_output_not_serializable() -> None:
+    with pytest.raises(OutputNotSerializable, match="not JSON-serializable"):
+        split({"obj": object()})
+
+
+def test_split_integer_beyond_64_bits_raises_output_not_serializable() -> None:
+    with pytest.raises(OutputNotSerializable):
+        split(2**70)
+
+
+def test_max_item_output_leaves_room_for_metrics_and_the_envelope() -> None:
+    assert MAX_ITEM_OUTPUT + METRICS_RESERVE < MAX_STREAM_BYTES
+
+
+# --- encode_item -----------------------------------------------------------------------------------------------
+
+
+def test_encode_item_without_metrics_has_no_metrics() -> None:
+    assert encode_item(b"1", None) == EncodedItem(b"1")
+    assert encode_item(b"1", {}) == EncodedItem(b"1")
+
+
+def test_encode_item_drops_the_endpoints_reserved_metrics_keys() -> None:
+    item = encode_item(b'"a"', {"stream_index": 99, "scenario": "mine", "tokens": 3})
+    assert item.metrics is not None
+    assert orjson.loads(item.metrics) == {"tokens": 3}
+
+
+def test_encode_item_with_only_reserved_keys_keeps_an_empty_metrics_object() -> None:
+    item = encode_item(b"1", {"stream_index": 1})
+    assert item.metrics is not None and orjson.loads(item.metrics) == {}
+
+
+def test_encode_item_rejects_metrics_over_the_reserve() -> None:
+    with pytest.raises(OutputTooLarge, match="metrics"):
+        encode_item(b"1", {"blob": "m" * METRICS_RESERVE})
+
+
+def test_encode_item_accepts_metrics_right_at_the_reserve() -> None:
+    overhead = len(codec.dumps({"blob": ""}))
+    item = encode_item(b"1", {"blob": "m" * (METRICS_RESERVE - overhead)})
+    assert item.metrics is not None and len(item.metrics) == METRICS_RESERVE
+
+
+# --- bodies ----------------------------------------------------------------------------------------------------
+
+
+@given(value=json_values, metrics=metrics_dicts)
+def test_single_body_is_json_with_output_and_metrics_when_given(value: Any, metrics: dict[str, Any] | None) -> None:
+    item = encode_item(codec.dumps(value), metrics)
+    body = orjson.loads(single_body(item))
+    expected: dict[str, Any] = {"output": orjson.loads(codec.dumps(value))}
+    if item.metrics is not None:
+        expected["metrics"] = orjson.loads(item.metrics)
+    assert body == expected
+
+
+@given(values=st.lists(st.tuples(json_values, metrics_dicts), min_size=1, max_size=8))
+def test_batch_body_is_json_with_one_output_per_item_and_aligned_metrics(
+    values: list[tuple[Any, dict[str, Any] | None]],
+) -> None:
+    items = [encode_item(codec.dumps(v), m) for v, m in values]
+    body = orjson.loads(batch_body(items))
+    assert body["outputs"] == [orjson.loads(i.output) for i in items]
+    if all(i.metrics is None for i in items):
+        assert set(body) == {"outputs"}
+    else:
+        assert set(body) == {"outputs", "metrics"}
+        assert body["metrics"] == [None if i.metrics is None else orjson.loads(i.metrics) for i in items]
+
+
+def _items(draw: st.DrawFn, item_limit: int) -> list[EncodedItem]:
+    """Stream items as the runner makes them: each yielded value split under ``item_limit``."""
+    out: list[EncodedItem] = []
+    for value, metrics in draw(st.lists(st.tuples(st.one_of(texts, json_values), metrics_dicts), max_size=25)):
+        try:
+            pieces = split(value, item_limit)
+        except OutputTooLarge:
+            continue
+        out.extend(encode_item(p, metrics) for p in pieces)
+    return out
+
+
+@st.composite
+def packing_cases(draw: st.DrawFn) -> tuple[list[EncodedItem], int]:
+    item_limit = draw(st.integers(MIN_LIMIT, 300))
+    items = _items(draw, item_limit)
+    # The body limit must fit any one item in the batch envelope (as MAX_STREAM_BYTES fits MAX_ITEM_OUTPUT).
+    biggest = max((i.size for i in items), default=0)
+    limit = draw(st.integers(biggest + 66, biggest + 2000))
+    return items, limit
+
+
+@given(case=packing_cases())
+def test_pack_bodies_never_exceed_the_limit(case: tuple[list[EncodedItem], int]) -> None:
+    items, limit = case
+    for group in pack(items, limit):
+        assert len(batch_body(group)) <= limit
+
+
+@given(case=packing_cases())
+def test_pack_preserves_order_and_never_merges_or_drops_items(case: tuple[list[EncodedItem], int]) -> None:
+    items, limit = case
+    groups = list(pack(items, limit))
+    assert all(groups), "no empty bodies"
+    flat = [i for g in groups for i in g]
+    assert len(flat) == len(items)
+    assert all(a is b for a, b in zip(flat, items, strict=True))
+    # Each item is still one entry in its body.
+    decoded = [o for g in groups for o in orjson.loads(batch_body(g))["outputs"]]
+    assert decoded == [orjson.loads(i.output) for i in items]
+
+
+@given(case=packing_cases())
+def test_pack_only_starts_a_new_body_when_the_next_item_would_not_fit(case: tuple[list[EncodedItem], int]) -> None:
+    items, limit = case
+    groups = list(pack(items, limit))
+    for g, nxt in itertools.pairwise(groups):
+        # pack counts conservatively, so this is a bound on its own accounting: the next item must not have fit.
+        assert 64 + sum(i.size + 2 for i in [*g, nxt[0]]) > limit
+
+
+def test_pack_sends_a_lone_oversized_item_by_itself_rather_than_merging_it() -> None:
+    small, big = EncodedItem(b"1"), EncodedItem(b'"' + b"z" * 500 + b'"')
+    assert list(pack([small, big, small], limit=200)) == [[small], [big], [small]]
+
+
+def test_pack_of_nothing_is_no_bodies() -> None:
+    assert list(pack([])) == []
+
+
+def test_pack_at_the_real_limit_fits_full_size_items_with_full_metrics() -> None:
+    s = "q" * (5 * MiB)
+    overhead = len(codec.dumps({"blob": ""}))
+    metrics = {"blob": "m" * (METRICS_RESERVE - overhead)}
+    items = [encode_item(p, metrics) for p in split(s)]
+    assert all(len(i.output) <= MAX_ITEM_OUTPUT for i in items)
+    groups = list(pack(items))
+    assert [i for g in groups for i in g] == items
+    for g in groups:
+        assert len(batch_body(g)) <= MAX_STREAM_BYTES
+    for item in items:
+        assert len(single_body(item)) <= MAX_STREAM_BYTES
+    assert "".join(o for g in groups for o in orjson.loads(batch_body(g))["outputs"]) == s
+
+
+def test_pack_groups_many_small_items_into_few_bodies() -> None:
+    items = [encode_item(codec.dumps(i), {"n": i}) for i in range(1000)]
+    groups = list(pack(items))
+    assert len(groups) == 1
+    assert orjson.loads(batch_body(groups[0]))["outputs"] == list(range(1000))

@@ -1,0 +1,372 @@
+"""The SQLite journal on a real file: every kind of change survives close and reopen, group commit, WAL, and a
+Broker restarted on it requeues orphaned jobs and keeps finished ones readable."""
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from handler_sdk.errors import NotFound, StoreError
+from handler_sdk.models import JobStatus, RunRequest
+from handler_sdk.serve.broker import Broker, BrokerConfig
+from handler_sdk.serve.record import JobRecord
+from handler_sdk.serve.store import JobStore
+
+S = JobStatus
+
+
+async def opened(path: Path) -> tuple[JobStore, dict[str, JobRecord], dict[str, Any]]:
+    store = JobStore(path)
+    records, meta = await store.open()
+    return store, {r.id: r for r in records}, meta
+
+
+async def reopen(store: JobStore) -> tuple[JobStore, dict[str, JobRecord], dict[str, Any]]:
+    await store.close()
+    return await opened(store.path)
+
+
+def record(job_id: str = "job-1", **kw: Any) -> JobRecord:
+    return JobRecord(job_id, {"prompt": "hi", "n": [1, 2]}, 1_000, **kw)
+
+
+# --- the store on its own --------------------------------------------------------------------------------------
+
+
+async def test_new_store_creates_the_file_and_loads_nothing(tmp_path: Path) -> None:
+    store, records, meta = await opened(tmp_path / "sub" / "jobs.db")
+    assert records == {} and meta == {}
+    assert (tmp_path / "sub" / "jobs.db").exists()
+    await store.close()
+
+
+async def test_journal_is_in_wal_mode(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    await store.close()
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_inserted_job_survives_close_and_reopen_with_every_field(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    r = record(webhook="http://hook", execution_timeout=500, ttl=9_000, low_priority=True, retention=60_000)
+    store.insert(r)
+    await store.flush()
+    store, records, _ = await reopen(store)
+    got = records["job-1"]
+    assert got.input == {"prompt": "hi", "n": [1, 2]}
+    assert got.state() == r.state()
+    assert got.status is S.IN_QUEUE and got.output is None and got.stream == []
+    await store.close()
+
+
+async def test_updated_status_output_and_error_survive_reopen(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    r = record()
+    store.insert(r)
+    await store.flush()
+    r.status, r.started, r.ended, r.worker_id = S.FAILED, 1_100, 1_300, "w1"
+    r.output, r.error = b'{"partial":true}', "ValueError: boom"
+    r.error_details = {"error_type": "ValueError", "error_message": "boom", "error_traceback": "tb"}
+    r.retries, r.cursor = 2, 1
+    store.update(r)
+    await store.flush()
+    store, records, _ = await reopen(store)
+    got = records["job-1"]
+    assert got.state() == r.state()
+    assert got.output == b'{"partial":true}'
+    await store.close()
+
+
+async def test_stream_items_survive_reopen_in_order(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    store.insert(record())
+    items = [b'{"output":%d,"metrics":{"stream_index":%d,"scenario":"stream"}}' % (i, i) for i in range(12)]
+    for i, item in enumerate(items):
+        store.add_stream("job-1", i, item)
+    await store.flush()
+    store, records, _ = await reopen(store)
+    assert records["job-1"].stream == items
+    await store.close()
+
+
+async def test_reset_stream_drops_journaled_and_pending_items(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    store.insert(record())
+    store.add_stream("job-1", 0, b"old0")
+    await store.flush()
+    store.add_stream("job-1", 1, b"old1")  # still pending when the reset comes
+    store.reset_stream("job-1")
+    store.add_stream("job-1", 0, b"new0")
+    await store.flush()
+    store, records, _ = await reopen(store)
+    assert records["job-1"].stream == [b"new0"]
+    await store.close()
+
+
+async def test_deleted_jobs_and_their_streams_are_gone_after_reopen(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    for i in range(3):
+        store.insert(record(f"job-{i}"))
+        store.add_stream(f"job-{i}", 0, b"item")
+    await store.flush()
+    store.delete(["job-0", "job-2"])
+    await store.flush()
+    store, records, _ = await reopen(store)
+    assert set(records) == {"job-1"}
+    await store.close()
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        assert conn.execute("SELECT DISTINCT job_id FROM stream").fetchall() == [("job-1",)]
+
+
+async def test_insert_then_delete_before_any_commit_writes_nothing(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    r = record()
+    store.insert(r)
+    store.add_stream(r.id, 0, b"x")
+    store.update(r)
+    store.delete([r.id])
+    await store.flush()
+    store, records, _ = await reopen(store)
+    assert records == {}
+    await store.close()
+
+
+async def test_meta_values_survive_reopen_and_the_latest_wins(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    store.set_meta("retried", 1)
+    store.set_meta("retried", 5)
+    store.set_meta("other", {"a": [1]})
+    await store.flush()
+    store, _, meta = await reopen(store)
+    assert meta == {"retried": 5, "other": {"a": [1]}}
+    await store.close()
+
+
+async def test_many_changes_then_one_flush_commit_in_one_transaction(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    before = store.commits
+    records = [record(f"job-{i}") for i in range(200)]
+    for r in records:
+        store.insert(r)
+        store.add_stream(r.id, 0, b"s")
+    for r in records[::2]:
+        r.status = S.CANCELLED
+        store.update(r)
+    store.set_meta("retried", 3)
+    await store.flush()
+    assert store.commits - before == 1
+    store, loaded, _ = await reopen(store)
+    assert len(loaded) == 200
+    assert sum(r.status is S.CANCELLED for r in loaded.values()) == 100
+    assert all(r.stream == [b"s"] for r in loaded.values())
+    await store.close()
+
+
+async def test_latest_state_of_a_job_is_what_gets_written(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    r = record()
+    store.insert(r)
+    for status in (S.IN_PROGRESS, S.COMPLETED):
+        r.status = status
+        store.update(r)
+    r.output = b'"done"'
+    await store.flush()
+    store, records, _ = await reopen(store)
+    assert records["job-1"].status is S.COMPLETED and records["job-1"].output == b'"done"'
+    await store.close()
+
+
+async def test_flush_with_nothing_pending_resolves(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    await store.flush()
+    await store.close()
+
+
+async def test_close_commits_what_was_still_pending(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    store.insert(record())
+    store, records, _ = await reopen(store)  # no flush: close itself drains the queue
+    assert set(records) == {"job-1"}
+    await store.close()
+
+
+async def test_unopenable_path_raises_store_error(tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    store = JobStore(tmp_path / "adir")
+    with pytest.raises(StoreError, match="cannot open job store"):
+        await store.open()
+    await store.close()
+
+
+# --- the broker restarted on the journal -----------------------------------------------------------------------
+
+
+def _cfg() -> BrokerConfig:
+    return BrokerConfig(run_retention_ms=10_000, lease_ms=1_000, max_attempts=3)
+
+
+async def _broker(path: Path, now: list[int]) -> Broker:
+    b = Broker(JobStore(path), _cfg(), clock=lambda: now[0])
+    await b.open()
+    return b
+
+
+async def _restart(b: Broker, now: list[int]) -> Broker:
+    assert b.store is not None
+    await b.durable()
+    await b.store.close()
+    return await _broker(b.store.path, now)
+
+
+def _run(b: Broker, n: int, **policy: Any) -> str:
+    return b.submit(RunRequest.model_validate({"input": {"n": n}, "policy": policy})).id
+
+
+async def test_restart_requeues_in_progress_jobs_and_counts_them_retried(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    ids = []
+    for n in range(3):
+        now[0] += 1
+        ids.append(_run(b, n + 1))
+    first, second, third = ids
+    await b.take("w1", 2)
+    b.stream("w1", first, [b'"partial"'], [None])
+    b = await _restart(b, now)
+    r = b.status(first)
+    assert r.status is S.IN_QUEUE and r.retries == 1 and r.worker_id is None and r.started is None
+    assert b.status(second).status is S.IN_QUEUE and b.status(third).status is S.IN_QUEUE
+    assert b.health()["jobs"] == {"completed": 0, "failed": 0, "inProgress": 0, "inQueue": 3, "retried": 2}
+    # They run again, in their original order.
+    assert [r.id for r in await b.take("w2", 3)] == [first, second, third]
+    assert b.status(first).input == {"n": 1}
+    assert b.store is not None
+    await b.store.close()
+
+
+async def test_restart_keeps_finished_jobs_readable_with_output_error_and_stream(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    ok, bad = _run(b, 1), _run(b, 2)
+    await b.take("w1", 2)
+    now[0] += 50
+    b.stream("w1", ok, [b'"a"', b'"b"'], [b'{"t":1}', None])
+    b.done("w1", ok, S.COMPLETED, output=b'{"answer":42}')
+    details = {"error_type": "ValueError", "error_message": "boom", "error_traceback": None}
+    b.done("w1", bad, S.FAILED, error="ValueError: boom", details=details)
+    b = await _restart(b, now)
+    r = b.status(ok)
+    assert r.status is S.COMPLETED and orjson.loads(r.output or b"") == {"answer": 42}
+    assert r.reply()["executionTime"] == 50
+    _, items = b.read_stream(ok)
+    assert [orjson.loads(i) for i in items] == [
+        {"output": "a", "metrics": {"t": 1, "stream_index": 0, "scenario": "stream"}},
+        {"output": "b", "metrics": {"stream_index": 1, "scenario": "stream"}},
+    ]
+    f = b.status(bad)
+    assert f.status is S.FAILED and f.error == "ValueError: boom" and f.error_details == details
+    assert b.health()["jobs"] == {"completed": 1, "failed": 1, "inProgress": 0, "inQueue": 0, "retried": 0}
+    assert b.store is not None
+    await b.store.close()
+
+
+async def test_restart_keeps_the_stream_cursor(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    job = _run(b, 1)
+    await b.take("w1", 1)
+    b.stream("w1", job, [b"1", b"2"], [None, None])
+    assert len(b.read_stream(job)[1]) == 2
+    b.stream("w1", job, [b"3"], [None])
+    b = await _restart(b, now)
+    assert [orjson.loads(i)["output"] for i in b.read_stream(job)[1]] == [3]
+    assert b.store is not None
+    await b.store.close()
+
+
+async def test_retried_count_survives_a_second_restart(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    _run(b, 1)
+    await b.take("w1", 1)
+    b = await _restart(b, now)
+    b = await _restart(b, now)
+    assert b.health()["jobs"]["retried"] == 1
+    assert b.store is not None
+    await b.store.close()
+
+
+async def test_finished_jobs_expire_after_restart_once_retention_has_passed(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    job = _run(b, 1)
+    b.cancel(job)
+    b = await _restart(b, now)
+    assert b.status(job).status is S.CANCELLED
+    now[0] += _cfg().run_retention_ms
+    b.expire_due()
+    with pytest.raises(NotFound):
+        b.status(job)
+    b = await _restart(b, now)
+    with pytest.raises(NotFound):
+        b.status(job)
+    assert b.store is not None
+    await b.store.close()
+
+
+async def test_ttl_still_applies_to_queued_jobs_after_restart(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    job = _run(b, 1, ttl=500)
+    b = await _restart(b, now)
+    now[0] += 500
+    b.expire_due()
+    assert b.status(job).status is S.TIMED_OUT
+    assert b.store is not None
+    await b.store.close()
+
+
+async def test_retried_job_restarts_with_an_empty_stream(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    job = _run(b, 1)
+    await b.take("w1", 1)
+    b.stream("w1", job, [b"1"], [None])
+    b.done("w1", job, S.FAILED, error="E: x")
+    b.retry(job)
+    b = await _restart(b, now)
+    r = b.status(job)
+    assert r.status is S.IN_QUEUE and r.stream == [] and r.error is None and r.retries == 1
+    assert b.store is not None
+    await b.store.close()
+
+
+async def test_purged_jobs_stay_gone_after_restart(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    kept = _run(b, 1)
+    await b.take("w1", 1)
+    purged = [_run(b, i) for i in range(3)]
+    assert b.purge() == 3
+    b = await _restart(b, now)
+    assert set(b.jobs) == {kept}
+    for job in purged:
+        with pytest.raises(NotFound):
+            b.status(job)
+    assert b.store is not None
+    await b.store.close()
+
+
+async def test_runsync_jobs_are_not_journaled(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    sync = b.submit(RunRequest.model_validate({"input": {}}), sync=True).id
+    run = _run(b, 1)
+    b = await _restart(b, now)
+    assert set(b.jobs) == {run}
+    assert sync.startswith("sync-")
+    assert b.store is not None
+    await b.store.close()
