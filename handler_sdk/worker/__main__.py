@@ -16,7 +16,7 @@ from ..errors import ConfigError, SetupError
 from ..handler import Handler
 from ..loader import load_handler
 from ..logs import configure_logging
-from .config import endpoints_from_env, worker_config_from_env
+from .config import endpoints_from_env, request_timeout_from_env, worker_config_from_env
 from .http import HttpTransport
 from .loop import Worker
 
@@ -24,7 +24,7 @@ log = logging.getLogger("handler_sdk.worker")
 
 
 async def _run(h: Handler, *, handle_signals: bool = True) -> int:
-    transport = HttpTransport(endpoints_from_env())
+    transport = HttpTransport(endpoints_from_env(), request_timeout_s=request_timeout_from_env())
     worker = Worker(h, transport, worker_config_from_env())
     if handle_signals:
         loop = asyncio.get_running_loop()

@@ -20,6 +20,8 @@ HANDLER_SDK_SPOOL_DIR              -                                 undeliverab
 HANDLER_SDK_REPORT_RETRIES         -                                 result posts before spooling (default 5)
 HANDLER_SDK_BACKOFF_BASE_S         -                                 first retry delay (default 0.2)
 HANDLER_SDK_BACKOFF_MAX_S          -                                 longest retry delay (default 10)
+HANDLER_SDK_SPOOL_RETRY_S          -                                 how often spooled results are re-sent (2)
+HANDLER_SDK_REQUEST_TIMEOUT_S      -                                 one request's limit, holds included (30)
 HANDLER_SDK_LOG_FORMAT             -                                 ``json`` or ``plain`` (default: json unless a tty)
 =================================  ================================  =============================================
 """
@@ -39,7 +41,7 @@ from yarl import URL
 from ..errors import ConfigError
 from .loop import WorkerConfig
 
-__all__ = ["Endpoints", "endpoints_from_env", "worker_config_from_env"]
+__all__ = ["Endpoints", "endpoints_from_env", "request_timeout_from_env", "worker_config_from_env"]
 
 
 def _get(env: Mapping[str, str], *names: str) -> str | None:
@@ -146,5 +148,11 @@ def worker_config_from_env(env: Mapping[str, str] = os.environ) -> WorkerConfig:
         report_retries=int(_num(env, "HANDLER_SDK_REPORT_RETRIES", 5)),
         backoff_base_s=_num(env, "HANDLER_SDK_BACKOFF_BASE_S", 0.2),
         backoff_max_s=_num(env, "HANDLER_SDK_BACKOFF_MAX_S", 10.0),
+        spool_retry_s=_num(env, "HANDLER_SDK_SPOOL_RETRY_S", 2.0),
         spool_dir=Path(spool),
     )
+
+
+def request_timeout_from_env(env: Mapping[str, str] = os.environ) -> float:
+    """One worker request's time limit; it must outlast the endpoint's hold of an empty take or job-stop."""
+    return _num(env, "HANDLER_SDK_REQUEST_TIMEOUT_S", 30.0) or 30.0

@@ -230,6 +230,11 @@ class Worker:
                 self.h, rj.job, emit=sender.emit, pool=self.pool, timeout=self._timeout_for(a),
                 result_cap=self.cfg.result_cap,
             )  # fmt: skip
+            if outcome.refresh_worker:
+                # Stop taking before this slot frees, or a queued job would start on the worker being replaced.
+                log.info("job %s asked for refresh_worker: restarting the worker after it", a.id)
+                self.refresh = True
+                self.stop()
             try:
                 await sender.flush()
             except StaleResult:
@@ -257,10 +262,6 @@ class Worker:
             log.info("job %s %s: %s", a.id, outcome.status.value, outcome.error)
         # The report must survive a drain deadline or a shutdown: shield it from cancellation.
         await asyncio.shield(self._report(a.id, outcome))
-        if outcome.refresh_worker:
-            log.info("job %s asked for refresh_worker: restarting the worker after it", a.id)
-            self.refresh = True
-            self.stop()
 
     async def _report(self, job_id: str, outcome: Outcome) -> None:
         delay = self.cfg.backoff_base_s
