@@ -182,12 +182,11 @@ def example_runs() -> list[Any]:
     for path in EXAMPLES:
         text = path.read_text()
         found = _TEST_INPUT.findall(text) or [('{"input": {"hello": "world"}}', "")]
-        needs_engine = "handler_sdk.vllm" in text
+        if "handler_sdk.vllm" in text:
+            continue  # starts vLLM (a minute or more): tests/vllm runs it on the session's shared engine
         for i, (payload, rest) in enumerate(found):
-            # An engine example starts vLLM (a minute or more); tests/vllm runs it on the session's shared engine.
-            marks = [pytest.mark.skip(reason="engine example: covered by tests/vllm")] if needs_engine else []
             expect = 1 if "FAILED" in rest else 0
-            runs.append(pytest.param(path, payload, expect, id=f"{path.stem}-{i}", marks=marks))
+            runs.append(pytest.param(path, payload, expect, id=f"{path.stem}-{i}"))
     return runs
 
 
