@@ -1,6 +1,6 @@
 """Progress updates show in /status `output` while the job runs.
 
-    python -m handler_sdk.serve examples/progress.py --test-input '{"input": {"steps": 3}}'
+python -m handler_sdk.serve examples/progress.py --test-input '{"input": {"steps": 3}}'
 """
 
 import time

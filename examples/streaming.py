@@ -1,6 +1,6 @@
 """A generator handler: each yield is one stream item; Chunk adds metrics, Final sets the final output.
 
-    python -m handler_sdk.serve examples/streaming.py --test-input '{"input": {"words": 5}}'
+python -m handler_sdk.serve examples/streaming.py --test-input '{"input": {"words": 5}}'
 """
 
 import asyncio

@@ -1,7 +1,7 @@
 """Typed input: the handler receives a validated model; invalid input fails the job before it runs.
 
-    python -m handler_sdk.serve examples/typed.py --test-input '{"input": {"prompt": "hi", "n": 2}}'
-    python -m handler_sdk.serve examples/typed.py --test-input '{"input": {"n": "many"}}'   # FAILED, names fields
+python -m handler_sdk.serve examples/typed.py --test-input '{"input": {"prompt": "hi", "n": 2}}'
+python -m handler_sdk.serve examples/typed.py --test-input '{"input": {"n": "many"}}'   # FAILED, names fields
 """
 
 from pydantic import BaseModel, Field

@@ -77,9 +77,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def endpoint_factory(
-    tmp_path: Path, http: aiohttp.ClientSession
-) -> AsyncIterator[Callable[..., Any]]:
+async def endpoint_factory(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[Callable[..., Any]]:
     """``await endpoint_factory(target_or_handler, **ServeConfig fields)`` -> Endpoint on a free port.
 
     Targets are paths relative to tests/handlers (``"kinds.py:sync_echo"``) or Handler objects. Defaults suit
