@@ -1,0 +1,87 @@
+"""The benchmark code still runs: ``python -m benchmarks --quick`` end to end, with tiny sizes.
+
+Only the code is checked here, never speed: --quick uses a fake token engine instead of vLLM and the async-client
+load generator instead of wrk (so wrk need not be installed), and writes into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package beside tests/, not an installed one
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import ORDER  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--loadgen", "async", "--no-profile", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    return proc, out
+
+
+def test_quick_run_of_every_benchmark_exits_cleanly(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, _ = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_every_benchmark_reports_figures_and_targets(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, out = quick_run
+    sections = json.loads((out / "results.json").read_text())["sections"]
+    assert set(sections) == set(ORDER)
+    for name, s in sections.items():
+        assert s["available"], (name, s["notes"])
+        assert s["targets"], name
+        for f in s["figures"]:
+            assert f["values"], (name, f["name"])
+        for t in s["targets"]:
+            assert t["ratio"]["values"], (name, t["label"])
+        assert s["machine"]["cores"] >= 1
+
+
+def test_results_md_has_a_section_a_verdict_and_a_plot_per_benchmark(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _, out = quick_run
+    md = (out / "RESULTS.md").read_text()
+    assert "--no-rate-limits" in md and "200 requests/s" in md
+    for title in ("1. /runsync", "2. Queue drain", "3. Token streaming", "4. Chunker", "5. Footprint"):
+        assert f"## {title}" in md
+    assert "**PASS**" in md or "**MISS**" in md
+    for name in ORDER:
+        png = out / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"plots/{name}.png" in md
+
+
+def test_a_single_benchmark_run_keeps_the_other_sections(tmp_path: Path) -> None:
+    """Rendering merges: re-running one benchmark replaces its section only."""
+    from benchmarks.common import Figure, Run, Section, Target
+    from benchmarks.report import save
+
+    run = Run(out=tmp_path)
+    first = Section("chunker", "4. Chunker")
+    first.targets.append(Target("x", Figure("r", "x", [1.0, 0.5, 2.0]), 0.8))
+    save(run, [first, Section("footprint", "5. Footprint", available=False, notes=["not run"])])
+    again = Section("chunker", "4. Chunker")
+    again.targets.append(Target("x", Figure("r", "x", [0.1]), 0.8))
+    md = save(run, [again]).read_text()
+    assert "## 5. Footprint" in md and "not run" in md
+    assert "| chunker | x ≥ 0.800 | 0.100 | **MISS** |" in md
+    assert "1.00 [0.500, 2.00]" not in md
