@@ -67,11 +67,15 @@ class Proxy:
     def ops(self, op: str) -> list[Seen]:
         return [s for s in self.seen if s.op == op]
 
+    def done_ops(self) -> list[Seen]:
+        """Result posts, one per job (job-done) or batched (job-done-batch, once serve announces it)."""
+        return [s for s in self.seen if s.op in ("job-done", "job-done-batch")]
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         parts = request.path.split("/")
         op = parts[3] if len(parts) > 3 else ""
-        if op == "job-done" and (self.fail_done or self.fail_done_times > 0):
+        if op in ("job-done", "job-done-batch") and (self.fail_done or self.fail_done_times > 0):
             self.fail_done_times = max(0, self.fail_done_times - 1)
             self.seen.append(Seen(request.method, op, request.path, dict(request.query), body, 503, b""))
             return web.Response(status=503, text="upstream down for maintenance")
@@ -295,13 +299,17 @@ async def test_a_worker_configured_by_runpod_variables_alone_runs_against_serve(
     assert body["workerId"] == "pod-7"
     assert await stream_outputs(ep, job_id) == [0, 1, 2]
     await until(lambda: px.ops("job-stop"), "a job-stop poll answered (it is held open)", proc=w)
-    assert {s.op for s in px.seen} >= {"job-take", "job-stream", "job-done", "ping", "job-stop"}
+    ops = {s.op for s in px.seen}
+    assert ops >= {"job-take", "job-stream", "ping", "job-stop"}
+    assert ops & {"job-done", "job-done-batch"}  # results batch once serve announces done-batch
     assert all(s.path.split("/")[4] == "pod-7" for s in px.seen)
     assert all(s.auth == "wkey" for s in px.seen)  # the bare key, as runpod's platform expects
     assert all(s.status < 400 for s in px.seen)
     assert all(("gpu" in s.query) == bool(query) for s in px.seen)
-    [done] = px.ops("job-done")
-    assert done.path.endswith(f"/pod-7/{job_id}")
+    [done] = px.done_ops()
+    assert done.path.endswith((f"/pod-7/{job_id}", "/job-done-batch/pod-7")) and job_id.encode() in (
+        done.body + done.path.encode()
+    )
 
 
 @pytest.mark.parametrize(("op", "reply"), [("job-take", 204), ("job-take", 500), ("job-stop", 204)])
@@ -449,7 +457,7 @@ async def test_a_result_is_retried_until_the_server_recovers(rig: Rig) -> None:
     job_id = await submit(ep, {"x": 1})
     body = await reaches(ep, job_id, "COMPLETED", proc=w)
     assert body["output"]["input"] == {"x": 1}
-    assert [s.status for s in px.ops("job-done")] == [503, 503, 503, 200]
+    assert [s.status for s in px.done_ops()] == [503, 503, 503, 200]
     assert rig.spool() == []
 
 
@@ -516,7 +524,7 @@ async def test_sigterm_drain_deadline_hands_unfinished_jobs_back(rig: Rig) -> No
     assert "output" not in body
     assert (await health(ep))["jobs"]["retried"] == 0  # handed back, not lost
     assert [s.json() for s in px.ops("job-handback")] == [{"ids": [job_id]}]
-    assert px.ops("job-done") == []
+    assert px.done_ops() == []
 
 
 async def test_drain_deadline_against_a_server_without_hand_back_leaves_the_lease_to_lapse(rig: Rig) -> None:
@@ -530,7 +538,7 @@ async def test_drain_deadline_against_a_server_without_hand_back_leaves_the_leas
     await reaches(ep, job_id, "IN_QUEUE")
     assert (await health(ep))["jobs"]["retried"] == 1
     assert px.ops("job-handback") == []
-    assert px.ops("job-done") == []
+    assert px.done_ops() == []
 
 
 # --- cancel ------------------------------------------------------------------------------------------------
@@ -549,7 +557,7 @@ async def test_cancel_reaches_the_remote_worker_through_job_stop(rig: Rig, targe
     await until(marker.exists, "the handler saw the cancel", proc=w)
     assert any(s.status == 200 and json.loads(s.reply) == {"jobsToStop": [job_id]} for s in px.ops("job-stop"))
     await log_line(w, f"job {job_id} stopped")
-    assert px.ops("job-done") == []  # a stopped job is not reported
+    assert px.done_ops() == []  # a stopped job is not reported
     assert (await status(ep, job_id))["status"] == "CANCELLED"
     # The slot is free again: the next job runs.
     job2 = await submit(ep, {"marker": str(rig.tmp / "second.txt")})

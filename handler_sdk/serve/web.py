@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Operations of the worker protocol (bare-key auth allowed, never rate limited).
-WORKER_ROUTES = frozenset({"job-take", "job-take-batch", "job-stop", "job-done", "job-stream", "ping", "job-handback"})
+WORKER_ROUTES = frozenset(
+    {"job-take", "job-take-batch", "job-stop", "job-done", "job-done-batch", "job-stream", "ping", "job-handback"}
+)
 # Client operations that share a rate-limit budget (SEED.md groups /status, /status-sync and /stream).
 _GROUP = {"status-sync": "status", "stream": "status"}
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .. import codec
-from ..errors import BadRequest
+from ..errors import BadRequest, HTTPError
 from ..models import MAX_STREAM_BYTES, DoneBody, JobStatus, StreamBody
 from .broker import Broker
 from .record import JobRecord
@@ -18,7 +18,7 @@ from .web import query_int, read_json
 
 __all__ = ["EXTENSIONS", "add_worker_routes", "normalize_error"]
 
-EXTENSIONS = "1; ext=stream-batch,hand-back"
+EXTENSIONS = "1; ext=stream-batch,hand-back,done-batch"
 _HEADERS = {"X-Handler-SDK": EXTENSIONS}
 _OK = codec.dumps({"ok": True})
 _CLASS_RE = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>$")
@@ -113,9 +113,8 @@ class WorkerRoutes:
         ids = await self.broker.stops(request.match_info["worker_id"], self.hold_s)
         return _reply(codec.dumps({"jobsToStop": ids}))
 
-    async def done(self, request: web.Request) -> web.Response:
-        wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
-        raw = await read_json(request, self.result_cap + MAX_STREAM_BYTES, allow_empty=True)
+    def _apply_done(self, wid: str, jid: str, raw: Any, final_stream: bool) -> JobRecord | None:
+        """One job-done body applied to the broker; None for a progress update. Raises Conflict/NotFound."""
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise BadRequest("job-done body must be a JSON object")
@@ -127,19 +126,44 @@ class WorkerRoutes:
         if body.status is JobStatus.IN_PROGRESS:
             if output is not None:
                 self.broker.progress(wid, jid, output)
-            return _reply(_OK)
+            return None
         if body.error is not None:
             error, details = normalize_error(body.error)
             failed = body.status if body.status in (JobStatus.TIMED_OUT, JobStatus.CANCELLED) else JobStatus.FAILED
-            r = self.broker.done(wid, jid, failed, output=output, error=error, details=details)
-        else:
-            if request.query.get("isStream") == "true" and output == b"[]":
-                output = None  # runpod's final post of a generator that does not aggregate: no output
-            ok = body.status if body.status is not None and body.status.terminal else JobStatus.COMPLETED
-            r = self.broker.done(wid, jid, ok, output=output)
-        if not r.sync:
+            return self.broker.done(wid, jid, failed, output=output, error=error, details=details)
+        if final_stream and output == b"[]":
+            output = None  # runpod's final post of a generator that does not aggregate: no output
+        ok = body.status if body.status is not None and body.status.terminal else JobStatus.COMPLETED
+        return self.broker.done(wid, jid, ok, output=output)
+
+    async def done(self, request: web.Request) -> web.Response:
+        wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
+        raw = await read_json(request, self.result_cap + MAX_STREAM_BYTES, allow_empty=True)
+        r = self._apply_done(wid, jid, raw, request.query.get("isStream") == "true")
+        if r is not None and not r.sync:
             await self.broker.durable()  # the worker forgets the result once we answer
         return _reply(_OK)
+
+    async def done_batch(self, request: web.Request) -> web.Response:
+        """Our extension: ``{"results": [{"id": job_id, ...job-done body...}, ...]}`` in one request and one
+        journal commit. Each result is judged alone: the reply lists ``{"id", "code"}`` with 200, 404 or 409."""
+        wid = request.match_info["worker_id"]
+        raw = await read_json(request, self.result_cap + MAX_STREAM_BYTES)
+        results = raw.get("results") if isinstance(raw, dict) else None
+        if not isinstance(results, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("id"), str) for x in results
+        ):
+            raise BadRequest('job-done-batch body must be {"results": [{"id": "job id", ...}, ...]}')
+        codes = []
+        for item in results or ():
+            try:
+                self._apply_done(wid, item["id"], item, False)
+                code = 200
+            except HTTPError as e:
+                code = e.status
+            codes.append({"id": item["id"], "code": code})
+        await self.broker.durable()
+        return _reply(codec.dumps({"ok": True, "results": codes}))
 
     async def stream(self, request: web.Request) -> web.Response:
         wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
@@ -175,6 +199,7 @@ def add_worker_routes(
     app.router.add_get(f"{p}/job-take-batch/{{worker_id}}", w.take_batch)
     app.router.add_get(f"{p}/job-stop/{{worker_id}}", w.stop)
     app.router.add_post(f"{p}/job-done/{{worker_id}}/{{job_id}}", w.done)
+    app.router.add_post(f"{p}/job-done-batch/{{worker_id}}", w.done_batch)
     app.router.add_post(f"{p}/job-stream/{{worker_id}}/{{job_id}}", w.stream)
     app.router.add_get(f"{p}/ping/{{worker_id}}", w.ping)
     app.router.add_post(f"{p}/job-handback/{{worker_id}}", w.hand_back)

@@ -92,6 +92,10 @@ class Endpoints:
         return self._fill(self.take.replace("/job-take/", "/job-stop/"))
 
     @property
+    def done_batch_url(self) -> URL:
+        return self._fill(self.take.replace("/job-take/", "/job-done-batch/"))
+
+    @property
     def hand_back_url(self) -> URL:
         return self._fill(self.take.replace("/job-take/", "/job-handback/"))
 

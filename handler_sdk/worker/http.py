@@ -32,6 +32,10 @@ class HttpTransport:
         self.worker_id = endpoints.worker_id
         self.batch_stream = False
         self.can_hand_back = False
+        self.batch_done = False
+        # Results waiting for the next job-done-batch request, each with the future its reporter awaits.
+        self._results: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._results_task: asyncio.Task[None] | None = None
         headers = {"User-Agent": f"handler-sdk/{__version__}"}
         if endpoints.api_key:
             headers["Authorization"] = endpoints.api_key  # bare, as the hosted platform expects
@@ -48,6 +52,7 @@ class HttpTransport:
             names = {e.strip() for e in ext.split(";")[-1].strip().removeprefix("ext=").split(",")}
             self.batch_stream = "stream-batch" in names
             self.can_hand_back = "hand-back" in names
+            self.batch_done = "done-batch" in names
 
     async def _request(
         self, method: str, url: URL, *, body: bytes | None = None, params: Mapping[str, str] | None = None
@@ -96,15 +101,60 @@ class HttpTransport:
         body = b'{"status":"IN_PROGRESS","output":' + output + b"}"
         await self._request("POST", self.ep.done_url(job_id), body=body, params={"isStream": "false"})
 
-    async def done(self, job_id: str, outcome: Outcome) -> None:
+    @staticmethod
+    def _done_fields(outcome: Outcome) -> list[bytes]:
         parts = [b'"status":' + codec.dumps(outcome.status.value)]
         if outcome.output is not None:
             parts.append(b'"output":' + outcome.output)
         if outcome.error is not None:
             # runpod's shape: the details as a JSON string under "error"; the endpoint parses it back.
             parts.append(b'"error":' + codec.dumps(codec.dumps_str(outcome.error_details or outcome.error)))
-        body = b"{" + b",".join(parts) + b"}"
+        return parts
+
+    async def done(self, job_id: str, outcome: Outcome) -> None:
+        fields = self._done_fields(outcome)
+        if self.batch_done:
+            # While one batch is in flight, results queue and leave together in the next one: one request and
+            # one journal commit for many jobs. A failed batch fails each result, which its reporter retries.
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._results.append((job_id, b"{" + b",".join(fields) + b"}", fut))
+            if self._results_task is None or self._results_task.done():
+                self._results_task = asyncio.create_task(self._send_results())
+            await fut
+            return
+        body = b"{" + b",".join(fields) + b"}"
         await self._request("POST", self.ep.done_url(job_id), body=body, params={"isStream": "false"})
+
+    async def _send_results(self) -> None:
+        while self._results:
+            # Up to 8 MiB a request (at least one result): the endpoint caps a body at the result cap plus 1 MiB.
+            n, size = 0, 0
+            while n < len(self._results) and (n == 0 or size + len(self._results[n][1]) <= 8 << 20):
+                size += len(self._results[n][1])
+                n += 1
+            batch, self._results = self._results[:n], self._results[n:]
+            items = [b'{"id":' + codec.dumps(job_id) + b"," + body[1:] for job_id, body, _ in batch]
+            try:
+                body = b'{"results":[' + b",".join(items) + b"]}"
+                _, data = await self._request("POST", self.ep.done_batch_url, body=body)
+                codes = {r["id"]: r["code"] for r in codec.loads(data)["results"]}
+            except (TransportError, ValueError, KeyError, TypeError) as e:
+                # Never StaleResult for the whole batch: each result is judged on its own, so each is retried.
+                err = TransportError(f"job-done-batch failed: {e}")
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            for job_id, _, fut in batch:
+                code = codes.get(job_id, 500)
+                if fut.done():
+                    continue
+                if code == 200:
+                    fut.set_result(None)
+                elif code in (404, 409):
+                    fut.set_exception(StaleResult(f"job-done-batch: {job_id} answered {code}"))
+                else:
+                    fut.set_exception(TransportError(f"job-done-batch: {job_id} answered {code}"))
 
     async def ping(self, job_ids: Sequence[str], initializing: bool) -> None:
         params = {"runpod_version": f"handler-sdk-{__version__}"}
