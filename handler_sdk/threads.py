@@ -36,12 +36,15 @@ class ElasticPool:
         self._warn_abandoned = warn_abandoned
         self._name = name
         self.abandoned = 0
+        # Bumped by shutdown: threads busy at that moment exit when their item returns instead of idling on.
+        self._generation = 0
 
     @property
     def threads(self) -> int:
         return self._threads
 
     def _worker(self) -> None:
+        generation = self._generation
         while True:
             try:
                 item = self._work.get(timeout=self._idle_timeout)
@@ -60,6 +63,9 @@ class ElasticPool:
                 return
             item()
             with self._lock:
+                if generation != self._generation:  # shut down while busy: the STOPs went to idle threads only
+                    self._threads -= 1
+                    return
                 self._idle += 1
 
     def _submit(self, fn: Callable[[], None]) -> None:
@@ -125,5 +131,6 @@ class ElasticPool:
     def shutdown(self) -> None:
         with self._lock:
             n, self._idle = self._idle, 0
+            self._generation += 1
         for _ in range(n):
             self._work.put(_STOP)
