@@ -233,34 +233,7 @@ class Proc:
     def terminate(self) -> None:
         if self.p.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.p.pid, signal.SIGCONT)  # a paused process cannot act on SIGTERM
                 os.killpg(self.p.pid, signal.SIGTERM)
-
-    def descendants(self) -> list[int]:
-        """Processes in this one's group other than itself (an inference engine's core and worker processes)."""
-        out = []
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit() or int(d.name) == self.p.pid:
-                continue
-            try:
-                # The fields after the ")" that ends the command name: state, ppid, pgrp, ...
-                pgrp = int((d / "stat").read_text().rsplit(")", 1)[1].split()[2])
-            except (OSError, IndexError, ValueError):
-                continue
-            if pgrp == self.p.pid:
-                out.append(int(d.name))
-        return out
-
-    def pause_children(self) -> None:
-        """SIGSTOP every process of the group but the leader: an idle engine's busy-polling core stops taking CPU
-        from the server being measured, while the leader (the HTTP server) keeps its sockets served."""
-        for pid in self.descendants():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.p.pid, signal.SIGCONT)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM to the group, then SIGKILL after ``grace`` seconds."""
