@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,18 @@ def process_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
             p.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.proc.wait(5)
+
+
+async def until(pred: Callable[[], Awaitable[Any]], timeout: float = 10) -> Any:
+    """Await ``pred()`` until it returns something truthy (and return that), or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition never held within {timeout}s (last value {value!r})")
+        await asyncio.sleep(0.02)
 
 
 def wait_for_line(p: Proc, text: str, timeout: float = 30) -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from handler_sdk.models import CancelReply, JobReply, JobStatus
 from handler_sdk.serve.broker import BrokerConfig
 from handler_sdk.worker.loop import WorkerConfig
+from tests.conftest import until
 
 JOB_KEYS = set(JobReply.model_fields)
 FAST_DRAIN = WorkerConfig(drain_timeout_s=0.2)
@@ -21,17 +21,6 @@ FAST_DRAIN = WorkerConfig(drain_timeout_s=0.2)
 def job_reply(body: dict[str, Any]) -> JobReply:
     assert set(body) <= JOB_KEYS, f"unexpected fields in {body}"
     return JobReply.model_validate(body)
-
-
-async def until(pred: Callable[[], Awaitable[Any]], timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition never held within {timeout}s (last value {value!r})")
-        await asyncio.sleep(0.02)
 
 
 async def wait_file(path: Path, timeout: float = 10) -> None:

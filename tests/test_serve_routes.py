@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from handler_sdk.models import (
 from handler_sdk.serve.broker import BrokerConfig
 from handler_sdk.serve.client import ClientLimits
 from handler_sdk.worker.loop import WorkerConfig
+from tests.conftest import until
 
 JOB_KEYS = set(JobReply.model_fields)
 
@@ -35,17 +36,6 @@ def job_reply(body: dict[str, Any]) -> JobReply:
 def run_reply(body: dict[str, Any]) -> RunReply:
     assert set(body) == {"id", "status"}, body
     return RunReply.model_validate(body)
-
-
-async def until(pred: Callable[[], Awaitable[Any]], timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition never held within {timeout}s (last value {value!r})")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from handler_sdk.models import MAX_STREAM_BYTES, JobStatus, StreamReply
+from tests.conftest import until
 
 MiB = 1 << 20
-
-
-async def until(pred: Callable[[], Awaitable[Any]], timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition never held within {timeout}s (last value {value!r})")
-        await asyncio.sleep(0.02)
 
 
 async def read_stream(ep: Any, job_id: str, query: str = "", method: str = "GET") -> StreamReply:
