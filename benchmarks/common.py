@@ -39,6 +39,12 @@ def peers_python() -> str | None:
     return exe if probe.returncode == 0 else None
 
 
+def serve_cmd(target: str | None, port: int, data_dir: Path) -> list[str]:
+    """Our endpoint as every benchmark runs it: rate limits off (they would measure the limiter), quiet logs."""
+    cmd = [PY, "-m", "handler_sdk.serve", *([target] if target else []), "--port", str(port)]
+    return [*cmd, "--no-rate-limits", "--data-dir", str(data_dir), "--log-level", "WARNING"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from .common import PY, Proc, Run, Section, Target, free_port, http_ok, ratios, stop_all, wait_until
+from .common import PY, Proc, Run, Section, Target, free_port, http_ok, ratios, serve_cmd, stop_all, wait_until
 from .loadgen import have_wrk, run_load
 from .profile import profile_pid, summarize
 
@@ -100,18 +100,7 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
     base = f"http://127.0.0.1:{port}/v2/local"
     tag = f"w{workers}-{time.monotonic_ns()}"
     serve = Proc(
-        [
-            PY,
-            "-m",
-            "handler_sdk.serve",
-            "--port",
-            str(port),
-            "--no-rate-limits",
-            "--data-dir",
-            str(work / f"serve-{tag}"),
-            "--log-level",
-            "WARNING",
-        ],
+        serve_cmd(None, port, work / f"serve-{tag}"),
         log=work / f"serve-{tag}.log",
     )
     procs: list[Proc] = []

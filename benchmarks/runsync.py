@@ -14,7 +14,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .common import PY, Proc, Run, Section, Target, free_port, http_ok, peers_python, ratios, stop_all, wait_until
+from .common import (
+    PY,
+    Proc,
+    Run,
+    Section,
+    Target,
+    free_port,
+    http_ok,
+    peers_python,
+    ratios,
+    serve_cmd,
+    stop_all,
+    wait_until,
+)
 from .loadgen import Load, have_wrk, run_load
 from .profile import profile_pid, summarize
 
@@ -37,19 +50,7 @@ def _start(run: Run, work_dir_name: str) -> list[_Server]:
     servers: list[_Server] = []
     p = free_port()
     ours = Proc(
-        [
-            PY,
-            "-m",
-            "handler_sdk.serve",
-            "benchmarks/noop_handler.py",
-            "--port",
-            str(p),
-            "--no-rate-limits",
-            "--data-dir",
-            str(work / "serve-data"),
-            "--log-level",
-            "WARNING",
-        ],
+        serve_cmd("benchmarks/noop_handler.py", p, work / "serve-data"),
         log=work / "serve.log",
     )
     servers.append(_Server("ours", "(a) handler_sdk serve", f"http://127.0.0.1:{p}/v2/local/runsync", ours))

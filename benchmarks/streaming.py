@@ -36,7 +36,20 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from .common import PY, Proc, Run, Section, Target, free_port, http_json, http_ok, ratios, stop_all, wait_until
+from .common import (
+    PY,
+    Proc,
+    Run,
+    Section,
+    Target,
+    free_port,
+    http_json,
+    http_ok,
+    ratios,
+    serve_cmd,
+    stop_all,
+    wait_until,
+)
 from .profile import profile_pid, summarize
 
 __all__ = ["run"]
@@ -167,19 +180,7 @@ def _start(run: Run, work: Path) -> list[_Variant]:
     base = f"http://127.0.0.1:{port_b}/v2/local"
     if run.quick:
         serve = Proc(
-            [
-                PY,
-                "-m",
-                "handler_sdk.serve",
-                "benchmarks/fake_llm.py",
-                "--port",
-                str(port_b),
-                "--no-rate-limits",
-                "--data-dir",
-                str(work / "serve-data"),
-                "--log-level",
-                "WARNING",
-            ],
+            serve_cmd("benchmarks/fake_llm.py", port_b, work / "serve-data"),
             log=work / "serve.log",
         )
         wait_until(lambda: _serve_ready(base), 60, "serve (fake engine) ready", serve)
@@ -227,19 +228,7 @@ def _start(run: Run, work: Path) -> list[_Variant]:
         "MAX_CONCURRENCY": "32",
     }
     serve = Proc(
-        [
-            PY,
-            "-m",
-            "handler_sdk.serve",
-            "handler_sdk.vllm",
-            "--port",
-            str(port_b),
-            "--no-rate-limits",
-            "--data-dir",
-            str(work / "serve-data"),
-            "--log-level",
-            "WARNING",
-        ],
+        serve_cmd("handler_sdk.vllm", port_b, work / "serve-data"),
         env=ours_env,
         log=work / "serve.log",
     )

@@ -131,6 +131,10 @@ class Broker:
             why = f"job was lost with its worker {r.retries} times (max_attempts={self.cfg.max_attempts})"
             self._finish(r, S.FAILED, error_type="WorkerLost", message=why)
             return
+        self._queue_again(r, front=front)
+
+    def _queue_again(self, r: JobRecord, *, front: bool = True) -> None:
+        """An in-progress job goes back to the queue without its lease (lost worker, hand-back, restart)."""
         self._set(r, S.IN_QUEUE)
         r.worker_id, r.started, r.output = None, None, None
         (self._queue.appendleft if front else self._queue.append)(r.id)
@@ -410,11 +414,7 @@ class Broker:
             r = self.jobs.get(job_id)
             if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
                 self.workers[worker_id].jobs.discard(job_id)
-                self._set(r, S.IN_QUEUE)
-                r.worker_id, r.started, r.output = None, None, None
-                self._queue.appendleft(r.id)
-                self._journal(r)
-                self._wake_taker()
+                self._queue_again(r)
                 n += 1
         return n
 
