@@ -198,7 +198,7 @@ class BrokerMachine(RuleBasedStateMachine):
             return
         r = self.broker.retry(job_id)
         assert r.status is S.IN_QUEUE
-        assert r.output is None and r.error is None and r.error_details is None and r.stream == []
+        assert r.output is None and r.error is None and r.error_details is None and len(r.stream) == 0
         m.status, m.worker, m.started, m.ended, m.final = S.IN_QUEUE, None, None, None, None
         m.retries += 1
         m.stream = m.cursor = 0

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import codec
+from ..collector import tune_collector
 from ..errors import BadRequest, ConfigError
 from ..loader import load_handler
 from ..logs import configure_logging
@@ -62,6 +63,7 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stopped.set)
+    tune_collector()
     await server.start()
     print(f"handler_sdk endpoint ready: {server.url}", flush=True)
     try:

@@ -59,8 +59,8 @@ class ClientRoutes:
     async def run(self, request: web.Request) -> web.Response:
         req = _run_request(await read_json(request, self.lim.run_body))
         r = self.broker.submit(req)
-        # The reply is the job as submitted: the in-process worker may finish it while the journal commits.
-        reply = {"id": r.id, "status": r.status.value}
+        # The reply is the job as submitted: the in-process worker may already have started it.
+        reply = {"id": r.id, "status": JobStatus.IN_QUEUE.value}
         await self.broker.durable()  # journaled before we answer
         return json_reply(reply)
 
@@ -96,7 +96,7 @@ class ClientRoutes:
 
     async def retry(self, request: web.Request) -> web.Response:
         r = self.broker.retry(request.match_info["job_id"])
-        reply = {"id": r.id, "status": r.status.value}  # as queued again, before the worker can take it
+        reply = {"id": r.id, "status": JobStatus.IN_QUEUE.value}  # as queued again, whatever a worker did since
         await self.broker.durable()
         return json_reply(reply)
 

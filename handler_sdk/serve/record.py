@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import codec
@@ -33,19 +33,40 @@ class JobRecord:
     low_priority: bool = False
     retention: int = 0
     # Each stream item fully serialized: {"output":...,"metrics":{...,"stream_index":i,"scenario":"stream"}}.
-    stream: list[bytes] = field(default_factory=list)
+    # A list from the first item on: most jobs never stream, and an empty list per record is one more object
+    # for the garbage collector to scan while the record is retained.
+    stream: list[bytes] | tuple[()] = ()
     cursor: int = 0
     # Wakes everyone waiting on this job (runsync, status-sync, an OpenAI stream relay); replaced after each set.
     changed: asyncio.Event | None = None
+    # Resolved when the job ends or is purged (runsync, status-sync).
+    enders: list[asyncio.Future[None]] | None = None
 
     @property
     def expires(self) -> int | None:
         return None if self.ended is None else self.ended + self.retention
 
-    def notify(self) -> None:
+    def notify(self, *, final: bool = False) -> None:
         if self.changed is not None:
             self.changed.set()
             self.changed = None
+        if self.enders is not None and (final or self.status.terminal):
+            for f in self.enders:
+                if not f.done():
+                    f.set_result(None)
+            self.enders = None
+
+    def until_ended(self) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        if self.enders is None:
+            self.enders = [fut]
+        else:
+            self.enders.append(fut)
+        return fut
+
+    def forget(self, fut: asyncio.Future[None]) -> None:
+        if self.enders is not None and fut in self.enders:
+            self.enders.remove(fut)
 
     def watch(self) -> asyncio.Event:
         if self.changed is None:

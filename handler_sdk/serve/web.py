@@ -3,6 +3,7 @@ middleware (errors as JSON, auth, endpoint id, rate limits)."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -40,9 +41,12 @@ _GROUP = {"status-sync": "status", "stream": "status"}
 def operation(request: web.Request) -> str | None:
     """The operation a request addresses: the path segment after /v2/{endpoint_id}/ of its route."""
     resource = request.match_info.route.resource
-    if resource is None:
-        return None
-    parts = resource.canonical.split("/")
+    return None if resource is None else _operation_of(resource.canonical)
+
+
+@functools.lru_cache(maxsize=256)  # routes are few: each is worked out once, not per request
+def _operation_of(canonical: str) -> str | None:
+    parts = canonical.split("/")
     return parts[3] if len(parts) > 3 and parts[1] == "v2" else None
 
 
@@ -57,8 +61,11 @@ def raw_json_reply(body: bytes, status: int = 200) -> web.Response:
 async def read_body(request: web.Request, cap: int) -> bytes:
     """The whole body, or 413 once it passes ``cap`` bytes (checked before reading when the length is declared)."""
     declared = request.content_length
-    if declared is not None and declared > cap:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit on this route is {cap}")
+    if declared is not None:
+        if declared > cap:
+            raise PayloadTooLarge(f"request body is {declared} bytes; the limit on this route is {cap}")
+        # aiohttp stops at the declared length, which is within the cap: read it in one go.
+        return await request.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(1 << 16):

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 
+from ..collector import tune_collector
 from ..errors import ConfigError, SetupError
 from ..handler import Handler
 from ..loader import load_handler
@@ -31,6 +32,7 @@ async def _run(h: Handler, *, handle_signals: bool = True) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
     log.info("worker %s starting (%s, concurrency %d)", transport.worker_id, h.name, h.concurrency)
+    tune_collector()
     try:
         await worker.run()
     except SetupError as e:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..chunker import EncodedItem
 from ..errors import Conflict, NotFound, StaleResult
 from ..runner import Outcome
 from ..serve.broker import Broker
+from ..serve.record import JobRecord
 from .transport import Assignment
 
 __all__ = ["InProcessTransport"]
@@ -23,18 +24,31 @@ class InProcessTransport:
         self.worker_id = worker_id
         self.hold_s = hold_s
         broker.seen(worker_id, local=True, initializing=True)
+        self._free: Callable[[], int] | None = None
+        self._start: Callable[[list[Assignment]], None] | None = None
 
     async def take(self, n: int, busy: bool) -> list[Assignment]:
-        records = await self.broker.take(self.worker_id, n, self.hold_s, local=True)
-        return [
-            Assignment(
-                r.id,
-                r.input,
-                {"id": r.id, "input": r.input},
-                None if r.execution_timeout is None else r.execution_timeout / 1000,
-            )
-            for r in records
-        ]
+        return [_assignment(r) for r in await self.broker.take(self.worker_id, n, self.hold_s, local=True)]
+
+    # --- Pushing: the broker hands jobs over as they are submitted (no take round trip) ----------------------
+
+    def attach(self, free: Callable[[], int], start: Callable[[list[Assignment]], None]) -> None:
+        self._free, self._start = free, start
+        self.broker.attach_local(self)
+
+    def detach(self) -> None:
+        self.broker.detach_local(self)
+        self._free = self._start = None
+
+    def slot_freed(self) -> None:
+        self.broker.dispatch()
+
+    def free(self) -> int:
+        return 0 if self._free is None else self._free()
+
+    def start(self, records: list[JobRecord]) -> None:
+        assert self._start is not None
+        self._start([_assignment(r) for r in records])
 
     async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
         try:
@@ -69,4 +83,11 @@ class InProcessTransport:
         self.broker.hand_back(self.worker_id, job_ids)
 
     async def close(self) -> None:
+        if self._start is not None:
+            self.detach()
         self.broker.workers.pop(self.worker_id, None)
+
+
+def _assignment(r: JobRecord) -> Assignment:
+    timeout_s = None if r.execution_timeout is None else r.execution_timeout / 1000
+    return Assignment(r.id, r.input, {"id": r.id, "input": r.input}, timeout_s)

@@ -27,7 +27,7 @@ from ..runner import DEFAULT_RESULT_CAP, Outcome, error_details, run_job
 from ..threads import ElasticPool
 from .sender import StreamSender
 from .spool import Spool
-from .transport import Assignment, Transport
+from .transport import Assignment, Pushing, Transport
 
 __all__ = ["Worker", "WorkerConfig", "WorkerState"]
 
@@ -64,6 +64,10 @@ class _Running:
     sender: StreamSender | None = None
 
 
+async def _no_stream(item: Any) -> None:
+    raise AssertionError("a handler that returns emitted a stream item")
+
+
 class Worker:
     def __init__(
         self,
@@ -90,6 +94,8 @@ class Worker:
         self._progress_wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._take_task: asyncio.Task[list[Assignment]] | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._pusher: Pushing | None = None
 
     # --- public ----------------------------------------------------------------------------------------------
 
@@ -118,7 +124,11 @@ class Worker:
                 ]
                 if self.spool is not None:
                     background.append(tg.create_task(self._spool_loop(), name="spool"))
-                await self._take_loop(tg)
+                self._tg = tg
+                if isinstance(self.t, Pushing):
+                    await self._pushed(self.t)
+                else:
+                    await self._take_loop(tg)
                 await self._drain()
                 for b in background:
                     b.cancel()
@@ -202,6 +212,27 @@ class Worker:
             for a in jobs:
                 self._start(tg, a)
 
+    async def _pushed(self, pusher: Pushing) -> None:
+        """Jobs arrive through ``_start_all`` while we are attached; nothing to do here but wait for the stop."""
+        self._pusher = pusher
+        pusher.attach(self._free, self._start_all)
+        try:
+            await self._stopping.wait()
+        finally:
+            pusher.detach()
+            self._pusher = None
+
+    def _free(self) -> int:
+        if self.state is not WorkerState.READY:
+            return 0
+        self._apply_modifier()
+        return max(0, self.limit - len(self.running))
+
+    def _start_all(self, assignments: list[Assignment]) -> None:
+        assert self._tg is not None
+        for a in assignments:
+            self._start(self._tg, a)
+
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
@@ -222,46 +253,67 @@ class Worker:
     async def _run_one(self, rj: _Running) -> None:
         a = rj.assignment
         log.debug("job %s started", a.id)
-        rj.sender = sender = StreamSender(
-            self.t, a.id, retries=self.cfg.report_retries, backoff_s=self.cfg.backoff_base_s
-        )
+        sender = None
+        if self.h.kind.streams:  # the sender is only for yielded items; most handlers return
+            sender = StreamSender(self.t, a.id, retries=self.cfg.report_retries, backoff_s=self.cfg.backoff_base_s)
+        rj.sender = sender
         try:
             outcome = await run_job(
-                self.h, rj.job, emit=sender.emit, pool=self.pool, timeout=self._timeout_for(a),
-                result_cap=self.cfg.result_cap,
+                self.h, rj.job, emit=_no_stream if sender is None else sender.emit, pool=self.pool,
+                timeout=self._timeout_for(a), result_cap=self.cfg.result_cap,
             )  # fmt: skip
             if outcome.refresh_worker:
                 # Stop taking before this slot frees, or a queued job would start on the worker being replaced.
                 log.info("job %s asked for refresh_worker: restarting the worker after it", a.id)
                 self.refresh = True
                 self.stop()
-            try:
-                await sender.flush()
-            except StaleResult:
-                log.info("job %s was stopped by the endpoint while streaming", a.id)
-                return
-            except TransportError as e:
-                outcome = Outcome(outcome.status.FAILED, error=f"TransportError: stream items undeliverable: {e}",
-                                  error_details=error_details(e, tb=False))  # fmt: skip
+            if sender is not None:
+                flushed = await self._flush(sender, outcome)
+                if flushed is None:
+                    return
+                outcome = flushed
         except asyncio.CancelledError:
             # Stopped by the endpoint (cancel/timeout there) or handed back at a drain deadline: no report.
-            sender.abort()
+            if sender is not None:
+                sender.abort()
             log.info("job %s stopped", a.id)
             return
         finally:
             self.running.pop(a.id, None)
             self._progress.pop(a.id, None)
             self._slot.set()
+            if self._pusher is not None:
+                self._pusher.slot_freed()
+        self._note(a.id, outcome)
+        if self.t.direct:
+            # The in-process endpoint records the result before done() first suspends, so a cancel can't lose
+            # it, and a shield would cost a task per job.
+            await self._report(a.id, outcome)
+        else:
+            # The report must survive a drain deadline or a shutdown: shield it from cancellation.
+            await asyncio.shield(self._report(a.id, outcome))
+
+    def _note(self, job_id: str, outcome: Outcome) -> None:
         if outcome.error_details is not None:
             outcome.error_details["worker_id"] = self.t.worker_id
             outcome.error_details["hostname"] = self.cfg.hostname
         # Success is the hot path (one line per job costs ~10% of a no-op job's time); failures always log.
         if outcome.error is None:
-            log.debug("job %s %s", a.id, outcome.status.value)
+            log.debug("job %s %s", job_id, outcome.status.value)
         else:
-            log.info("job %s %s: %s", a.id, outcome.status.value, outcome.error)
-        # The report must survive a drain deadline or a shutdown: shield it from cancellation.
-        await asyncio.shield(self._report(a.id, outcome))
+            log.info("job %s %s: %s", job_id, outcome.status.value, outcome.error)
+
+    async def _flush(self, sender: StreamSender, outcome: Outcome) -> Outcome | None:
+        """Deliver the job's last stream items; None when the endpoint has stopped the job meanwhile."""
+        try:
+            await sender.flush()
+        except StaleResult:
+            log.info("job %s was stopped by the endpoint while streaming", sender.job_id)
+            return None
+        except TransportError as e:
+            return Outcome(outcome.status.FAILED, error=f"TransportError: stream items undeliverable: {e}",
+                           error_details=error_details(e, tb=False))  # fmt: skip
+        return outcome
 
     async def _report(self, job_id: str, outcome: Outcome) -> None:
         delay = self.cfg.backoff_base_s

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..chunker import EncodedItem
 from ..runner import Outcome
 
-__all__ = ["Assignment", "Transport"]
+__all__ = ["Assignment", "Pushing", "Transport"]
 
 
 @dataclass(slots=True)
@@ -52,3 +52,17 @@ class Transport(Protocol):
     async def hand_back(self, job_ids: Sequence[str]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Pushing(Protocol):
+    """A transport that hands jobs to the worker as they arrive (the endpoint is in this process), so the worker
+    runs no take loop: it says how many jobs it would start now, and the transport starts them."""
+
+    def attach(self, free: Callable[[], int], start: Callable[[list[Assignment]], None]) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def slot_freed(self) -> None:
+        """A job ended: queued jobs may start."""
+        ...
