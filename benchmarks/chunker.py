@@ -1,9 +1,9 @@
 """Benchmark 4: the chunker, packing a 100 MB stream of mixed items, against plain ``orjson.dumps``.
 
 The stream alternates one 2 MiB string with about 2 MiB of small dicts (token-sized items of ~80 bytes), for
-100 MB of JSON in all. Packing is what the runtime does to every yield and every stream request: ``split`` (a
-string over the 1 MiB item limit becomes ordered pieces), ``encode_item``, then ``pack`` into request-sized
-groups and ``batch_body``. The yardstick serializes the same items with ``orjson.dumps`` and nothing else.
+100 MB of JSON in all. Packing is what the runtime does to every yield and every stream request: ``encode`` (the
+runner's per-yield call: serialize, and a string over the 1 MiB item limit becomes ordered pieces), then ``pack``
+into request-sized groups and ``batch_body`` (the stream sender). The yardstick serializes the same items with ``orjson.dumps`` and nothing else.
 MB/s counts the items' JSON size (10^6 bytes) for both. Packing runs as a stream, one request's worth (1 MiB)
 at a time, as the worker's stream sender does.
 
@@ -60,15 +60,14 @@ def pack_all(items: list[Any]) -> int:
     """What the runtime does to a stream: each yield is split and encoded (runner), and whatever queued up, here
     one request's worth (1 MiB), is packed into request bodies (stream sender). Bodies are dropped once built,
     as the plain dumps' bytes are, so neither side holds the whole stream in memory."""
-    from handler_sdk.chunker import batch_body, encode_item, pack, split
+    from handler_sdk.chunker import batch_body, encode, pack
     from handler_sdk.models import MAX_STREAM_BYTES
 
     total = 0
     buf = []
     size = 0
     for v in items:
-        for out in split(v):
-            e = encode_item(out, None)
+        for e in encode(v):
             buf.append(e)
             size += e.size
         if size >= MAX_STREAM_BYTES:
@@ -123,7 +122,7 @@ def run(run: Run) -> Section:
         packed_d.append(mb_d / _timed(pack_all, dicts))
         run.log(f"chunker: pack {packed[-1]:,.0f} MB/s vs orjson.dumps {plain[-1]:,.0f} MB/s")
     sec.figure("plain orjson.dumps, mixed stream", "MB/s").values = plain
-    sec.figure("chunker pack (split + encode_item + pack + batch_body), mixed stream", "MB/s").values = packed
+    sec.figure("chunker pack (encode + pack + batch_body), mixed stream", "MB/s").values = packed
     sec.figure("plain orjson.dumps, 2 MiB strings only", "MB/s").values = plain_s
     sec.figure("chunker pack, 2 MiB strings only", "MB/s").values = packed_s
     sec.figure("plain orjson.dumps, small dicts only", "MB/s").values = plain_d
@@ -162,7 +161,7 @@ def _plot(run: Run, sec: Section) -> str | None:
             sec.figure("plain orjson.dumps, small dicts only", "MB/s"),
         ],
         "chunker pack": [
-            sec.figure("chunker pack (split + encode_item + pack + batch_body), mixed stream", "MB/s"),
+            sec.figure("chunker pack (encode + pack + batch_body), mixed stream", "MB/s"),
             sec.figure("chunker pack, 2 MiB strings only", "MB/s"),
             sec.figure("chunker pack, small dicts only", "MB/s"),
         ],

@@ -13,7 +13,6 @@ Items are never merged: grouping puts several items in one body, each keeps its 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from . import codec
@@ -27,6 +26,7 @@ __all__ = [
     "Chunk",
     "EncodedItem",
     "batch_body",
+    "encode",
     "encode_item",
     "pack",
     "single_body",
@@ -39,33 +39,60 @@ _ENVELOPE = 64
 MAX_ITEM_OUTPUT = MAX_STREAM_BYTES - METRICS_RESERVE - _ENVELOPE
 
 
-@dataclass(frozen=True, slots=True)
 class EncodedItem:
-    """One stream item with its output already serialized, so sizes are exact and nothing is encoded twice."""
+    """One stream item with its output already serialized, so sizes are exact and nothing is encoded twice.
 
-    output: bytes
-    metrics: bytes | None = None
+    A plain slotted class, not a frozen dataclass: one is made per yield, and frozen init costs twice as much."""
 
-    @property
-    def size(self) -> int:
-        return len(self.output) + (len(self.metrics) if self.metrics is not None else 4)  # 4: null
+    __slots__ = ("metrics", "output", "size")
+
+    def __init__(self, output: bytes, metrics: bytes | None = None) -> None:
+        self.output = output
+        self.metrics = metrics
+        # Its share of a batch body: the output, and its metrics or a null in the metrics array.
+        self.size = len(output) + (4 if metrics is None else len(metrics))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EncodedItem) and (self.output, self.metrics) == (other.output, other.metrics)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EncodedItem({self.output[:40]!r}, {self.metrics!r})"
 
 
-def _split_str(s: str, encoded_len: int, limit: int) -> Iterator[bytes]:
-    """Split ``s`` into pieces whose JSON encodings are each <= limit, in order, covering every character."""
-    pos, n = 0, len(s)
-    # Start from the average encoded width so most pieces are right on the first try.
-    width = max(1.0, (encoded_len - 2) / max(n, 1))
+def _cut(body: memoryview, end: int) -> int:
+    """The largest safe cut <= ``end`` in a JSON string's encoded body: never inside a UTF-8 sequence or an
+    escape. orjson writes non-ASCII as raw UTF-8 and escapes only \\X and \\u00XX (controls)."""
+    # A UTF-8 continuation byte (0b10xxxxxx) belongs to the character before it.
+    while end > 0 and body[end] & 0xC0 == 0x80:
+        end -= 1
+    # An escape is at most 6 bytes (\u00XX): look for one that starts before the cut and runs past it.
+    for start in range(end - 1, max(end - 6, -1), -1):
+        if body[start] != 0x5C:  # backslash
+            continue
+        run = 1  # a backslash starts an escape iff the run of backslashes ending at it is odd
+        while start - run >= 0 and body[start - run] == 0x5C:
+            run += 1
+        if run % 2 == 1:
+            width = 6 if body[start + 1] == 0x75 else 2  # \uXXXX or \X
+            return start if start + width > end else end
+        break  # an escaped backslash ends any escape that could span the cut
+    return end
+
+
+def _split_str(data: bytes, limit: int) -> list[bytes]:
+    """Cut the JSON encoding of a string into pieces of at most ``limit`` bytes, each a valid JSON string, in
+    order, covering every character: slices of the one encoding, never encoded again."""
+    body = memoryview(data)[1:-1]
+    room = limit - 2
+    pieces: list[bytes] = []
+    pos, n = 0, len(body)
     while pos < n:
-        take = min(n - pos, max(1, int((limit - 2) / width)))
-        while True:
-            piece = codec.dumps(s[pos : pos + take])
-            if len(piece) <= limit:
-                break
-            # Too wide: shrink in proportion to the overshoot, never by less than one character.
-            take = max(1, min(take - 1, int(take * (limit - 2) / (len(piece) - 2))))
-        yield piece
-        pos += take
+        end = n if n - pos <= room else _cut(body, pos + room)
+        pieces.append(b'"' + body[pos:end] + b'"')
+        pos = end
+    return pieces
 
 
 def split(value: Any, limit: int = MAX_ITEM_OUTPUT) -> list[bytes]:
@@ -75,10 +102,12 @@ def split(value: Any, limit: int = MAX_ITEM_OUTPUT) -> list[bytes]:
     limit.
     """
     data = codec.dumps(value)
-    if len(data) <= limit:
-        return [data]
+    return [data] if len(data) <= limit else _oversized(value, data, limit)
+
+
+def _oversized(value: Any, data: bytes, limit: int) -> list[bytes]:
     if isinstance(value, str):
-        return list(_split_str(value, len(data), limit))
+        return _split_str(data, limit)
     raise OutputTooLarge(
         f"stream item is {len(data)} bytes serialized, over the {limit}-byte limit for one item; "
         "only strings are split automatically: yield smaller items"
@@ -88,17 +117,29 @@ def split(value: Any, limit: int = MAX_ITEM_OUTPUT) -> list[bytes]:
 _RESERVED = ("stream_index", "scenario")
 
 
-def encode_item(output: bytes, metrics: dict[str, Any] | None) -> EncodedItem:
-    """Pair an output with its metrics. ``stream_index`` and ``scenario`` belong to the endpoint, which numbers
-    the items as they land, so a handler's own values for them are dropped."""
-    if not metrics:
-        return EncodedItem(output)
+def _metrics(metrics: dict[str, Any]) -> bytes:
     if any(k in metrics for k in _RESERVED):
         metrics = {k: v for k, v in metrics.items() if k not in _RESERVED}
     m = codec.dumps(metrics)
     if len(m) > METRICS_RESERVE:
         raise OutputTooLarge(f"stream item metrics are {len(m)} bytes serialized, over {METRICS_RESERVE}")
-    return EncodedItem(output, m)
+    return m
+
+
+def encode_item(output: bytes, metrics: dict[str, Any] | None) -> EncodedItem:
+    """Pair an output with its metrics. ``stream_index`` and ``scenario`` belong to the endpoint, which numbers
+    the items as they land, so a handler's own values for them are dropped."""
+    return EncodedItem(output, _metrics(metrics) if metrics else None)
+
+
+def encode(value: Any, metrics: dict[str, Any] | None = None, limit: int = MAX_ITEM_OUTPUT) -> list[EncodedItem]:
+    """One yield as its stream items: ``split`` and ``encode_item`` in one call, the runner's per-yield path.
+    A split string's pieces share the yield's metrics."""
+    m = _metrics(metrics) if metrics else None
+    data = codec.dumps(value)
+    if len(data) <= limit:
+        return [EncodedItem(data, m)]
+    return [EncodedItem(piece, m) for piece in _oversized(value, data, limit)]
 
 
 def pack(items: Iterable[EncodedItem], limit: int = MAX_STREAM_BYTES) -> Iterator[list[EncodedItem]]:
@@ -107,7 +148,7 @@ def pack(items: Iterable[EncodedItem], limit: int = MAX_STREAM_BYTES) -> Iterato
     size = _ENVELOPE
     for item in items:
         cost = item.size + 2  # two commas
-        if group and size + cost > limit:
+        if size + cost > limit and group:
             yield group
             group, size = [], _ENVELOPE
         group.append(item)
@@ -118,11 +159,12 @@ def pack(items: Iterable[EncodedItem], limit: int = MAX_STREAM_BYTES) -> Iterato
 
 def batch_body(items: list[EncodedItem]) -> bytes:
     """``{"outputs":[...],"metrics":[...]}``: the batch extension's body, built from pre-encoded parts."""
-    outputs = b",".join(i.output for i in items)
-    if all(i.metrics is None for i in items):
-        return b'{"outputs":[' + outputs + b"]}"
-    metrics = b",".join(i.metrics if i.metrics is not None else b"null" for i in items)
-    return b'{"outputs":[' + outputs + b'],"metrics":[' + metrics + b"]}"
+    outputs = b",".join([i.output for i in items])
+    metrics = [i.metrics for i in items]
+    if metrics.count(None) == len(metrics):
+        return b"".join((b'{"outputs":[', outputs, b"]}"))
+    m = b",".join([b"null" if x is None else x for x in metrics])
+    return b"".join((b'{"outputs":[', outputs, b'],"metrics":[', m, b"]}"))
 
 
 def single_body(item: EncodedItem) -> bytes:

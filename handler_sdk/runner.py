@@ -127,10 +127,10 @@ async def _stream(h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate
         metrics = None
         if isinstance(value, Chunk):
             value, metrics = value.output, value.metrics
-        for piece in chunker.split(value):
-            await emit(chunker.encode_item(piece, metrics))
+        for item in chunker.encode(value, metrics):
+            await emit(item)
             if aggregate is not None:
-                aggregate.append(piece)
+                aggregate.append(item.output)
 
     try:
         if h.kind is HandlerKind.ASYNC_GEN:

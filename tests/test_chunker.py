@@ -16,6 +16,7 @@ from handler_sdk.chunker import (
     METRICS_RESERVE,
     EncodedItem,
     batch_body,
+    encode,
     encode_item,
     pack,
     single_body,
@@ -290,3 +291,34 @@ def test_pack_groups_many_small_items_into_few_bodies() -> None:
     groups = list(pack(items))
     assert len(groups) == 1
     assert orjson.loads(batch_body(groups[0]))["outputs"] == list(range(1000))
+
+
+# --- encode: the runner's per-yield call -------------------------------------------------------------------------
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_values, metrics=metrics_dicts, limit=st.integers(MIN_LIMIT, 200))
+def test_encode_is_split_then_encode_item_in_one_call(value: Any, metrics: dict[str, Any] | None, limit: int) -> None:
+    try:
+        expected = [encode_item(p, metrics) for p in split(value, limit)]
+    except OutputTooLarge:
+        with pytest.raises(OutputTooLarge):
+            encode(value, metrics, limit)
+        return
+    assert encode(value, metrics, limit) == expected
+
+
+@settings(max_examples=300)
+@given(s=texts, limit=st.integers(MIN_LIMIT, 64))
+def test_split_string_pieces_are_slices_of_its_one_encoding(s: str, limit: int) -> None:
+    # Cut, never re-encoded: the pieces' insides concatenate to the inside of the whole string's encoding.
+    pieces = split(s, limit)
+    assert b"".join(p[1:-1] for p in pieces) == codec.dumps(s)[1:-1]
+    assert all(p[:1] == b'"' and p[-1:] == b'"' for p in pieces)
+
+
+def test_split_never_cuts_an_escape_or_a_utf8_sequence_apart() -> None:
+    # Each 6-byte \u001f escape and 4-byte emoji must survive whole whichever byte the limit falls on.
+    s = ("\x1f😀\\" * 50) + "a"
+    for limit in range(MIN_LIMIT, 40):
+        assert "".join(orjson.loads(p) for p in split(s, limit)) == s
