@@ -95,6 +95,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._take_task: asyncio.Task[list[Assignment]] | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._streams = h.kind.streams
         self._pusher: Pushing | None = None
 
     # --- public ----------------------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ class Worker:
         a = rj.assignment
         log.debug("job %s started", a.id)
         sender = None
-        if self.h.kind.streams:  # the sender is only for yielded items; most handlers return
+        if self._streams:  # the sender is only for yielded items; most handlers return
             sender = StreamSender(self.t, a.id, retries=self.cfg.report_retries, backoff_s=self.cfg.backoff_base_s)
         rj.sender = sender
         try:
@@ -286,12 +287,10 @@ class Worker:
                 self._pusher.slot_freed()
         self._note(a.id, outcome)
         if self.t.direct:
-            # The in-process endpoint records the result before done() first suspends, so a cancel can't lose
-            # it, and a shield would cost a task per job.
+            # The in-process endpoint records the result before done() first suspends: a cancel can't lose it.
             await self._report(a.id, outcome)
         else:
-            # The report must survive a drain deadline or a shutdown: shield it from cancellation.
-            await asyncio.shield(self._report(a.id, outcome))
+            await self._report_or_keep(a.id, outcome)
 
     def _note(self, job_id: str, outcome: Outcome) -> None:
         if outcome.error_details is not None:
@@ -314,6 +313,22 @@ class Worker:
             return Outcome(outcome.status.FAILED, error=f"TransportError: stream items undeliverable: {e}",
                            error_details=error_details(e, tb=False))  # fmt: skip
         return outcome
+
+    async def _report_or_keep(self, job_id: str, outcome: Outcome) -> None:
+        """Report; if the worker is torn down meanwhile, keep the result in the spool for the next start.
+
+        (Not asyncio.shield: its task per job was a sixth of a no-op job's cost, and a shielded report still dies
+        with the event loop, while the spool outlives the process.)"""
+        try:
+            await self._report(job_id, outcome)
+        except asyncio.CancelledError:
+            if self.spool is not None:
+                self.spool.save(job_id, outcome)
+                self._spooled.add(job_id)
+                log.warning("result of job %s spooled: the worker stopped before it was delivered", job_id)
+            else:
+                log.error("result of job %s lost: the worker stopped before it was delivered", job_id)
+            raise
 
     async def _report(self, job_id: str, outcome: Outcome) -> None:
         delay = self.cfg.backoff_base_s
