@@ -3,9 +3,14 @@
 The stream alternates one 2 MiB string with about 2 MiB of small dicts (token-sized items of ~80 bytes), for
 100 MB of JSON in all. Packing is what the runtime does to every yield and every stream request: ``encode`` (the
 runner's per-yield call: serialize, and a string over the 1 MiB item limit becomes ordered pieces), then ``pack``
-into request-sized groups and ``batch_body`` (the stream sender). The yardstick serializes the same items with ``orjson.dumps`` and nothing else.
-MB/s counts the items' JSON size (10^6 bytes) for both. Packing runs as a stream, one request's worth (1 MiB)
-at a time, as the worker's stream sender does.
+into request-sized groups and ``batch_body`` (the stream sender). The yardstick serializes the same items with
+``orjson.dumps`` and nothing else. MB/s counts the items' JSON size (10^6 bytes) for both. Packing runs as a
+stream, one request's worth (1 MiB) at a time, as the worker's stream sender does.
+
+Why the small dicts cannot reach the target honestly: the runtime must encode each yield when it is yielded (a
+handler may mutate the dict afterwards, and a value that cannot be encoded must fail at its yield), so the floor
+is one Python-level call around one ``orjson.dumps`` per item. The yardstick's dumps of an ~80-byte dict takes
+~0.13 us; any Python function around it costs 0.05-0.1 us more, which is the whole 25% allowance.
 
 Target: packing >= 0.8 x plain orjson.dumps.
 """
@@ -23,7 +28,7 @@ import orjson
 from .common import PY, Run, Section, Target, ratios
 from .profile import profile_command, summarize
 
-__all__ = ["make_items", "pack_all", "plain_all", "run", "spin"]
+__all__ = ["codec_all", "make_items", "pack_all", "plain_all", "run", "spin"]
 
 STRING_BYTES = 2 << 20
 
@@ -56,24 +61,47 @@ def plain_all(items: list[Any]) -> int:
     return sum(len(dumps(v)) for v in items)
 
 
+def codec_all(items: list[Any]) -> int:
+    """The runtime's serializer alone (``codec.dumps``: its options, its error wrapper) and nothing else: the most
+    any packing that serializes through it can reach, shown beside the target."""
+    from handler_sdk.codec import dumps
+
+    return sum(len(dumps(v)) for v in items)
+
+
 def pack_all(items: list[Any]) -> int:
-    """What the runtime does to a stream: each yield is split and encoded (runner), and whatever queued up, here
-    one request's worth (1 MiB), is packed into request bodies (stream sender). Bodies are dropped once built,
-    as the plain dumps' bytes are, so neither side holds the whole stream in memory."""
-    from handler_sdk.chunker import batch_body, encode, pack
+    """What the runtime does to a stream: each yield is encoded at once (the runner's ``publish``), queued with
+    its size (``StreamSender.emit``), and whatever queued up, here one request's worth (1 MiB), is packed into
+    request bodies (``StreamSender._drain``: ``pack``, then the HTTP transport's ``single_body``/``batch_body``).
+    Bodies are dropped once built, as the plain dumps' bytes are, so neither side holds the whole stream."""
+    from handler_sdk.chunker import batch_body, encode, pack, single_body
     from handler_sdk.models import MAX_STREAM_BYTES
 
+    def bodies(queued: list[Any]) -> int:
+        return sum(len(single_body(g[0]) if len(g) == 1 else batch_body(list(g))) for g in pack(queued))
+
     total = 0
-    buf = []
+    buf: list[Any] = []
     size = 0
     for v in items:
-        for e in encode(v):
-            buf.append(e)
-            size += e.size
+        encoded = encode(v)
+        if isinstance(encoded, list):  # a long string's pieces
+            for e in encoded:
+                buf.append(e)
+                size += e.size
+        else:
+            buf.append(encoded)
+            size += encoded.size
         if size >= MAX_STREAM_BYTES:
-            total += sum(len(batch_body(g)) for g in pack(buf))
+            total += bodies(buf)
             buf, size = [], 0
-    return total + sum(len(batch_body(g)) for g in pack(buf))
+    return total + bodies(buf)
+
+
+def _worker_gc_thresholds() -> tuple[int, int, int]:
+    from handler_sdk.collector import THRESHOLDS
+
+    return THRESHOLDS
 
 
 def _timed(fn: Any, items: list[Any]) -> float:
@@ -88,6 +116,7 @@ def spin(total_mb: float = 100.0, rounds: int = 3) -> None:
     items = make_items(total_mb)
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*_worker_gc_thresholds())
     for _ in range(rounds):
         pack_all(items)
 
@@ -100,9 +129,14 @@ def run(run: Run) -> Section:
     strings = [v for v in items if isinstance(v, str)]
     dicts = [v for v in items if not isinstance(v, str)]
     # The input is benchmark scaffolding (a worker never holds 100 MB of yields at once): keep the collector from
-    # walking it again and again, which would charge whichever side allocates tracked objects.
+    # walking it again and again, which would charge whichever side allocates tracked objects. The collector then
+    # runs as in a worker process (tune_collector's thresholds), which is where this path runs.
     gc.collect()
     gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*_worker_gc_thresholds())
+    for fn in (plain_all, pack_all, codec_all):  # imports and first calls out of the timed rounds
+        fn(items[:100])
     mb = plain_all(items) / 1e6
     mb_s, mb_d = plain_all(strings) / 1e6, plain_all(dicts) / 1e6
     sec.params = {
@@ -111,9 +145,9 @@ def run(run: Run) -> Section:
         "small_dicts": len(dicts),
         "repeats": repeats,
     }
-    plain, packed, plain_s, packed_s, plain_d, packed_d = ([] for _ in range(6))
+    plain, packed, codec, plain_s, packed_s, plain_d, packed_d = ([] for _ in range(7))
     for r in range(repeats):
-        order = [(plain_all, plain), (pack_all, packed)]
+        order = [(plain_all, plain), (pack_all, packed), (codec_all, codec)]
         for fn, out in order if r % 2 == 0 else reversed(order):
             out.append(mb / _timed(fn, items))
         plain_s.append(mb_s / _timed(plain_all, strings))
@@ -127,6 +161,8 @@ def run(run: Run) -> Section:
     sec.figure("chunker pack, 2 MiB strings only", "MB/s").values = packed_s
     sec.figure("plain orjson.dumps, small dicts only", "MB/s").values = plain_d
     sec.figure("chunker pack, small dicts only", "MB/s").values = packed_d
+    sec.figure("codec.dumps alone (the runtime's serializer), mixed stream", "MB/s").values = codec
+    sec.figure("ratio codec.dumps / orjson.dumps: the ceiling for packing", "x").values = ratios(codec, plain)
     sec.figure("ratio pack / dumps, strings only", "x").values = ratios(packed_s, plain_s)
     sec.figure("ratio pack / dumps, small dicts only", "x").values = ratios(packed_d, plain_d)
     # One pass over the dicts takes mb_d / rate seconds.
@@ -146,6 +182,7 @@ def run(run: Run) -> Section:
         )
     sec.plot = _plot(run, sec)
     del items, strings, dicts
+    gc.set_threshold(*thresholds)
     gc.unfreeze()
     return sec
 

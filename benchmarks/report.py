@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import Figure, Run, Section, fmt
+from .common import BENCH_DIR, Figure, Run, Section, fmt
 
 __all__ = ["Panel", "bar_plot", "render", "save"]
 
@@ -86,7 +86,25 @@ def _section_md(s: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(sections: dict[str, dict[str, Any]]) -> str:
+def _before_after(sections: dict[str, dict[str, Any]], before: dict[str, Any]) -> list[str]:
+    """Each target's ratio in ``before`` (an earlier results.json, kept in benchmarks/before/) and now."""
+    rows = []
+    for name, s in sections.items():
+        old = {t["label"]: t for t in before.get("sections", {}).get(name, {}).get("targets", [])}
+        for t in s["targets"]:
+            if t["label"] in old:
+                was = old[t["label"]]
+                rows.append(
+                    f"| {name} | {t['label']} | {_fig(was['ratio'])} ({'PASS' if was['passed'] else 'MISS'}) "
+                    f"| {_fig(t['ratio'])} ({'PASS' if t['passed'] else 'MISS'}) |"
+                )
+    if not rows:
+        return []
+    head = ["## Before and after", "", f"Before: {before.get('about', 'an earlier run')} After: the figures above.", ""]
+    return [*head, "| benchmark | target ratio | before | after |", "|---|---|---|---|", *rows, ""]
+
+
+def render(sections: dict[str, dict[str, Any]], before: dict[str, Any] | None = None) -> str:
     names = [n for n in ORDER if n in sections] + [n for n in sections if n not in ORDER]
     lines = [_INTRO]
     latest = max((sections[n] for n in names), key=lambda s: s["date"], default=None)
@@ -100,6 +118,8 @@ def render(sections: dict[str, dict[str, Any]]) -> str:
         for t in s["targets"]:
             lines.append(_target_row(n, t))
     lines.append("")
+    if before is not None:
+        lines += _before_after({n: sections[n] for n in names}, before)
     for n in names:
         lines += _section_md(sections[n])
     return "\n".join(lines).rstrip() + "\n"
@@ -119,7 +139,9 @@ def save(run: Run, new: Sequence[Section]) -> Path:
         sections[s.name] = s.as_dict()
     data_path.write_text(json.dumps({"sections": sections}, indent=1, allow_nan=True) + "\n")
     md = run.out / "RESULTS.md"
-    md.write_text(render(sections))
+    before_path = BENCH_DIR / "before" / "results.json"
+    before = json.loads(before_path.read_text()) if before_path.exists() and not run.quick else None
+    md.write_text(render(sections, before))
     return md
 
 

@@ -8,12 +8,18 @@ Two guarantees, both measured in serialized (orjson) bytes:
   a metrics dict of up to ``METRICS_RESERVE`` bytes, and ``pack`` only groups items while the body still fits.
 
 Items are never merged: grouping puts several items in one body, each keeps its own place.
+
+``encode`` runs once per yield and ``pack``/``batch_body`` once per request, so a stream of small items costs
+what their Python work per item costs: the hot paths make one object per item and leave loops to C.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
-from typing import Any
+from itertools import accumulate
+from operator import attrgetter
+from typing import Any, TypeAlias
 
 from . import codec
 from .errors import OutputTooLarge
@@ -24,6 +30,7 @@ __all__ = [
     "MAX_ITEM_OUTPUT",
     "METRICS_RESERVE",
     "Chunk",
+    "Encoded",
     "EncodedItem",
     "batch_body",
     "encode",
@@ -37,20 +44,34 @@ METRICS_RESERVE = 8 * 1024
 # {"outputs":[ ... ],"metrics":[ ... ]} around one item, with generous slack.
 _ENVELOPE = 64
 MAX_ITEM_OUTPUT = MAX_STREAM_BYTES - METRICS_RESERVE - _ENVELOPE
+# An item's share of a batch body besides its output: "null" in the metrics array when it has none, and a comma
+# after its entry in each array.
+_NO_METRICS = 4 + 2
+_COMMAS = 2
+# orjson's output keeps the buffer it was written into: measured, a retained 80-byte token holds ~4 KiB of memory
+# and a 3 KB one ~8 KiB. Queued items (and an aggregate, for the job's life) would pin that slack, 40x the data
+# for tokens, and fresh pages for every token cost more time than the copy. Outputs below this are copied to their
+# exact size; above it the slack is a small fraction of the output.
+_COMPACT_BELOW = 16 * 1024
+# data.join((b"", b"")) is data copied into a new object of exactly its size (a constant tuple: nothing built).
+_TWO_EMPTY = (b"", b"")
+
+_new = object.__new__
 
 
 class EncodedItem:
     """One stream item with its output already serialized, so sizes are exact and nothing is encoded twice.
 
-    A plain slotted class, not a frozen dataclass: one is made per yield, and frozen init costs twice as much."""
+    ``size`` is the item's share of a batch body: its output, its metrics or a null, and two commas.
+    A plain slotted class: one is made per yield, so ``encode`` fills one in without the ``__init__`` call, which
+    costs as much again as the object."""
 
     __slots__ = ("metrics", "output", "size")
 
     def __init__(self, output: bytes, metrics: bytes | None = None) -> None:
         self.output = output
         self.metrics = metrics
-        # Its share of a batch body: the output, and its metrics or a null in the metrics array.
-        self.size = len(output) + (4 if metrics is None else len(metrics))
+        self.size = len(output) + (_NO_METRICS if metrics is None else len(metrics) + _COMMAS)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EncodedItem) and (self.output, self.metrics) == (other.output, other.metrics)
@@ -61,20 +82,35 @@ class EncodedItem:
         return f"EncodedItem({self.output[:40]!r}, {self.metrics!r})"
 
 
-def _cut(body: memoryview, end: int) -> int:
-    """The largest safe cut <= ``end`` in a JSON string's encoded body: never inside a UTF-8 sequence or an
-    escape. orjson writes non-ASCII as raw UTF-8 and escapes only \\X and \\u00XX (controls)."""
+Encoded: TypeAlias = EncodedItem | list[EncodedItem]
+"""What ``encode`` makes of one yield: one item, or a long string's pieces."""
+
+
+def _backslashes(body: memoryview, floor: int, at: int) -> int:
+    """The length of the run of backslashes ending at ``at``, counted from ``floor`` (a character's start) on.
+    Counted in C: a run can be megabytes long, so a short look first and the whole piece only if it is all run."""
+    lo = max(floor, at - 63)
+    window = body[lo : at + 1].tobytes()
+    run = len(window) - len(window.rstrip(b"\\"))
+    if run == len(window) and lo > floor:
+        window = body[floor : at + 1].tobytes()
+        run = len(window) - len(window.rstrip(b"\\"))
+    return run
+
+
+def _cut(body: memoryview, pos: int, end: int) -> int:
+    """The largest safe cut <= ``end`` in a JSON string's encoded body, for a piece starting at the safe cut
+    ``pos``: never inside a UTF-8 sequence or an escape. orjson writes non-ASCII as raw UTF-8 and escapes only
+    \\X and \\u00XX (controls)."""
     # A UTF-8 continuation byte (0b10xxxxxx) belongs to the character before it.
-    while end > 0 and body[end] & 0xC0 == 0x80:
+    while body[end] & 0xC0 == 0x80:
         end -= 1
     # An escape is at most 6 bytes (\u00XX): look for one that starts before the cut and runs past it.
-    for start in range(end - 1, max(end - 6, -1), -1):
+    for start in range(end - 1, max(end - 6, pos - 1), -1):
         if body[start] != 0x5C:  # backslash
             continue
-        run = 1  # a backslash starts an escape iff the run of backslashes ending at it is odd
-        while start - run >= 0 and body[start - run] == 0x5C:
-            run += 1
-        if run % 2 == 1:
+        # A backslash starts an escape iff the run of backslashes ending at it is odd.
+        if _backslashes(body, pos, start) % 2 == 1:
             width = 6 if body[start + 1] == 0x75 else 2  # \uXXXX or \X
             return start if start + width > end else end
         break  # an escaped backslash ends any escape that could span the cut
@@ -89,8 +125,9 @@ def _split_str(data: bytes, limit: int) -> list[bytes]:
     pieces: list[bytes] = []
     pos, n = 0, len(body)
     while pos < n:
-        end = n if n - pos <= room else _cut(body, pos + room)
-        pieces.append(b'"' + body[pos:end] + b'"')
+        end = n if n - pos <= room else _cut(body, pos, pos + room)
+        # One join copies the slice once; b'"' + slice + b'"' would copy it twice.
+        pieces.append(b"".join((b'"', body[pos:end], b'"')))
         pos = end
     return pieces
 
@@ -114,16 +151,16 @@ def _oversized(value: Any, data: bytes, limit: int) -> list[bytes]:
     )
 
 
-_RESERVED = ("stream_index", "scenario")
+_RESERVED = frozenset(("stream_index", "scenario"))
 
 
 def _metrics(metrics: dict[str, Any]) -> bytes:
-    if any(k in metrics for k in _RESERVED):
+    if not _RESERVED.isdisjoint(metrics):
         metrics = {k: v for k, v in metrics.items() if k not in _RESERVED}
     m = codec.dumps(metrics)
     if len(m) > METRICS_RESERVE:
         raise OutputTooLarge(f"stream item metrics are {len(m)} bytes serialized, over {METRICS_RESERVE}")
-    return m
+    return m.join(_TWO_EMPTY)  # an exact-size copy, as for small outputs: metrics are queued with their item
 
 
 def encode_item(output: bytes, metrics: dict[str, Any] | None) -> EncodedItem:
@@ -132,33 +169,51 @@ def encode_item(output: bytes, metrics: dict[str, Any] | None) -> EncodedItem:
     return EncodedItem(output, _metrics(metrics) if metrics else None)
 
 
-def encode(value: Any, metrics: dict[str, Any] | None = None, limit: int = MAX_ITEM_OUTPUT) -> list[EncodedItem]:
-    """One yield as its stream items: ``split`` and ``encode_item`` in one call, the runner's per-yield path.
-    A split string's pieces share the yield's metrics."""
-    m = _metrics(metrics) if metrics else None
+def encode(value: Any, metrics: dict[str, Any] | None = None, limit: int = MAX_ITEM_OUTPUT) -> Encoded:
+    """One yield as its stream item, or for a string over ``limit`` its pieces in order: ``split`` and
+    ``encode_item`` in one call, the runner's per-yield path. A split string's pieces share the yield's metrics.
+
+    Serializes at once, so a value the handler mutates after yielding it is sent as it was, and a value orjson
+    cannot encode fails here, at its yield. The common case returns the bare item, not a one-item list: a
+    container per yield costs as much as the item itself."""
     data = codec.dumps(value)
-    if len(data) <= limit:
-        return [EncodedItem(data, m)]
-    return [EncodedItem(piece, m) for piece in _oversized(value, data, limit)]
+    n = len(data)
+    if n > limit:
+        m = _metrics(metrics) if metrics else None
+        return [EncodedItem(piece, m) for piece in _oversized(value, data, limit)]
+    item: EncodedItem = _new(EncodedItem)
+    item.output = data if n >= _COMPACT_BELOW else data.join(_TWO_EMPTY)
+    if metrics:
+        m = _metrics(metrics)
+        item.metrics = m
+        item.size = n + len(m) + _COMMAS
+    else:
+        item.metrics = None
+        item.size = n + _NO_METRICS
+    return item
+
+
+_size = attrgetter("size")
 
 
 def pack(items: Iterable[EncodedItem], limit: int = MAX_STREAM_BYTES) -> Iterator[list[EncodedItem]]:
-    """Group consecutive items into bodies of at most ``limit`` bytes (as built by ``batch_body``)."""
-    group: list[EncodedItem] = []
-    size = _ENVELOPE
-    for item in items:
-        cost = item.size + 2  # two commas
-        if size + cost > limit and group:
-            yield group
-            group, size = [], _ENVELOPE
-        group.append(item)
-        size += cost
-    if group:
-        yield group
+    """Group consecutive items into bodies of at most ``limit`` bytes (as built by ``batch_body``): each body
+    takes items while the next still fits, and an item too big for any body goes alone."""
+    items = items if isinstance(items, list) else list(items)
+    # Running totals of the items' sizes: a body's end is found by bisection instead of a Python step per item.
+    ends = list(accumulate(map(_size, items)))
+    room = limit - _ENVELOPE
+    start, base = 0, 0
+    while start < len(items):
+        stop = bisect_right(ends, base + room, start + 1)
+        yield items[start:stop]
+        base = ends[stop - 1]
+        start = stop
 
 
 def batch_body(items: list[EncodedItem]) -> bytes:
     """``{"outputs":[...],"metrics":[...]}``: the batch extension's body, built from pre-encoded parts."""
+    # List comprehensions: in 3.11 their specialized slot reads beat map(attrgetter).
     outputs = b",".join([i.output for i in items])
     metrics = [i.metrics for i in items]
     if metrics.count(None) == len(metrics):
@@ -170,5 +225,5 @@ def batch_body(items: list[EncodedItem]) -> bytes:
 def single_body(item: EncodedItem) -> bytes:
     """``{"output":...}``: one item per request, as the runpod protocol sends it."""
     if item.metrics is None:
-        return b'{"output":' + item.output + b"}"
-    return b'{"output":' + item.output + b',"metrics":' + item.metrics + b"}"
+        return b"".join((b'{"output":', item.output, b"}"))
+    return b"".join((b'{"output":', item.output, b',"metrics":', item.metrics, b"}"))

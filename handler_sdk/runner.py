@@ -127,10 +127,18 @@ async def _stream(h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate
         metrics = None
         if isinstance(value, Chunk):
             value, metrics = value.output, value.metrics
-        for item in chunker.encode(value, metrics):
-            await emit(item)
-            if aggregate is not None:
-                aggregate.append(item.output)
+        # Encoded here, at the yield: a dict mutated after its yield is sent as it was, and a value orjson cannot
+        # encode fails the job at this yield. One item is the common case; only a long string comes as pieces.
+        encoded = chunker.encode(value, metrics)
+        if isinstance(encoded, list):
+            for item in encoded:
+                await emit(item)
+                if aggregate is not None:
+                    aggregate.append(item.output)
+            return
+        await emit(encoded)
+        if aggregate is not None:
+            aggregate.append(encoded.output)
 
     try:
         if h.kind is HandlerKind.ASYNC_GEN:

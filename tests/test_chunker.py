@@ -14,6 +14,7 @@ from handler_sdk import codec
 from handler_sdk.chunker import (
     MAX_ITEM_OUTPUT,
     METRICS_RESERVE,
+    Encoded,
     EncodedItem,
     batch_body,
     encode,
@@ -259,7 +260,7 @@ def test_pack_only_starts_a_new_body_when_the_next_item_would_not_fit(case: tupl
     groups = list(pack(items, limit))
     for g, nxt in itertools.pairwise(groups):
         # pack counts conservatively, so this is a bound on its own accounting: the next item must not have fit.
-        assert 64 + sum(i.size + 2 for i in [*g, nxt[0]]) > limit
+        assert 64 + sum(i.size for i in [*g, nxt[0]]) > limit
 
 
 def test_pack_sends_a_lone_oversized_item_by_itself_rather_than_merging_it() -> None:
@@ -296,6 +297,10 @@ def test_pack_groups_many_small_items_into_few_bodies() -> None:
 # --- encode: the runner's per-yield call -------------------------------------------------------------------------
 
 
+def _as_list(encoded: Encoded) -> list[EncodedItem]:
+    return encoded if isinstance(encoded, list) else [encoded]
+
+
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(value=json_values, metrics=metrics_dicts, limit=st.integers(MIN_LIMIT, 200))
 def test_encode_is_split_then_encode_item_in_one_call(value: Any, metrics: dict[str, Any] | None, limit: int) -> None:
@@ -305,7 +310,11 @@ def test_encode_is_split_then_encode_item_in_one_call(value: Any, metrics: dict[
         with pytest.raises(OutputTooLarge):
             encode(value, metrics, limit)
         return
-    assert encode(value, metrics, limit) == expected
+    encoded = encode(value, metrics, limit)
+    assert _as_list(encoded) == expected
+    # One item comes bare (no container per yield); only a split string comes as a list, of two or more pieces.
+    assert isinstance(encoded, EncodedItem) == (len(expected) == 1)
+    assert all(i.size == e.size for i, e in zip(_as_list(encoded), expected, strict=True))
 
 
 @settings(max_examples=300)
@@ -322,3 +331,143 @@ def test_split_never_cuts_an_escape_or_a_utf8_sequence_apart() -> None:
     s = ("\x1f😀\\" * 50) + "a"
     for limit in range(MIN_LIMIT, 40):
         assert "".join(orjson.loads(p) for p in split(s, limit)) == s
+
+
+# --- the whole path: yields -> encode -> pack -> batch_body ------------------------------------------------------
+
+
+# Values as they come out of a JSON round trip (orjson canonical), to compare what a body carries with what was yielded.
+def _canonical(value: Any) -> Any:
+    return orjson.loads(codec.dumps(value))
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[list[tuple[Any, dict[str, Any] | None]], int, int]:
+    """Yields (values with optional metrics) and small limits, so long strings split and bodies fill often."""
+    item_limit = draw(st.integers(MIN_LIMIT, 120))
+    values = draw(st.lists(st.tuples(st.one_of(texts, json_values), metrics_dicts), max_size=30))
+    body_limit = draw(st.integers(item_limit + METRICS_RESERVE // 64 + 64, item_limit + 600))
+    return values, item_limit, body_limit
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(case=streams())
+def test_a_stream_round_trips_through_encode_pack_and_batch_bodies(
+    case: tuple[list[tuple[Any, dict[str, Any] | None]], int, int],
+) -> None:
+    values, item_limit, _ = case
+    kept: list[tuple[Any, dict[str, Any] | None, int]] = []
+    items: list[EncodedItem] = []
+    for value, metrics in values:
+        try:
+            encoded = _as_list(encode(value, metrics, item_limit))
+        except OutputTooLarge:
+            assert not isinstance(value, str), "strings are split, never refused"
+            continue
+        assert all(len(i.output) <= item_limit for i in encoded)
+        kept.append((value, metrics, len(encoded)))
+        items.extend(encoded)
+    # The body limit must hold the biggest item in the envelope, as MAX_STREAM_BYTES holds MAX_ITEM_OUTPUT.
+    body_limit = max([case[2], *(i.size + 64 for i in items)])
+    bodies = [batch_body(g) for g in pack(items, body_limit)]
+    assert all(len(b) <= body_limit for b in bodies)
+    outputs: list[Any] = []
+    metrics_out: list[Any] = []
+    for b in bodies:
+        parsed = orjson.loads(b)
+        outputs += parsed["outputs"]
+        metrics_out += parsed.get("metrics", [None] * len(parsed["outputs"]))
+    assert len(outputs) == len(items)
+    pos = 0
+    for value, metrics, n in kept:
+        got = outputs[pos : pos + n]
+        if n > 1:
+            assert isinstance(value, str) and "".join(got) == value
+        else:
+            assert got == [_canonical(value)]
+        expected = None
+        if metrics:
+            expected = _canonical({k: v for k, v in metrics.items() if k not in ("stream_index", "scenario")})
+        assert metrics_out[pos : pos + n] == [expected] * n
+        pos += n
+
+
+@given(values=st.lists(st.tuples(json_values, metrics_dicts), min_size=1, max_size=12))
+def test_an_items_size_is_its_exact_share_of_a_batch_body(values: list[tuple[Any, dict[str, Any] | None]]) -> None:
+    items = [encode_item(codec.dumps(v), m) for v, m in values]
+    body = batch_body(items)
+    # {"outputs":[ + ],"metrics":[ + ]} is 27 bytes; the last item's two commas are not written.
+    if any(i.metrics is not None for i in items):
+        assert len(body) == 25 + sum(i.size for i in items)
+    else:
+        assert len(body) < 25 + sum(i.size for i in items)
+    for v, m in values:
+        fast = encode(v, m)
+        assert isinstance(fast, EncodedItem) and fast.size == encode_item(codec.dumps(v), m).size
+
+
+def _greedy(sizes: list[int], limit: int) -> list[int]:
+    """The reference packing: a body takes the next item while it fits, and never starts empty."""
+    counts: list[int] = []
+    used = 64
+    for size in sizes:
+        if counts and used + size <= limit:
+            counts[-1] += 1
+            used += size
+        else:
+            counts.append(1)
+            used = 64 + size
+    return counts
+
+
+@given(outputs=st.lists(st.binary(min_size=1, max_size=90), max_size=60), limit=st.integers(70, 400))
+def test_pack_groups_exactly_as_the_greedy_reference(outputs: list[bytes], limit: int) -> None:
+    items = [EncodedItem(o) for o in outputs]
+    assert [len(g) for g in pack(items, limit)] == _greedy([i.size for i in items], limit)
+    assert [len(g) for g in pack(iter(items), limit)] == _greedy([i.size for i in items], limit)
+
+
+def test_encode_serializes_at_the_yield_so_later_mutation_is_not_sent() -> None:
+    token = {"text": "a", "ids": [1]}
+    item = encode(token)
+    token["text"] = "changed"
+    token["ids"].append(2)  # type: ignore[attr-defined]
+    assert isinstance(item, EncodedItem)
+    assert orjson.loads(item.output) == {"text": "a", "ids": [1]}
+
+
+def test_encode_fails_at_the_yield_for_a_value_orjson_cannot_encode() -> None:
+    with pytest.raises(OutputNotSerializable):
+        encode({"obj": object()})
+    with pytest.raises(OutputNotSerializable):
+        encode({"obj": object()}, {"tokens": 1})
+
+
+def test_encode_small_output_is_an_exact_size_copy_equal_to_the_encoding() -> None:
+    # orjson's own buffer has kilobytes of slack; a queued item must not pin it.
+    value = {"token": "x", "i": 1}
+    item = encode(value)
+    assert isinstance(item, EncodedItem)
+    assert item.output == codec.dumps(value) and type(item.output) is bytes
+    assert item.size == len(item.output) + 6
+
+
+@settings(max_examples=300)
+@given(
+    s=st.text(alphabet=st.sampled_from(["\\", "\\", "\\", "a", "\x01", "é", '"', "😀"]), max_size=400),
+    limit=st.integers(MIN_LIMIT, 90),
+)
+def test_split_backslash_heavy_strings_round_trip_whatever_the_run_lengths(s: str, limit: int) -> None:
+    pieces = split(s, limit)
+    assert all(len(p) <= limit for p in pieces)
+    assert "".join(_decoded(pieces)) == s
+
+
+@pytest.mark.parametrize("run", [1, 2, 63, 64, 65, 200, 201])
+def test_split_runs_of_backslashes_longer_than_the_short_look_are_counted_whole(run: int) -> None:
+    # Each backslash is escaped as two, so the escape pairs' alignment is only known from the run's start.
+    s = "x" + "\\" * run + "\x01" + "\\" * run + "y"
+    for limit in range(MIN_LIMIT, 48):
+        pieces = split(s, limit)
+        assert all(len(p) <= limit for p in pieces)
+        assert "".join(_decoded(pieces)) == s
