@@ -48,13 +48,6 @@ MAX_ITEM_OUTPUT = MAX_STREAM_BYTES - METRICS_RESERVE - _ENVELOPE
 # after its entry in each array.
 _NO_METRICS = 4 + 2
 _COMMAS = 2
-# orjson's output keeps the buffer it was written into: measured, a retained 80-byte token holds ~4 KiB of memory
-# and a 3 KB one ~8 KiB. Queued items (and an aggregate, for the job's life) would pin that slack, 40x the data
-# for tokens, and fresh pages for every token cost more time than the copy. Outputs below this are copied to their
-# exact size; above it the slack is a small fraction of the output.
-_COMPACT_BELOW = 16 * 1024
-# data.join((b"", b"")) is data copied into a new object of exactly its size (a constant tuple: nothing built).
-_TWO_EMPTY = (b"", b"")
 
 _new = object.__new__
 
@@ -160,7 +153,7 @@ def _metrics(metrics: dict[str, Any]) -> bytes:
     m = codec.dumps(metrics)
     if len(m) > METRICS_RESERVE:
         raise OutputTooLarge(f"stream item metrics are {len(m)} bytes serialized, over {METRICS_RESERVE}")
-    return m.join(_TWO_EMPTY)  # an exact-size copy, as for small outputs: metrics are queued with their item
+    return m
 
 
 def encode_item(output: bytes, metrics: dict[str, Any] | None) -> EncodedItem:
@@ -182,7 +175,7 @@ def encode(value: Any, metrics: dict[str, Any] | None = None, limit: int = MAX_I
         m = _metrics(metrics) if metrics else None
         return [EncodedItem(piece, m) for piece in _oversized(value, data, limit)]
     item: EncodedItem = _new(EncodedItem)
-    item.output = data if n >= _COMPACT_BELOW else data.join(_TWO_EMPTY)
+    item.output = data  # exact-size already (codec.dumps): a queued token pins no write buffer
     if metrics:
         m = _metrics(metrics)
         item.metrics = m
