@@ -14,7 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "MAX_STREAM_BYTES",
     "CancelReply",
+    "DoneBatchBody",
+    "DoneBatchReply",
     "DoneBody",
+    "DoneCode",
+    "DoneItem",
     "ErrorDetails",
     "HealthJobs",
     "HealthReply",
@@ -179,6 +183,32 @@ class DoneBody(_Lenient):
     status: JobStatus | None = None
     stopPod: bool | None = None
     model_config = ConfigDict(extra="ignore")
+
+
+class DoneItem(DoneBody):
+    """One result in a job-done-batch body (our done-batch extension): a job-done body plus its job's id."""
+
+    id: str
+
+
+class DoneBatchBody(_Lenient):
+    """Body of job-done-batch: ``{"results": [{"id": ..., ...a job-done body...}, ...]}``."""
+
+    results: list[DoneItem]
+
+
+class DoneCode(_Lenient):
+    """How one result of a job-done-batch was judged: the status job-done would have answered."""
+
+    id: str
+    code: int
+
+
+class DoneBatchReply(_Lenient):
+    """Reply of job-done-batch: one code per result, in the order posted."""
+
+    ok: bool
+    results: list[DoneCode]
 
 
 class StreamBody(_Lenient):

@@ -1,6 +1,7 @@
 """The SQLite journal on a real file: every kind of change survives close and reopen, group commit, WAL, and a
 Broker restarted on it requeues orphaned jobs and keeps finished ones readable."""
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,110 @@ async def test_unopenable_path_raises_store_error(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "adir")
     with pytest.raises(StoreError, match="cannot open job store"):
         await store.open()
+    await store.close()
+
+
+def journaled(path: Path, job_id: str) -> str | None:
+    """The job's status as another process reads the journal now (WAL: while the store has it open)."""
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else str(orjson.loads(row[0])["status"])
+
+
+def lease(r: JobRecord) -> None:
+    r.status, r.started, r.worker_id = S.IN_PROGRESS, 1_100, "w1"
+
+
+async def test_a_young_lease_waits_for_its_result_and_both_land_in_one_write(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = JobStore(path, linger_s=60)  # only a flush or close commits within this test
+    await store.open()
+    r = record()
+    store.insert(r)
+    await store.flush()
+    lease(r)
+    store.update(r)
+    await store.flush()  # for someone else's change: nobody waits for a lease
+    assert journaled(path, r.id) == "IN_QUEUE"
+    r.status, r.ended, r.output = S.COMPLETED, 1_200, b'"ok"'
+    store.update(r)
+    commits = store.commits
+    await store.flush()
+    assert store.commits == commits + 1
+    assert journaled(path, r.id) == "COMPLETED"
+    await store.close()
+
+
+async def test_a_lease_older_than_linger_is_written_without_a_flush(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = JobStore(path, linger_s=0.05)
+    await store.open()
+    r = record()
+    store.insert(r)
+    await store.flush()
+    lease(r)
+    store.update(r)
+    await store.flush()
+    assert journaled(path, r.id) == "IN_QUEUE"
+    for _ in range(200):
+        if journaled(path, r.id) == "IN_PROGRESS":
+            break
+        await asyncio.sleep(0.02)
+    assert journaled(path, r.id) == "IN_PROGRESS"
+    await store.close()
+
+
+async def test_a_change_nobody_waits_for_is_written_after_linger_without_a_flush(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = JobStore(path, linger_s=0.05)
+    await store.open()
+    r = record()
+    store.insert(r)
+    await store.flush()
+    r.status = S.CANCELLED
+    store.update(r)
+    for _ in range(200):
+        if journaled(path, r.id) == "CANCELLED":
+            break
+        await asyncio.sleep(0.02)
+    assert journaled(path, r.id) == "CANCELLED"
+    await store.close()
+
+
+async def test_a_flush_does_not_wait_out_the_linger(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db", linger_s=60)
+    await store.open()
+    store.insert(record())
+    await asyncio.wait_for(store.flush(), 10)
+    await store.close()
+
+
+async def test_close_writes_the_leases_still_waiting(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db", linger_s=60)
+    await store.open()
+    r = record()
+    store.insert(r)
+    await store.flush()
+    lease(r)
+    store.update(r)
+    await store.flush()
+    store, records, _ = await reopen(store)
+    assert records[r.id].status is S.IN_PROGRESS and records[r.id].worker_id == "w1"
+    await store.close()
+
+
+async def test_a_deleted_job_with_a_waiting_lease_stays_deleted(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db", linger_s=60)
+    await store.open()
+    r = record()
+    store.insert(r)
+    await store.flush()
+    lease(r)
+    store.update(r)
+    await store.flush()
+    store.delete([r.id])
+    store, records, _ = await reopen(store)
+    assert records == {}
     await store.close()
 
 

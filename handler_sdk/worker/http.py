@@ -14,6 +14,7 @@ from yarl import URL
 from .. import __version__, codec
 from ..chunker import EncodedItem, batch_body, single_body
 from ..errors import StaleResult, TransportError
+from ..models import JobStatus
 from ..runner import Outcome
 from .config import Endpoints
 from .transport import Assignment
@@ -22,6 +23,9 @@ __all__ = ["EXTENSIONS_HEADER", "HttpTransport"]
 
 EXTENSIONS_HEADER = "X-Handler-SDK"
 _JSON = {"Content-Type": "application/json"}
+# The endpoint caps a job-done-batch body at the result cap plus 1 MiB: a request carries at most this much.
+_BATCH_BYTES = 8 << 20
+_STATUS_FIELD = {s: b'"status":' + codec.dumps(s.value) for s in JobStatus}
 
 
 class HttpTransport:
@@ -33,9 +37,15 @@ class HttpTransport:
         self.batch_stream = False
         self.can_hand_back = False
         self.batch_done = False
-        # Results waiting for the next job-done-batch request, each with the future its reporter awaits.
+        # Results waiting for the next job-done-batch request: the job id, its {"id":...} item, and the future
+        # its reporter awaits; and the items' bytes in all.
         self._results: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._results_bytes = 0
         self._results_task: asyncio.Task[None] | None = None
+        # The endpoints' URLs are parsed once, not per request; a take URL per (batch size, busy) asked.
+        self._done_batch_url = endpoints.done_batch_url
+        self._stop_url = endpoints.stop_url
+        self._take_urls: dict[tuple[int, bool], URL] = {}
         headers = {"User-Agent": f"handler-sdk/{__version__}"}
         if endpoints.api_key:
             headers["Authorization"] = endpoints.api_key  # bare, as the hosted platform expects
@@ -71,12 +81,18 @@ class HttpTransport:
             raise TransportError(f"{method} {url.path}: HTTP {resp.status} {data[:200]!r}")
         return resp.status, data
 
+    def _take_url(self, n: int, busy: bool) -> URL:
+        url = self._take_urls.get((n, busy))
+        if url is None:
+            base = self.ep.take_batch_url if n > 1 else self.ep.take_url
+            params = {"job_in_progress": "1" if busy else "0", **({"batch_size": str(n)} if n > 1 else {})}
+            if len(self._take_urls) >= 256:  # a concurrency modifier may wander: keep the cache small
+                self._take_urls.clear()
+            url = self._take_urls[(n, busy)] = base.update_query(params)
+        return url
+
     async def take(self, n: int, busy: bool) -> list[Assignment]:
-        flag = {"job_in_progress": "1" if busy else "0"}
-        if n > 1:
-            status, data = await self._request("GET", self.ep.take_batch_url, params={**flag, "batch_size": str(n)})
-        else:
-            status, data = await self._request("GET", self.ep.take_url, params=flag)
+        status, data = await self._request("GET", self._take_url(n, busy))
         if status == 204 or not data.strip():
             return []
         try:
@@ -88,9 +104,12 @@ class HttpTransport:
 
     @staticmethod
     def _assignment(j: dict[str, Any]) -> Assignment:
-        policy = j.get("policy") or {}
-        timeout_ms = policy.get("executionTimeout") if isinstance(policy, dict) else None
-        timeout = timeout_ms / 1000 if isinstance(timeout_ms, int | float) and timeout_ms > 0 else None
+        policy = j.get("policy")
+        timeout = None
+        if policy and isinstance(policy, dict):
+            timeout_ms = policy.get("executionTimeout")
+            if isinstance(timeout_ms, int | float) and timeout_ms > 0:
+                timeout = timeout_ms / 1000
         return Assignment(str(j["id"]), j.get("input"), j, timeout)
 
     async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
@@ -103,40 +122,49 @@ class HttpTransport:
 
     @staticmethod
     def _done_fields(outcome: Outcome) -> list[bytes]:
-        parts = [b'"status":' + codec.dumps(outcome.status.value)]
+        """A job-done body's fields, to be joined between ``{`` and ``}`` (the output is not copied until then)."""
+        parts = [_STATUS_FIELD[outcome.status]]
         if outcome.output is not None:
-            parts.append(b'"output":' + outcome.output)
+            parts += (b',"output":', outcome.output)
         if outcome.error is not None:
             # runpod's shape: the details as a JSON string under "error"; the endpoint parses it back.
-            parts.append(b'"error":' + codec.dumps(codec.dumps_str(outcome.error_details or outcome.error)))
+            parts += (b',"error":', codec.dumps(codec.dumps_str(outcome.error_details or outcome.error)))
         return parts
 
     async def done(self, job_id: str, outcome: Outcome) -> None:
-        fields = self._done_fields(outcome)
         if self.batch_done:
             # While one batch is in flight, results queue and leave together in the next one: one request and
             # one journal commit for many jobs. A failed batch fails each result, which its reporter retries.
+            item = b"".join([b'{"id":', codec.dumps(job_id), b",", *self._done_fields(outcome), b"}"])
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._results.append((job_id, b"{" + b",".join(fields) + b"}", fut))
+            self._results.append((job_id, item, fut))
+            self._results_bytes += len(item)
             if self._results_task is None or self._results_task.done():
                 self._results_task = asyncio.create_task(self._send_results())
             await fut
             return
-        body = b"{" + b",".join(fields) + b"}"
+        body = b"".join([b"{", *self._done_fields(outcome), b"}"])
         await self._request("POST", self.ep.done_url(job_id), body=body, params={"isStream": "false"})
+
+    def _next_results(self) -> list[tuple[str, bytes, asyncio.Future[None]]]:
+        """The queued results that fit in one request (at least one): usually all of them."""
+        if self._results_bytes <= _BATCH_BYTES:
+            batch, self._results, self._results_bytes = self._results, [], 0
+            return batch
+        n, size = 1, len(self._results[0][1])
+        while n < len(self._results) and size + len(self._results[n][1]) <= _BATCH_BYTES:
+            size += len(self._results[n][1])
+            n += 1
+        batch, self._results = self._results[:n], self._results[n:]
+        self._results_bytes -= size
+        return batch
 
     async def _send_results(self) -> None:
         while self._results:
-            # Up to 8 MiB a request (at least one result): the endpoint caps a body at the result cap plus 1 MiB.
-            n, size = 0, 0
-            while n < len(self._results) and (n == 0 or size + len(self._results[n][1]) <= 8 << 20):
-                size += len(self._results[n][1])
-                n += 1
-            batch, self._results = self._results[:n], self._results[n:]
-            items = [b'{"id":' + codec.dumps(job_id) + b"," + body[1:] for job_id, body, _ in batch]
+            batch = self._next_results()
             try:
-                body = b'{"results":[' + b",".join(items) + b"]}"
-                _, data = await self._request("POST", self.ep.done_batch_url, body=body)
+                body = b"".join([b'{"results":[', b",".join([item for _, item, _ in batch]), b"]}"])
+                _, data = await self._request("POST", self._done_batch_url, body=body)
                 codes = {r["id"]: r["code"] for r in codec.loads(data)["results"]}
             except (TransportError, ValueError, KeyError, TypeError) as e:
                 # Never StaleResult for the whole batch: each result is judged on its own, so each is retried.
@@ -146,9 +174,9 @@ class HttpTransport:
                         fut.set_exception(err)
                 continue
             for job_id, _, fut in batch:
-                code = codes.get(job_id, 500)
                 if fut.done():
                     continue
+                code = codes.get(job_id, 500)
                 if code == 200:
                     fut.set_result(None)
                 elif code in (404, 409):
@@ -165,7 +193,7 @@ class HttpTransport:
         await self._request("GET", self.ep.ping_url, params=params)
 
     async def stops(self) -> list[str]:
-        status, data = await self._request("GET", self.ep.stop_url)
+        status, data = await self._request("GET", self._stop_url)
         if status == 204 or not data.strip():
             return []
         try:
