@@ -2,10 +2,11 @@
 
 A pure-queue serve (no TARGET, ``--no-rate-limits``) is pre-loaded with N jobs through /run; then 1 or 2
 ``python -m handler_sdk.worker benchmarks/noop_handler.py`` processes drain it. The handler's concurrency is
-above 1, so the worker uses job-take-batch, and it batches stream items where the endpoint announces the
-extension (the no-op handler streams nothing; results go one job-done per job, the protocol has no batched
-result). The drain rate is N / (last job's end - first job's start), read from the endpoint's own timestamps
-(/requests), so process start-up and the pre-load are not counted.
+above 1, so the worker uses job-take-batch, and the results that finish while one job-done-batch request is in
+flight leave together in the next (the done-batch extension the endpoint announces). The drain rate is
+N / (last job's end - first job's start), read from the endpoint's own timestamps (/requests), so process start-up
+and the pre-load are not counted. Each round also reads the CPU time the endpoint and the workers spent per job
+(/proc), which says which process to look at when a target is missed.
 
 The store's ceiling drives the same state changes (take, then done) straight through ``Broker`` and
 ``JobStore`` in one process, in batches of the worker's concurrency with one journal flush per batch, no HTTP.
@@ -18,8 +19,10 @@ Targets: drain jobs/s >= 1.5 x the bare aiohttp server's requests/s (benchmark 1
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -51,13 +54,46 @@ async def _preload(base: str, n: int, connections: int = 64) -> None:
         await asyncio.gather(*(one() for _ in range(connections)))
 
 
-async def _wait_drained(base: str, n: int, timeout: float, workers: list[Proc]) -> None:
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) a process has used so far; None without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class _WorkerCpu:
+    """The workers' CPU time from their first finished job on (their start-up excluded), and the jobs since."""
+
+    start_s: float | None = None
+    end_s: float | None = None
+    jobs_before: int = 0
+
+    def per_job_us(self, n: int) -> float | None:
+        if self.start_s is None or self.end_s is None or n <= self.jobs_before:
+            return None
+        return (self.end_s - self.start_s) / (n - self.jobs_before) * 1e6
+
+
+def _total_cpu_s(procs: list[Proc]) -> float | None:
+    times = [_cpu_s(p.pid) for p in procs]
+    return None if any(t is None for t in times) else sum(t for t in times if t is not None)
+
+
+async def _wait_drained(base: str, n: int, timeout: float, workers: list[Proc], cpu: _WorkerCpu | None = None) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while True:
             async with s.get(f"{base}/health") as r:
                 jobs = (await r.json())["jobs"]
-            if jobs["completed"] + jobs["failed"] >= n:
+            finished = jobs["completed"] + jobs["failed"]
+            if cpu is not None and cpu.start_s is None and finished:
+                cpu.start_s, cpu.jobs_before = _total_cpu_s(workers), finished
+            if finished >= n:
+                if cpu is not None:
+                    cpu.end_s = _total_cpu_s(workers)
                 if jobs["failed"]:
                     raise RuntimeError(f"{jobs['failed']} jobs failed while draining")
                 return
@@ -94,8 +130,18 @@ def extensions(base: str) -> str:
         return str(r.headers.get("X-Handler-SDK", "none"))
 
 
-def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = False) -> tuple[float, str | None]:
-    """One drain of ``n`` jobs by ``workers`` processes on a fresh endpoint: jobs/s, and a profile if asked."""
+@dataclass
+class _Drain:
+    """One drain round: its rate, the CPU time per job of the endpoint and of the workers, a profile if asked."""
+
+    rate: float
+    serve_us: float | None = None
+    workers_us: float | None = None
+    profile: str | None = None
+
+
+def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = False) -> _Drain:
+    """One drain of ``n`` jobs by ``workers`` processes on a fresh endpoint."""
     port = free_port()
     base = f"http://127.0.0.1:{port}/v2/local"
     tag = f"w{workers}-{time.monotonic_ns()}"
@@ -108,6 +154,7 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
         wait_until(lambda: http_ok(f"{base}/health"), 30, "drain serve ready", serve)
         run.shared.setdefault("drain_extensions", extensions(base))
         asyncio.run(_preload(base, n))
+        serve_cpu = _cpu_s(serve.pid)
         for i in range(workers):
             env = {
                 "HANDLER_SDK_ENDPOINT_URL": base,
@@ -124,12 +171,30 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
                 )
             )
         summary = _profile(work, tag, serve, procs[0], workers) if profile else None
-        asyncio.run(_wait_drained(base, n, 600, procs))
+        cpu = _WorkerCpu()
+        asyncio.run(_wait_drained(base, n, 600, procs, cpu))
+        serve_end = _cpu_s(serve.pid)
         first, last = asyncio.run(_span_ms(base, n))
-        return n / max((last - first) / 1000, 1e-3), summary
+        serve_us = None if serve_cpu is None or serve_end is None else (serve_end - serve_cpu) / n * 1e6
+        rate = n / max((last - first) / 1000, 1e-3)
+        return _Drain(rate, serve_us, None if profile else cpu.per_job_us(n), summary)
     finally:
         stop_all(procs, 1.0)  # a worker waits out its held take (3 s) before it exits; nothing to keep
         serve.stop(10)
+
+
+def _note_cpu(cpu: dict[str, list[float]], workers: int, d: _Drain) -> None:
+    who = f"{workers} worker process{'es' if workers > 1 else ''}"
+    if d.serve_us is not None:
+        cpu.setdefault(f"CPU per job: endpoint (serve), {who}", []).append(d.serve_us)
+    if d.workers_us is not None:
+        cpu.setdefault(f"CPU per job: the worker processes together, {who}", []).append(d.workers_us)
+
+
+def _cpu_text(d: _Drain) -> str:
+    if d.serve_us is None or d.workers_us is None:
+        return ""
+    return f" (CPU per job: serve {d.serve_us:.1f} µs, workers {d.workers_us:.1f} µs)"
 
 
 def _profile(work: Path, tag: str, serve: Proc, worker: Proc, workers: int) -> str:
@@ -242,6 +307,7 @@ def run(run: Run) -> Section:
         "store_batch": CONCURRENCY,
     }
     drains: dict[int, list[float]] = {w: [] for w in worker_counts}
+    cpu: dict[str, list[float]] = {}
     take_done: list[float] = []
     full: list[float] = []
     for r in range(repeats):
@@ -250,15 +316,18 @@ def run(run: Run) -> Section:
         full.append(ceil_b)
         run.log(f"drain store ceiling: take->done {ceil_a:,.0f} jobs/s, submit->take->done {ceil_b:,.0f} jobs/s")
         for w in worker_counts if r % 2 == 0 else tuple(reversed(worker_counts)):
-            rate, _ = _drain_once(run, work, n, w)
-            drains[w].append(rate)
-            run.log(f"drain {w} worker(s): {rate:,.0f} jobs/s")
+            d = _drain_once(run, work, n, w)
+            drains[w].append(d.rate)
+            _note_cpu(cpu, w, d)
+            run.log(f"drain {w} worker(s): {d.rate:,.0f} jobs/s{_cpu_text(d)}")
     bare = _bare_rate(run, work, repeats, 0.5 if run.quick else 3.0)
     sec.figure("store ceiling: take -> done, batched, no HTTP", "jobs/s").values = take_done
     sec.figure("store ceiling: submit -> take -> done, batched, no HTTP", "jobs/s").values = full
     for w in worker_counts:
         sec.figure(f"drain over HTTP, {w} worker process{'es' if w > 1 else ''}", "jobs/s").values = drains[w]
     sec.figure("bare aiohttp server /runsync at 32 conn (benchmark 1 (b))", "req/s").values = bare
+    for name, values in cpu.items():
+        sec.figure(name, "µs/job").values = values
     bare_med = sec.figure("bare aiohttp server /runsync at 32 conn (benchmark 1 (b))", "req/s").median
     for w in worker_counts:
         t = Target(f"drain with {w} worker(s) / bare server req/s", sec.figure(f"ratio drain {w}w / bare", "x"), 1.5)
@@ -269,7 +338,7 @@ def run(run: Run) -> Section:
         t.ratio.values = ratios(drains[w], take_done)
         sec.targets.append(t)
     if run.profile and not all(t.passed for t in sec.targets):
-        _, sec.profile = _drain_once(run, work, n, 1, profile=True)
+        sec.profile = _drain_once(run, work, n, 1, profile=True).profile
     best = max(
         sec.figure(f"drain over HTTP, {w} worker process{'es' if w > 1 else ''}", "jobs/s").median
         for w in worker_counts
@@ -281,7 +350,13 @@ def run(run: Run) -> Section:
     )
     sec.notes.append(
         f"The endpoint announces `X-Handler-SDK: {run.shared.get('drain_extensions')}`: the worker takes in "
-        "batches (job-take-batch) and would batch stream items, but every result is its own job-done request."
+        "batches (job-take-batch, up to its 100 free slots) and sends the results that finish while one "
+        "job-done-batch request is in flight together in the next one, which the endpoint commits at once."
+    )
+    sec.notes.append(
+        "CPU time per job (from /proc): the endpoint's is every thread of the serve process (event loop and "
+        "journal writer) over the drain; the workers' is counted from their first finished job (start-up "
+        "excluded), summed over the worker processes. Their sum over the machine's cores bounds the drain rate."
     )
     sec.notes.append(
         "The drain rate counts from the first job's start to the last job's end as the endpoint recorded them, so "
