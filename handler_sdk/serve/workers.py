@@ -166,9 +166,9 @@ class WorkerRoutes:
 
     def _judge(self, wid: str, jid: str, body: DoneBody | BadRequest) -> int:
         """One result of a batch applied on its own: its HTTP status as job-done would have answered it."""
+        if isinstance(body, BadRequest):
+            return body.status
         try:
-            if isinstance(body, BadRequest):
-                raise body
             self._apply_done(wid, jid, body, False)
         except HTTPError as e:
             return e.status
