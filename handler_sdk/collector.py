@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import gc
 
-__all__ = ["tune_collector"]
+__all__ = ["after_setup", "tune_collector"]
 
 # Young collections every 50,000 allocations, full ones a hundred times rarer than CPython's: cycles are still
 # reclaimed, in far fewer, equally short passes.
 THRESHOLDS = (50_000, 20, 100)
 
 
+_tuned = False
+
+
+def after_setup() -> None:
+    """A handler's setup hook just ran (a model engine: millions of objects that live as long as the process).
+    In a tuned process they are frozen too: unfrozen, each rare full collection scanned them all, and streams
+    through the vLLM handler stalled for seconds (benchmark 3 at 16 streams)."""
+    if _tuned:
+        gc.freeze()
+
+
 def tune_collector() -> None:
     """Call once start-up is done (handler imported): what exists now lives as long as the process, so it is
     collected once and then frozen out of every later scan."""
+    global _tuned
+    _tuned = True
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import codec
+from ..collector import after_setup
 from ..errors import SetupError, StaleResult, TransportError
 from ..handler import Handler
 from ..job import Job
@@ -155,6 +156,7 @@ class Worker:
                 self.setup_state = await self.pool.run(self.h.setup)
         except Exception as e:
             raise SetupError(f"setup hook failed: {type(e).__name__}: {e}") from e
+        after_setup()
         with contextlib.suppress(TransportError):
             await self.t.ping(list(self.running), initializing=False)
         log.info("setup hook finished; taking jobs")
