@@ -94,7 +94,6 @@ class Worker:
         self._progress: dict[str, Any] = {}
         self._progress_wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._take_task: asyncio.Task[list[Assignment]] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._streams = h.kind.streams
         self._pusher: Pushing | None = None
@@ -109,8 +108,6 @@ class Worker:
         self.state = WorkerState.DRAINING
         self._stopping.set()
         self._slot.set()
-        if self._take_task is not None and self.t.direct:
-            self._take_task.cancel()  # an in-process take leases nothing once cancelled
 
     async def run(self) -> None:
         """Run until stopped (or a job asks for a refresh). Raises SetupError if the setup hook fails."""
@@ -191,21 +188,14 @@ class Worker:
                         await self._slot.wait()
                 continue
             asked = asyncio.get_running_loop().time()
-            self._take_task = asyncio.ensure_future(self.t.take(free, busy=bool(self.running)))
             try:
-                jobs = await self._take_task
-            except asyncio.CancelledError:
-                if self.state is WorkerState.READY:
-                    raise
-                return
+                jobs = await self.t.take(free, busy=bool(self.running))
             except TransportError as e:
                 # Not "job take failed": JSON logs read the word after "job " as a job id.
                 log.warning("taking jobs failed (%s); retrying in %.2fs", e, delay)
                 await self._sleep_unless_stopping(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, self.cfg.backoff_max_s)
                 continue
-            finally:
-                self._take_task = None
             if not jobs and not self.t.direct and asyncio.get_running_loop().time() - asked < self.cfg.backoff_base_s:
                 # Nothing, at once: a server that does not hold takes open. Re-asking at once would spin.
                 await self._sleep_unless_stopping(delay * random.uniform(0.5, 1.5))
