@@ -14,6 +14,7 @@ from handler_sdk.models import JobStatus, RunRequest
 from handler_sdk.serve.broker import Broker, BrokerConfig
 from handler_sdk.serve.record import JobRecord
 from handler_sdk.serve.store import JobStore
+from tests.conftest import until
 
 S = JobStatus
 
@@ -209,20 +210,29 @@ def journaled(path: Path, job_id: str) -> str | None:
     return None if row is None else str(orjson.loads(row[0])["status"])
 
 
-def lease(r: JobRecord) -> None:
-    r.status, r.started, r.worker_id = S.IN_PROGRESS, 1_100, "w1"
+async def journaled_soon(path: Path, job_id: str, status: str) -> None:
+    async def there() -> bool:
+        return journaled(path, job_id) == status
+
+    await until(there)
 
 
-async def test_a_young_lease_waits_for_its_result_and_both_land_in_one_write(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.db"
-    store = JobStore(path, linger_s=60)  # only a flush or close commits within this test
+async def waiting_lease(path: Path, linger_s: float) -> tuple[JobStore, JobRecord]:
+    """A store holding a journaled job whose lease was queued and flushed past (nobody waits for a lease)."""
+    store = JobStore(path, linger_s=linger_s)
     await store.open()
     r = record()
     store.insert(r)
     await store.flush()
-    lease(r)
+    r.status, r.started, r.worker_id = S.IN_PROGRESS, 1_100, "w1"
     store.update(r)
-    await store.flush()  # for someone else's change: nobody waits for a lease
+    await store.flush()
+    return store, r
+
+
+async def test_a_young_lease_waits_for_its_result_and_both_land_in_one_write(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store, r = await waiting_lease(path, linger_s=60)  # only a flush or close commits within this test
     assert journaled(path, r.id) == "IN_QUEUE"
     r.status, r.ended, r.output = S.COMPLETED, 1_200, b'"ok"'
     store.update(r)
@@ -235,20 +245,9 @@ async def test_a_young_lease_waits_for_its_result_and_both_land_in_one_write(tmp
 
 async def test_a_lease_older_than_linger_is_written_without_a_flush(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    store = JobStore(path, linger_s=0.05)
-    await store.open()
-    r = record()
-    store.insert(r)
-    await store.flush()
-    lease(r)
-    store.update(r)
-    await store.flush()
+    store, r = await waiting_lease(path, linger_s=0.05)
     assert journaled(path, r.id) == "IN_QUEUE"
-    for _ in range(200):
-        if journaled(path, r.id) == "IN_PROGRESS":
-            break
-        await asyncio.sleep(0.02)
-    assert journaled(path, r.id) == "IN_PROGRESS"
+    await journaled_soon(path, r.id, "IN_PROGRESS")
     await store.close()
 
 
@@ -261,11 +260,7 @@ async def test_a_change_nobody_waits_for_is_written_after_linger_without_a_flush
     await store.flush()
     r.status = S.CANCELLED
     store.update(r)
-    for _ in range(200):
-        if journaled(path, r.id) == "CANCELLED":
-            break
-        await asyncio.sleep(0.02)
-    assert journaled(path, r.id) == "CANCELLED"
+    await journaled_soon(path, r.id, "CANCELLED")
     await store.close()
 
 
@@ -278,28 +273,14 @@ async def test_a_flush_does_not_wait_out_the_linger(tmp_path: Path) -> None:
 
 
 async def test_close_writes_the_leases_still_waiting(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db", linger_s=60)
-    await store.open()
-    r = record()
-    store.insert(r)
-    await store.flush()
-    lease(r)
-    store.update(r)
-    await store.flush()
+    store, r = await waiting_lease(tmp_path / "jobs.db", linger_s=60)
     store, records, _ = await reopen(store)
     assert records[r.id].status is S.IN_PROGRESS and records[r.id].worker_id == "w1"
     await store.close()
 
 
 async def test_a_deleted_job_with_a_waiting_lease_stays_deleted(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db", linger_s=60)
-    await store.open()
-    r = record()
-    store.insert(r)
-    await store.flush()
-    lease(r)
-    store.update(r)
-    await store.flush()
+    store, r = await waiting_lease(tmp_path / "jobs.db", linger_s=60)
     store.delete([r.id])
     store, records, _ = await reopen(store)
     assert records == {}
