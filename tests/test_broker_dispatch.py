@@ -9,15 +9,19 @@ it said it had room for, and no job waits in the queue while an attached local w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from handler_sdk import handler
 from handler_sdk.models import JobStatus, Policy, RunRequest
 from handler_sdk.serve.broker import Broker, new_job_id
 from handler_sdk.serve.record import JobRecord
+from handler_sdk.worker.inprocess import InProcessTransport
+from handler_sdk.worker.loop import Worker, WorkerConfig
 
 S = JobStatus
 
@@ -167,3 +171,31 @@ def test_a_runsync_waiter_returns_when_its_job_is_purged() -> None:
         assert r.enders is None
 
     asyncio.run(go())
+
+
+async def test_the_in_process_worker_starts_the_next_job_only_after_the_last_ones_end_is_recorded() -> None:
+    """Concurrency 1 through the real worker and in-process transport. The clock ticks on every reading, so a
+    next job leased in the same millisecond as its predecessor's end, but before that end was recorded, shows."""
+    ticks = itertools.count(1)
+    broker = Broker(clock=lambda: next(ticks))
+
+    @handler
+    def echo(job):  # type: ignore[no-untyped-def]
+        return job.input
+
+    transport = InProcessTransport(broker, "local", hold_s=0.05)
+    worker = Worker(echo, transport, WorkerConfig(ping_interval_s=60))
+    records = [broker.submit(RunRequest(input={"n": n})) for n in range(4)]
+    run = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            for r in records:
+                await r.until_ended()
+    finally:
+        worker.stop()
+        await asyncio.gather(run, return_exceptions=True)
+        await transport.close()
+    assert [r.status for r in records] == [S.COMPLETED] * 4
+    for before, after in itertools.pairwise(records):
+        assert before.ended is not None and after.started is not None
+        assert after.started > before.ended, f"{after.id} started at {after.started}, before {before.ended}"

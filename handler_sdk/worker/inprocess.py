@@ -70,6 +70,10 @@ class InProcessTransport:
             )  # fmt: skip
         except (Conflict, NotFound) as e:
             raise StaleResult(str(e)) from e
+        finally:
+            # The worker leaves its freed slot to us (Pushing.slot_freed): offered only now, the next job's
+            # start is never before this job's recorded end.
+            self.broker.dispatch()
         if not r.sync:
             await self.broker.durable()
 

@@ -250,6 +250,7 @@ class Worker:
         if self._streams:  # the sender is only for yielded items; most handlers return
             sender = StreamSender(self.t, a.id, retries=self.cfg.report_retries, backoff_s=self.cfg.backoff_base_s)
         rj.sender = sender
+        reporting = False
         try:
             outcome = await run_job(
                 self.h, rj.job, emit=_no_stream if sender is None else sender.emit, pool=self.pool,
@@ -265,6 +266,7 @@ class Worker:
                 if flushed is None:
                     return
                 outcome = flushed
+            reporting = True
         except asyncio.CancelledError:
             # Stopped by the endpoint (cancel/timeout there) or handed back at a drain deadline: no report.
             if sender is not None:
@@ -275,7 +277,9 @@ class Worker:
             self.running.pop(a.id, None)
             self._progress.pop(a.id, None)
             self._slot.set()
-            if self._pusher is not None:
+            if self._pusher is not None and not reporting:
+                # With a result to report, done() offers the slot once the result is recorded: the next job
+                # must not start (by the endpoint's clock) before this one has ended.
                 self._pusher.slot_freed()
         self._note(a.id, outcome)
         if self.t.direct:

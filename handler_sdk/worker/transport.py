@@ -64,5 +64,6 @@ class Pushing(Protocol):
     def detach(self) -> None: ...
 
     def slot_freed(self) -> None:
-        """A job ended: queued jobs may start."""
+        """A job ended without a result to report (stopped): queued jobs may start. After a job with a result,
+        done() offers the freed slot itself, once the result is recorded."""
         ...
