@@ -36,6 +36,7 @@ __all__ = ["run", "store_ceiling"]
 
 CONCURRENCY = 100  # the worker's slots, hence its take batch size; also the ceiling's batch size
 INPUT = {"prompt": "hello", "n": 1}
+PROFILE_SCALE = 8  # the profiled drain's jobs, as a multiple of a timed one's
 
 
 async def _preload(base: str, n: int, connections: int = 64) -> None:
@@ -198,8 +199,8 @@ def _cpu_text(d: _Drain) -> str:
 
 
 def _profile(work: Path, tag: str, serve: Proc, worker: Proc, workers: int) -> str:
-    """Sample the endpoint and one worker at the same time, 3 s into the drain (past their start-up)."""
-    time.sleep(1.5)
+    """Sample the endpoint and one worker at the same time for 3 s, from just past the worker's start-up."""
+    time.sleep(0.5)
     outs: dict[str, Path | None] = {}
 
     def sample(name: str, p: Proc) -> None:
@@ -338,7 +339,9 @@ def run(run: Run) -> Section:
         t.ratio.values = ratios(drains[w], take_done)
         sec.targets.append(t)
     if run.profile and not all(t.passed for t in sec.targets):
-        sec.profile = _drain_once(run, work, n, 1, profile=True).profile
+        # A timed drain ends in about a second, before py-spy has sampled much: the profiled one drains more jobs,
+        # enough to outlast the sampling window.
+        sec.profile = _drain_once(run, work, n * PROFILE_SCALE, 1, profile=True).profile
     best = max(
         sec.figure(f"drain over HTTP, {w} worker process{'es' if w > 1 else ''}", "jobs/s").median
         for w in worker_counts

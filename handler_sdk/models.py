@@ -63,9 +63,15 @@ class _Lenient(BaseModel):
 
 
 class Policy(_Lenient):
+    # Frozen, so every request without a policy can share one default instead of building its own.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
     execution_timeout: int | None = Field(default=None, alias="executionTimeout", ge=1)
     ttl: int | None = Field(default=None, ge=1)
     low_priority: bool = Field(default=False, alias="lowPriority")
+
+
+_NO_POLICY = Policy()
 
 
 class RunRequest(_Lenient):
@@ -73,7 +79,7 @@ class RunRequest(_Lenient):
 
     input: dict[str, Any]
     webhook: str | None = None
-    policy: Policy = Field(default_factory=Policy)
+    policy: Policy = _NO_POLICY
 
     @field_validator("webhook")
     @classmethod

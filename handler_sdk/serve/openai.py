@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .. import codec
 from ..errors import BadRequest
-from ..models import JobStatus, Policy, RunRequest
+from ..models import JobStatus, RunRequest
 from .broker import Broker
 from .record import JobRecord
 from .web import read_json
@@ -70,7 +70,7 @@ class OpenAIRoutes:
         return await self.relay(request, "/v1/models", None)
 
     async def relay(self, request: web.Request, route: str, body: dict[str, Any] | None) -> web.StreamResponse:
-        req = RunRequest(input={"openai_route": route, "openai_input": body}, policy=Policy())
+        req = RunRequest(input={"openai_route": route, "openai_input": body})
         r = self.broker.submit(req, sync=True)
         streaming = body is not None and bool(body.get("stream"))
         resp: web.StreamResponse | None = None
