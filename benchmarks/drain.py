@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ __all__ = ["run", "store_ceiling"]
 
 CONCURRENCY = 100  # the worker's slots, hence its take batch size; also the ceiling's batch size
 INPUT = {"prompt": "hello", "n": 1}
-PROFILE_SCALE = 8  # the profiled drain's jobs, as a multiple of a timed one's
+# The profiled drain lasts this long at the measured 1-worker rate: py-spy's 3 s window from 0.5 s in, and slack.
+PROFILE_DRAIN_S = 5.0
 
 
 async def _preload(base: str, n: int, connections: int = 64) -> None:
@@ -341,7 +343,8 @@ def run(run: Run) -> Section:
     if run.profile and not all(t.passed for t in sec.targets):
         # A timed drain ends in about a second, before py-spy has sampled much: the profiled one drains more jobs,
         # enough to outlast the sampling window.
-        sec.profile = _drain_once(run, work, n * PROFILE_SCALE, 1, profile=True).profile
+        jobs = max(n, round(statistics.median(drains[1]) * PROFILE_DRAIN_S)) if drains.get(1) else n
+        sec.profile = _drain_once(run, work, jobs, 1, profile=True).profile
     best = max(
         sec.figure(f"drain over HTTP, {w} worker process{'es' if w > 1 else ''}", "jobs/s").median
         for w in worker_counts
