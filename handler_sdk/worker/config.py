@@ -45,17 +45,23 @@ __all__ = ["Endpoints", "endpoints_from_env", "request_timeout_from_env", "worke
 
 
 def _get(env: Mapping[str, str], *names: str) -> str | None:
+    return None if (found := _lookup(env, names)) is None else found[1]
+
+
+def _lookup(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first of ``names`` that is set (non-empty), with its value: errors name the variable the user set."""
     for n in names:
         v = env.get(n)
         if v:
-            return v
+            return n, v
     return None
 
 
 def _num(env: Mapping[str, str], name: str, default: float, *fallbacks: str) -> float:
-    raw = _get(env, name, *fallbacks)
-    if raw is None:
+    found = _lookup(env, (name, *fallbacks))
+    if found is None:
         return default
+    name, raw = found
     try:
         value = float(raw)
     except ValueError:
@@ -63,6 +69,13 @@ def _num(env: Mapping[str, str], name: str, default: float, *fallbacks: str) -> 
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name}={raw!r} must be a finite number, not negative")
     return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _num(env, name, default)
+    if value != int(value):
+        raise ConfigError(f"{name}={env[name]!r} must be a whole number")
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +162,7 @@ def worker_config_from_env(env: Mapping[str, str] = os.environ) -> WorkerConfig:
     return WorkerConfig(
         ping_interval_s=ping_ms / 1000,
         drain_timeout_s=_num(env, "HANDLER_SDK_DRAIN_TIMEOUT_S", 30.0),
-        report_retries=int(_num(env, "HANDLER_SDK_REPORT_RETRIES", 5)),
+        report_retries=_count(env, "HANDLER_SDK_REPORT_RETRIES", 5),
         backoff_base_s=_num(env, "HANDLER_SDK_BACKOFF_BASE_S", 0.2),
         backoff_max_s=_num(env, "HANDLER_SDK_BACKOFF_MAX_S", 10.0),
         spool_retry_s=_num(env, "HANDLER_SDK_SPOOL_RETRY_S", 2.0),
