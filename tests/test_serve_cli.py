@@ -56,11 +56,10 @@ def one_shot(*args: str, cwd: Path = ROOT, timeout: float = 60) -> tuple[int, An
 
 
 def final_json(stdout: str) -> Any:
-    """The job JSON one-shot prints: its last line that is a JSON object (libraries may log after it)."""
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return None
+    """The job JSON one-shot prints: its standard output is that one line and nothing else, or empty."""
+    lines = stdout.splitlines()
+    assert len(lines) <= 1, f"one-shot wrote more than the job's JSON to stdout: {stdout[:500]!r}"
+    return json.loads(lines[0]) if lines else None
 
 
 # --- serving -------------------------------------------------------------------------------------------------
@@ -200,3 +199,16 @@ def test_each_example_runs_in_one_shot_mode(path: Path, payload: str, expect: in
     rc, job, err = one_shot(str(path.relative_to(ROOT)), "--test-input", payload, timeout=600)
     assert rc == expect, f"{path.name} exited {rc} after {time.monotonic() - t0:.1f}s:\n{err}"
     assert job["status"] == ("COMPLETED" if expect == 0 else "FAILED")
+
+
+def test_one_shot_stdout_holds_only_the_job_json_and_every_other_write_goes_to_stderr():
+    r = subprocess.run(
+        [sys.executable, "-m", "handler_sdk.serve", str(HANDLERS / "noisy.py"), "--test-input", '{"input": {}}'],
+        capture_output=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    [line] = r.stdout.decode().splitlines()
+    assert json.loads(line)["output"] == {"quiet": True}
+    err = r.stderr.decode()
+    for said in ("import-time print", "setup print", "job print", "raw fd 1 write", "exit-time print"):
+        assert said in err

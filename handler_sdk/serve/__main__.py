@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from .. import codec
 from ..collector import tune_collector
@@ -82,13 +83,23 @@ def main(argv: list[str] | None = None) -> int:
             if not args.target:
                 raise ConfigError("--test-input needs a TARGET")
             raw = args.test_input or _test_input_file(args.target).read_text()
-            return asyncio.run(run_once(load_handler(args.target), codec.loads_request(raw.encode())))
+            out = _stdout_for_the_result()
+            return asyncio.run(run_once(load_handler(args.target), codec.loads_request(raw.encode()), out))
         return asyncio.run(_serve(args))
     except (ConfigError, BadRequest) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_for_the_result() -> TextIO:
+    """Keep standard output for the job's JSON alone, so ``| jq`` works: everything else written there (the
+    handler's prints, a library's log handler bound to stdout, output at exit, C code) goes to stderr instead."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return out
 
 
 def _test_input_file(target: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
@@ -19,8 +19,8 @@ from .broker import Broker
 __all__ = ["run_once"]
 
 
-async def run_once(h: Handler, body: Any) -> int:
-    """Exit status: 0 when the job completed, 1 otherwise."""
+async def run_once(h: Handler, body: Any, out: TextIO = sys.stdout) -> int:
+    """Run the job, write its final JSON as one line to ``out``. Exit status: 0 when it completed, 1 otherwise."""
     try:
         req = RunRequest.model_validate(body)
     except ValidationError as e:
@@ -39,6 +39,6 @@ async def run_once(h: Handler, body: Any) -> int:
     reply = r.reply()
     if r.stream:
         reply["stream"] = [codec.Fragment(i) for i in r.stream]
-    sys.stdout.write(codec.dumps_str(reply) + "\n")
-    sys.stdout.flush()
+    out.write(codec.dumps_str(reply) + "\n")
+    out.flush()
     return 0 if r.status is JobStatus.COMPLETED else 1
