@@ -186,6 +186,26 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
         serve.stop(10)
 
 
+def _cpu_bound(sec: Section, worker_counts: list[int]) -> str | None:
+    """What the measured CPU per job allows on this machine's cores, set against the ceiling target."""
+    w = worker_counts[0]
+    who = f"{w} worker process{'es' if w > 1 else ''}"
+    medians = {f.name: f.median for f in sec.figures if f.values}
+    serve = medians.get(f"CPU per job: endpoint (serve), {who}", 0.0)
+    workers = medians.get(f"CPU per job: the worker processes together, {who}", 0.0)
+    ceiling = medians.get("store ceiling: take -> done, batched, no HTTP", 0.0)
+    cores = os.cpu_count() or 1
+    if not (serve > 0 and workers > 0 and ceiling > 0):
+        return None
+    bound = cores / (serve + workers) * 1e6
+    return (
+        f"With {who}, a job costs {serve:.1f} µs of endpoint CPU and {workers:.1f} µs of worker CPU: on "
+        f"{cores} cores no drain can beat {bound:,.0f} jobs/s, {bound / ceiling:.2f} x the store's ceiling. "
+        "The 0.7 x ceiling target needs the two together under "
+        f"{cores / (0.7 * ceiling) * 1e6:.1f} µs per job."
+    )
+
+
 def _note_cpu(cpu: dict[str, list[float]], workers: int, d: _Drain) -> None:
     who = f"{workers} worker process{'es' if workers > 1 else ''}"
     if d.serve_us is not None:
@@ -364,6 +384,9 @@ def run(run: Run) -> Section:
         "journal writer) over the drain; the workers' is counted from their first finished job (start-up "
         "excluded), summed over the worker processes. Their sum over the machine's cores bounds the drain rate."
     )
+    bound = _cpu_bound(sec, worker_counts)
+    if bound is not None:
+        sec.notes.append(bound)
     sec.notes.append(
         "The drain rate counts from the first job's start to the last job's end as the endpoint recorded them, so "
         "worker start-up and the pre-load are excluded. Each round uses a fresh endpoint and journal."
