@@ -148,6 +148,30 @@ async def test_held_take_answers_as_soon_as_a_job_is_queued(endpoint_factory: An
     assert job == {"id": job_id, "input": {"i": 0}}
 
 
+@pytest.mark.parametrize("op", ["job-take/gone", "job-take-batch/gone?batch_size=5"])
+async def test_a_held_take_whose_worker_has_gone_leases_nothing_and_a_live_worker_gets_the_job(
+    endpoint_factory: Any, op: str
+) -> None:
+    """A worker killed while its take is held (its connection closes) must not be leased the next job: the job
+    would sit IN_PROGRESS on a dead worker until its lease lapsed, and come back counted as a retry."""
+    ep = await endpoint_factory(None, take_hold_s=10)
+    host, port = ep.url.split("//")[1].split("/")[0].split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /v2/local/{op} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the take is held now
+    writer.transport.abort()  # the worker process dies: its socket closes
+    await asyncio.sleep(0.2)
+    [job_id] = await queue(ep)
+    await asyncio.sleep(0.1)
+    _, st = await ep.get(f"status/{job_id}")
+    assert st["status"] == "IN_QUEUE", st
+    code, _, job = await asyncio.wait_for(Raw(ep, "alive").take(), 5)
+    assert (code, job["id"]) == (200, job_id)
+    _, st = await ep.get(f"status/{job_id}")
+    assert st.get("retries", 0) == 0 and st["workerId"] == "alive"
+
+
 async def test_take_carries_the_execution_timeout_policy(pure: Any) -> None:
     [job_id] = await queue(pure, policy={"executionTimeout": 5000})
     code, _, job = await Raw(pure).take()

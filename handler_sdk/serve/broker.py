@@ -413,12 +413,28 @@ class Broker:
                     return r
         return None
 
-    async def take(self, worker_id: str, n: int, wait: float = 0.0, *, local: bool = False) -> list[JobRecord]:
-        """Lease up to ``n`` queued jobs to the worker, holding an empty take open up to ``wait`` seconds."""
+    async def take(
+        self,
+        worker_id: str,
+        n: int,
+        wait: float = 0.0,
+        *,
+        local: bool = False,
+        gone: Callable[[], bool] | None = None,
+    ) -> list[JobRecord]:
+        """Lease up to ``n`` queued jobs to the worker, holding an empty take open up to ``wait`` seconds.
+
+        ``gone`` says whether the worker has hung up meanwhile (its connection closed): a held take of a worker
+        that died leases nothing, and the job it was woken for goes to the next taker instead of sitting on a dead
+        worker until the lease lapses."""
         w = self.seen(worker_id, local=local, initializing=False)
         taken: list[JobRecord] = []
         deadline = asyncio.get_running_loop().time() + wait
         while True:
+            if gone is not None and gone():
+                if self._queue or self._low:
+                    self._wake_taker()
+                return []
             while len(taken) < n and (r := self._pop()) is not None:
                 self._lease(r, w)
                 taken.append(r)

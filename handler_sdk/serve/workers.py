@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,16 @@ _OK = codec.dumps({"ok": True})
 _YIELD_EVERY = 64
 _CLASS_RE = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>$")
 _GEN_RE = re.compile(r"^handler: (?P<msg>.*?)\s*\ntraceback: (?P<tb>.*)$", re.S)
+
+
+def _hung_up(request: web.Request) -> Callable[[], bool]:
+    """Whether the client has closed this request's connection (aiohttp drops the transport when it notices)."""
+
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    return gone
 
 
 def _reply(body: bytes, status: int = 200) -> web.Response:
@@ -131,7 +142,7 @@ class WorkerRoutes:
         self.max_batch = max_batch
 
     async def take(self, request: web.Request) -> web.Response:
-        jobs = await self.broker.take(request.match_info["worker_id"], 1, self.hold_s)
+        jobs = await self.broker.take(request.match_info["worker_id"], 1, self.hold_s, gone=_hung_up(request))
         if not jobs:
             return _reply(b"", 204)
         return _reply(codec.dumps(_job_payload(jobs[0])))
@@ -139,7 +150,7 @@ class WorkerRoutes:
     async def take_batch(self, request: web.Request) -> web.Response:
         n = query_int(request, "batch_size", 1, 1, self.max_batch)
         assert n is not None
-        jobs = await self.broker.take(request.match_info["worker_id"], n, self.hold_s)
+        jobs = await self.broker.take(request.match_info["worker_id"], n, self.hold_s, gone=_hung_up(request))
         if not jobs:
             return _reply(b"", 204)
         return _reply(codec.dumps([_job_payload(r) for r in jobs]))
