@@ -49,6 +49,8 @@ class ModelJob:
     stream: int = 0
     cursor: int = 0
     ttl_pending: bool = True
+    # /retry restarts the ttl from the retry.
+    ttl_from: int | None = None
     # Handed back or lost with its worker: it resumes at the front of the queue, ahead of new work of any priority.
     resumed: bool = False
     # (due, started) for each lease's execution backstop.
@@ -202,6 +204,7 @@ class BrokerMachine(RuleBasedStateMachine):
         m.status, m.worker, m.started, m.ended, m.final = S.IN_QUEUE, None, None, None, None
         m.retries += 1
         m.stream = m.cursor = 0
+        m.ttl_from, m.ttl_pending = self.now[0], True
 
     @rule()
     def purge(self) -> None:
@@ -375,8 +378,9 @@ class BrokerMachine(RuleBasedStateMachine):
                     self.gone.add(job_id)
                 continue
             due: list[tuple[int, int, str]] = []
-            if m.ttl is not None and m.ttl_pending and m.created + m.ttl <= now:
-                due.append((m.created + m.ttl, 0, "ttl"))
+            ttl_due = None if m.ttl is None else (m.created if m.ttl_from is None else m.ttl_from) + m.ttl
+            if ttl_due is not None and m.ttl_pending and ttl_due <= now:
+                due.append((ttl_due, 0, "ttl"))
             if m.status is S.IN_PROGRESS:
                 due += [
                     (d, 1, "executionTimeout") for d, started in m.exec_deadlines if d <= now and started == m.started
@@ -386,7 +390,7 @@ class BrokerMachine(RuleBasedStateMachine):
                 r = self.broker.jobs[job_id]
                 assert r.error is not None and r.error.startswith("TimeoutError:") and min(due)[2] in r.error
         for m in self.model.values():
-            if m.ttl is not None and m.created + m.ttl <= now:
+            if m.ttl is not None and (m.created if m.ttl_from is None else m.ttl_from) + m.ttl <= now:
                 m.ttl_pending = False
             m.exec_deadlines = [(d, s) for d, s in m.exec_deadlines if d > now]
 
@@ -510,6 +514,34 @@ async def test_handed_back_and_lost_jobs_queue_again_at_the_front() -> None:
     b.leave("w2")
     assert [r.id for r in await b.take("w3", 2)] == [a, c]
     assert ra.retries == 1 and b.retried == 1
+
+
+async def test_a_retried_job_gets_its_whole_ttl_again_and_an_earlier_deadline_no_longer_applies() -> None:
+    now = [0]
+    b = _broker(now)
+    job = _submit(b, ttl=100)
+    now[0] = 150
+    b.expire_due()
+    assert b.jobs[job].status is S.TIMED_OUT
+    b.retry(job)  # at 150: due at 250
+    now[0] = 240
+    b.expire_due()
+    assert b.jobs[job].status is S.IN_QUEUE
+    now[0] = 250
+    b.expire_due()
+    assert b.jobs[job].status is S.TIMED_OUT and "ttl" in (b.jobs[job].error or "")
+    # Failed early, retried late: the first deadline (100) passes without effect, the new one (400 + 100) holds.
+    early = _submit(b, ttl=100)  # at 250: due at 350
+    [_] = await b.take("w", 1)
+    b.done("w", early, S.FAILED, error="boom")
+    now[0] = 300
+    b.retry(early)  # due at 400
+    now[0] = 399
+    b.expire_due()
+    assert b.jobs[early].status is S.IN_QUEUE
+    now[0] = 400
+    b.expire_due()
+    assert b.jobs[early].status is S.TIMED_OUT
 
 
 async def test_purge_after_a_queued_ttl_timeout_and_retry_removes_the_job_once() -> None:

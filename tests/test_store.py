@@ -415,6 +415,24 @@ async def test_ttl_still_applies_to_queued_jobs_after_restart(tmp_path: Path) ->
     await b.store.close()
 
 
+async def test_a_retried_jobs_ttl_counts_from_the_retry_after_a_restart_too(tmp_path: Path) -> None:
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    job = _run(b, 1, ttl=500)
+    now[0] = 1_600
+    b.expire_due()
+    b.retry(job)  # at 1,600: due at 2,100
+    b = await _restart(b, now)
+    now[0] = 2_099
+    b.expire_due()
+    assert b.status(job).status is S.IN_QUEUE
+    now[0] = 2_100
+    b.expire_due()
+    assert b.status(job).status is S.TIMED_OUT
+    assert b.store is not None
+    await b.store.close()
+
+
 async def test_retried_job_restarts_with_an_empty_stream(tmp_path: Path) -> None:
     now = [1_000]
     b = await _broker(tmp_path / "jobs.db", now)

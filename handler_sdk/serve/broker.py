@@ -130,8 +130,8 @@ class Broker:
                 self._requeue(r, front=False)
             elif r.status is S.IN_QUEUE:
                 (self._low if r.low_priority else self._queue).append(r.id)
-            if r.ttl is not None and not r.status.terminal:
-                self._at(r.created + r.ttl, "ttl", r)
+            if (due := r.ttl_due) is not None and not r.status.terminal:
+                self._at(due, "ttl", r)
             if r.expires is not None:
                 self._at(r.expires, "expire", r)
 
@@ -332,6 +332,10 @@ class Broker:
         r.retries += 1
         r.started = r.ended = r.output = r.error = r.error_details = r.worker_id = None
         r.stream, r.cursor = (), 0
+        # Queued again by the client, as if submitted now: a ttl that ran out (or would have) starts over.
+        r.requeued = self.clock()
+        if (due := r.ttl_due) is not None:
+            self._at(due, "ttl", r)
         if self.store is not None and not r.sync:
             self.store.reset_stream(r.id)
         self._journal(r)
@@ -563,7 +567,7 @@ class Broker:
         """Apply every deadline that has passed: ttl, the execution backstop, and retention."""
         now = self.clock()
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, kind, job_id, started = heapq.heappop(self._deadlines)
+            when, _, kind, job_id, started = heapq.heappop(self._deadlines)
             r = self.jobs.get(job_id)
             if r is None:
                 continue
@@ -575,7 +579,7 @@ class Broker:
                         self.store.delete([job_id])
             elif r.status.terminal:
                 continue
-            elif kind == "ttl":
+            elif kind == "ttl" and r.ttl_due == when:  # not a deadline from before a /retry
                 self._time_out(r, f"job exceeded its ttl of {r.ttl} ms")
             elif kind == "exec" and r.status is S.IN_PROGRESS and r.started == started:
                 self._time_out(r, f"job exceeded its executionTimeout of {r.execution_timeout} ms")

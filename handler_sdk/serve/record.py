@@ -30,6 +30,8 @@ class JobRecord:
     webhook: str | None = None
     execution_timeout: int | None = None
     ttl: int | None = None
+    # When /retry last queued the job again: its ttl counts from here (from ``created`` until then).
+    requeued: int | None = None
     low_priority: bool = False
     retention: int = 0
     # Each stream item fully serialized: {"output":...,"metrics":{...,"stream_index":i,"scenario":"stream"}}.
@@ -41,6 +43,10 @@ class JobRecord:
     changed: asyncio.Event | None = None
     # Resolved when the job ends or is purged (runsync, status-sync).
     enders: list[asyncio.Future[None]] | None = None
+
+    @property
+    def ttl_due(self) -> int | None:
+        return None if self.ttl is None else (self.created if self.requeued is None else self.requeued) + self.ttl
 
     @property
     def expires(self) -> int | None:
@@ -117,6 +123,7 @@ class JobRecord:
             "webhook": self.webhook,
             "execution_timeout": self.execution_timeout,
             "ttl": self.ttl,
+            "requeued": self.requeued,
             "low_priority": self.low_priority,
             "retention": self.retention,
             "cursor": self.cursor,
@@ -131,5 +138,6 @@ class JobRecord:
             "execution_timeout", "ttl", "low_priority", "retention", "cursor",
         ):  # fmt: skip
             setattr(r, k, state[k])
+        r.requeued = state.get("requeued")  # journals written before it existed lack it
         r.output = output
         return r
