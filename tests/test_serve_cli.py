@@ -212,3 +212,12 @@ def test_one_shot_stdout_holds_only_the_job_json_and_every_other_write_goes_to_s
     err = r.stderr.decode()
     for said in ("import-time print", "setup print", "job print", "raw fd 1 write", "exit-time print"):
         assert said in err
+
+
+def test_an_endpoint_id_that_cannot_be_a_path_segment_is_refused_at_start(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "handler_sdk.serve", "--endpoint-id", "my endpoint/x", "--data-dir", str(tmp_path)],
+        capture_output=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "endpoint id 'my endpoint/x'" in r.stderr.decode()

@@ -95,6 +95,18 @@ async def test_purge_queue_is_limited_to_2_per_10_seconds_with_retry_after(endpo
     assert (await ep.post("runsync", {"input": {}}))[0] == 200
 
 
+async def test_requests_that_reach_no_route_spend_no_budget(endpoint_factory):
+    ep = await endpoint_factory("echo_async.py", rate_limits=True)
+    base = ep.url.rsplit("/", 1)[0]
+    for url in [f"{base}/other/purge-queue", f"{ep.url}/purge-queue/extra"] * 2:
+        async with ep.http.post(url) as r:
+            assert r.status == 404
+    async with ep.http.get(f"{ep.url}/purge-queue") as r:  # a route, but not for GET
+        assert r.status == 405
+    for _ in range(2):
+        assert (await ep.post("purge-queue"))[0] == 200
+
+
 async def test_requests_is_limited_to_10_per_10_seconds(endpoint_factory):
     ep = await endpoint_factory("echo_async.py", rate_limits=True)
     for _ in range(10):

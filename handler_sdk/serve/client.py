@@ -124,9 +124,9 @@ def _ttl(request: web.Request) -> int | None:
     return query_int(request, "ttl", None, 0, 2**62)
 
 
-def add_client_routes(app: web.Application, broker: Broker, lim: ClientLimits | None = None) -> None:
+def add_client_routes(app: web.Application, broker: Broker, prefix: str, lim: ClientLimits | None = None) -> None:
     c = ClientRoutes(broker, lim or ClientLimits())
-    p = "/v2/{endpoint_id}"
+    p = prefix
     app.router.add_post(f"{p}/run", c.run)
     app.router.add_post(f"{p}/runsync", c.runsync)
     for verb in ("GET", "POST"):

@@ -115,9 +115,11 @@ async def _relay_sse(request: web.Request, r: JobRecord) -> web.StreamResponse |
         await r.watch().wait()
 
 
-def add_openai_routes(app: web.Application, broker: Broker, *, body_cap: int = 20 << 20, wait_s: float = 600.0) -> None:
+def add_openai_routes(
+    app: web.Application, broker: Broker, prefix: str, *, body_cap: int = 20 << 20, wait_s: float = 600.0
+) -> None:
     o = OpenAIRoutes(broker, body_cap, wait_s)
-    p = "/v2/{endpoint_id}/openai/v1"
+    p = f"{prefix}/openai/v1"
     app.router.add_post(f"{p}/chat/completions", o.chat)
     app.router.add_post(f"{p}/completions", o.completions)
     app.router.add_get(f"{p}/models", o.models)

@@ -28,7 +28,7 @@ from .client import ClientLimits, add_client_routes
 from .limits import RateLimiter
 from .openai import add_openai_routes
 from .store import JobStore
-from .web import make_middleware
+from .web import make_middleware, route_prefix
 from .webhooks import Webhooks
 from .workers import add_worker_routes
 
@@ -80,9 +80,10 @@ class Server:
             middlewares=[make_middleware(self.cfg.endpoint_id, self.cfg.api_key, limiter)],
             client_max_size=self.cfg.result_cap + (2 << 20),
         )
-        add_client_routes(app, self.broker, self.cfg.client)
-        add_worker_routes(app, self.broker, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
-        add_openai_routes(app, self.broker)
+        prefix = route_prefix(self.cfg.endpoint_id)
+        add_client_routes(app, self.broker, prefix, self.cfg.client)
+        add_worker_routes(app, self.broker, prefix, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
+        add_openai_routes(app, self.broker, prefix)
         return app
 
     @property

@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from .. import codec
-from ..errors import BadRequest, HTTPError, NotFound, PayloadTooLarge, Unauthorized
+from ..errors import BadRequest, ConfigError, HTTPError, PayloadTooLarge, Unauthorized
 from .limits import RateLimiter
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "raw_json_reply",
     "read_body",
     "read_json",
+    "route_prefix",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,16 +40,36 @@ WORKER_ROUTES = frozenset(
 _GROUP = {"status-sync": "status", "stream": "status"}
 
 
+def route_prefix(endpoint_id: str) -> str:
+    """``/v2/{endpoint_id}`` with the id written in: aiohttp finds a route with a fixed prefix by one dict lookup,
+    while every ``/v2/{endpoint_id}/...`` pattern shared one bucket that each request scanned with a regex per
+    route (a /health request matched its seventh: 23% of its time)."""
+    if not _ENDPOINT_ID.fullmatch(endpoint_id):
+        raise ConfigError(f"endpoint id {endpoint_id!r} must be letters, digits, '.', '_', '~' or '-'")
+    return f"/v2/{endpoint_id}"
+
+
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9._~-]+")
+
+
 def operation(request: web.Request) -> str | None:
-    """The operation a request addresses: the path segment after /v2/{endpoint_id}/ of its route."""
+    """The operation a request addresses: the path segment after /v2/{endpoint_id}/, of its route or, when no
+    route matched, of its path."""
     resource = request.match_info.route.resource
-    return None if resource is None else _operation_of(resource.canonical)
+    if resource is None:
+        return _path_part(request.path, 3)
+    return _operation_of(resource.canonical)
 
 
 @functools.lru_cache(maxsize=256)  # routes are few: each is worked out once, not per request
 def _operation_of(canonical: str) -> str | None:
-    parts = canonical.split("/")
-    return parts[3] if len(parts) > 3 and parts[1] == "v2" else None
+    return _path_part(canonical, 3)
+
+
+def _path_part(path: str, i: int) -> str | None:
+    """Part ``i`` of a /v2/... path (2: the endpoint id, 3: the operation)."""
+    parts = path.split("/", 4)
+    return parts[i] if len(parts) > i and parts[1] == "v2" else None
 
 
 def json_reply(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -131,10 +153,9 @@ def make_middleware(endpoint_id: str, api_key: str | None, limiter: RateLimiter 
                 request.headers.get("Authorization"), api_key, op in WORKER_ROUTES
             ):
                 raise Unauthorized("missing or wrong API key (send Authorization: Bearer KEY)")
-            ep = request.match_info.get("endpoint_id")
-            if ep is not None and ep != endpoint_id:
-                raise NotFound(f"unknown endpoint {ep!r}")
-            group = _GROUP.get(op, op) if op is not None else None
+            # Only a request that reached a route counts against a rate limit (a 404 or 405 spends nothing).
+            routed = request.match_info.http_exception is None
+            group = _GROUP.get(op, op) if op is not None and routed else None
             owed = limiter.acquire(group) if limiter is not None and group is not None else False
             try:
                 return await handler(request)
@@ -147,6 +168,8 @@ def make_middleware(endpoint_id: str, api_key: str | None, limiter: RateLimiter 
         except web.HTTPException as e:
             if e.status < 400:
                 raise
+            if e.status == 404 and (ep := _path_part(request.path, 2)) not in (None, endpoint_id):
+                return _error(404, f"unknown endpoint {ep!r}", request)
             msg = "no such route" if e.status == 404 else e.reason
             return _error(e.status, f"{msg}: {request.method} {request.path}", request, None)
         except Exception as e:  # the last line of defence: a bug is reported as JSON, and logged

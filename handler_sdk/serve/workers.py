@@ -234,10 +234,16 @@ class WorkerRoutes:
 
 
 def add_worker_routes(
-    app: web.Application, broker: Broker, *, hold_s: float = 3.0, result_cap: int = 20 << 20, max_batch: int = 1000
+    app: web.Application,
+    broker: Broker,
+    prefix: str,
+    *,
+    hold_s: float = 3.0,
+    result_cap: int = 20 << 20,
+    max_batch: int = 1000,
 ) -> None:
     w = WorkerRoutes(broker, hold_s, result_cap, max_batch)
-    p = "/v2/{endpoint_id}"
+    p = prefix
     app.router.add_get(f"{p}/job-take/{{worker_id}}", w.take)
     app.router.add_get(f"{p}/job-take-batch/{{worker_id}}", w.take_batch)
     app.router.add_get(f"{p}/job-stop/{{worker_id}}", w.stop)
