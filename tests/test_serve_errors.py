@@ -177,6 +177,11 @@ async def test_unknown_routes_endpoints_and_methods_are_json_errors(endpoint_fac
             assert r.status == want, (method, url)
             body = await r.json(content_type=None)
             assert isinstance(body["error"], str), body
+            if want == 405:
+                assert method not in r.headers["Allow"].split(","), r.headers["Allow"]
+                assert "POST" in r.headers["Allow"] or "GET" in r.headers["Allow"]
+    async with ep.http.get(f"{base}/v2/other/health") as r:
+        assert "unknown endpoint 'other'" in (await r.json())["error"]
     code, body = await ep.get("health")
     assert code == 200
 

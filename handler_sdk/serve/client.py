@@ -13,6 +13,7 @@ from .. import codec
 from ..errors import BadRequest
 from ..models import JobStatus, RunRequest
 from .broker import Broker
+from .routes import Routes
 from .web import json_reply, query_int, raw_json_reply, read_json
 
 __all__ = ["ClientLimits", "add_client_routes"]
@@ -124,17 +125,16 @@ def _ttl(request: web.Request) -> int | None:
     return query_int(request, "ttl", None, 0, 2**62)
 
 
-def add_client_routes(app: web.Application, broker: Broker, prefix: str, lim: ClientLimits | None = None) -> None:
+def add_client_routes(routes: Routes, broker: Broker, lim: ClientLimits | None = None) -> None:
     c = ClientRoutes(broker, lim or ClientLimits())
-    p = prefix
-    app.router.add_post(f"{p}/run", c.run)
-    app.router.add_post(f"{p}/runsync", c.runsync)
+    routes.post("/run", c.run)
+    routes.post("/runsync", c.runsync)
     for verb in ("GET", "POST"):
-        app.router.add_route(verb, f"{p}/status/{{job_id}}", c.status)
-        app.router.add_route(verb, f"{p}/status-sync/{{job_id}}", c.status_sync)
-        app.router.add_route(verb, f"{p}/stream/{{job_id}}", c.stream)
-        app.router.add_route(verb, f"{p}/health", c.health)
-    app.router.add_post(f"{p}/cancel/{{job_id}}", c.cancel)
-    app.router.add_post(f"{p}/retry/{{job_id}}", c.retry)
-    app.router.add_post(f"{p}/purge-queue", c.purge)
-    app.router.add_get(f"{p}/requests", c.requests)
+        routes.add(verb, "/status/{job_id}", c.status)
+        routes.add(verb, "/status-sync/{job_id}", c.status_sync)
+        routes.add(verb, "/stream/{job_id}", c.stream)
+        routes.add(verb, "/health", c.health)
+    routes.post("/cancel/{job_id}", c.cancel)
+    routes.post("/retry/{job_id}", c.retry)
+    routes.post("/purge-queue", c.purge)
+    routes.get("/requests", c.requests)

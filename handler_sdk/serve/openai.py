@@ -24,6 +24,7 @@ from ..errors import BadRequest
 from ..models import JobStatus, RunRequest
 from .broker import Broker
 from .record import JobRecord
+from .routes import Routes
 from .web import read_json
 
 __all__ = ["add_openai_routes"]
@@ -115,11 +116,8 @@ async def _relay_sse(request: web.Request, r: JobRecord) -> web.StreamResponse |
         await r.watch().wait()
 
 
-def add_openai_routes(
-    app: web.Application, broker: Broker, prefix: str, *, body_cap: int = 20 << 20, wait_s: float = 600.0
-) -> None:
+def add_openai_routes(routes: Routes, broker: Broker, *, body_cap: int = 20 << 20, wait_s: float = 600.0) -> None:
     o = OpenAIRoutes(broker, body_cap, wait_s)
-    p = f"{prefix}/openai/v1"
-    app.router.add_post(f"{p}/chat/completions", o.chat)
-    app.router.add_post(f"{p}/completions", o.completions)
-    app.router.add_get(f"{p}/models", o.models)
+    routes.post("/openai/v1/chat/completions", o.chat)
+    routes.post("/openai/v1/completions", o.completions)
+    routes.get("/openai/v1/models", o.models)

@@ -27,8 +27,8 @@ from .broker import Broker, BrokerConfig
 from .client import ClientLimits, add_client_routes
 from .limits import RateLimiter
 from .openai import add_openai_routes
+from .routes import Routes
 from .store import JobStore
-from .web import make_middleware, route_prefix
 from .webhooks import Webhooks
 from .workers import add_worker_routes
 
@@ -76,14 +76,12 @@ class Server:
 
     def build_app(self) -> web.Application:
         limiter = RateLimiter() if self.cfg.rate_limits else None
-        app = web.Application(
-            middlewares=[make_middleware(self.cfg.endpoint_id, self.cfg.api_key, limiter)],
-            client_max_size=self.cfg.result_cap + (2 << 20),
-        )
-        prefix = route_prefix(self.cfg.endpoint_id)
-        add_client_routes(app, self.broker, prefix, self.cfg.client)
-        add_worker_routes(app, self.broker, prefix, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
-        add_openai_routes(app, self.broker, prefix)
+        app = web.Application(client_max_size=self.cfg.result_cap + (2 << 20))
+        routes = Routes(app, self.cfg.endpoint_id, self.cfg.api_key, limiter)
+        add_client_routes(routes, self.broker, self.cfg.client)
+        add_worker_routes(routes, self.broker, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
+        add_openai_routes(routes, self.broker)
+        routes.finish()
         return app
 
     @property

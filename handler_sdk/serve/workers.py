@@ -16,6 +16,7 @@ from ..errors import BadRequest, HTTPError
 from ..models import MAX_STREAM_BYTES, DoneBatchBody, DoneBody, JobStatus, StreamBody
 from .broker import Broker
 from .record import JobRecord
+from .routes import Routes
 from .web import query_int, read_json
 
 __all__ = ["EXTENSIONS", "add_worker_routes", "normalize_error"]
@@ -234,21 +235,14 @@ class WorkerRoutes:
 
 
 def add_worker_routes(
-    app: web.Application,
-    broker: Broker,
-    prefix: str,
-    *,
-    hold_s: float = 3.0,
-    result_cap: int = 20 << 20,
-    max_batch: int = 1000,
+    routes: Routes, broker: Broker, *, hold_s: float = 3.0, result_cap: int = 20 << 20, max_batch: int = 1000
 ) -> None:
     w = WorkerRoutes(broker, hold_s, result_cap, max_batch)
-    p = prefix
-    app.router.add_get(f"{p}/job-take/{{worker_id}}", w.take)
-    app.router.add_get(f"{p}/job-take-batch/{{worker_id}}", w.take_batch)
-    app.router.add_get(f"{p}/job-stop/{{worker_id}}", w.stop)
-    app.router.add_post(f"{p}/job-done/{{worker_id}}/{{job_id}}", w.done)
-    app.router.add_post(f"{p}/job-done-batch/{{worker_id}}", w.done_batch)
-    app.router.add_post(f"{p}/job-stream/{{worker_id}}/{{job_id}}", w.stream)
-    app.router.add_get(f"{p}/ping/{{worker_id}}", w.ping)
-    app.router.add_post(f"{p}/job-handback/{{worker_id}}", w.hand_back)
+    routes.get("/job-take/{worker_id}", w.take)
+    routes.get("/job-take-batch/{worker_id}", w.take_batch)
+    routes.get("/job-stop/{worker_id}", w.stop)
+    routes.post("/job-done/{worker_id}/{job_id}", w.done)
+    routes.post("/job-done-batch/{worker_id}", w.done_batch)
+    routes.post("/job-stream/{worker_id}/{job_id}", w.stream)
+    routes.get("/ping/{worker_id}", w.ping)
+    routes.post("/job-handback/{worker_id}", w.hand_back)
