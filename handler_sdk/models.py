@@ -64,7 +64,7 @@ class _Lenient(BaseModel):
 
 class Policy(_Lenient):
     # Frozen, so every request without a policy can share one default instead of building its own.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     execution_timeout: int | None = Field(default=None, alias="executionTimeout", ge=1)
     ttl: int | None = Field(default=None, ge=1)

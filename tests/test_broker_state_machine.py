@@ -516,13 +516,19 @@ async def test_handed_back_and_lost_jobs_queue_again_at_the_front() -> None:
     assert ra.retries == 1 and b.retried == 1
 
 
-async def test_a_retried_job_gets_its_whole_ttl_again_and_an_earlier_deadline_no_longer_applies() -> None:
-    now = [0]
+def _timed_out_by_ttl(now: list[int], ttl: int, at: int) -> tuple[Broker, str]:
+    """A broker whose one job, submitted at 0 with ``ttl``, ran out of it in the queue by ``at``."""
     b = _broker(now)
-    job = _submit(b, ttl=100)
-    now[0] = 150
+    job = _submit(b, ttl=ttl)
+    now[0] = at
     b.expire_due()
     assert b.jobs[job].status is S.TIMED_OUT
+    return b, job
+
+
+async def test_a_retried_job_gets_its_whole_ttl_again_and_an_earlier_deadline_no_longer_applies() -> None:
+    now = [0]
+    b, job = _timed_out_by_ttl(now, ttl=100, at=150)
     b.retry(job)  # at 150: due at 250
     now[0] = 240
     b.expire_due()
@@ -530,7 +536,7 @@ async def test_a_retried_job_gets_its_whole_ttl_again_and_an_earlier_deadline_no
     now[0] = 250
     b.expire_due()
     assert b.jobs[job].status is S.TIMED_OUT and "ttl" in (b.jobs[job].error or "")
-    # Failed early, retried late: the first deadline (100) passes without effect, the new one (400 + 100) holds.
+    # Failed early, retried later: its first deadline (350) passes without effect, the new one (300 + 100) holds.
     early = _submit(b, ttl=100)  # at 250: due at 350
     [_] = await b.take("w", 1)
     b.done("w", early, S.FAILED, error="boom")
@@ -545,12 +551,7 @@ async def test_a_retried_job_gets_its_whole_ttl_again_and_an_earlier_deadline_no
 
 
 async def test_purge_after_a_queued_ttl_timeout_and_retry_removes_the_job_once() -> None:
-    now = [0]
-    b = _broker(now)
-    job = _submit(b, ttl=10)
-    now[0] = 20
-    b.expire_due()
-    assert b.jobs[job].status is S.TIMED_OUT
+    b, job = _timed_out_by_ttl([0], ttl=10, at=20)
     b.retry(job)
     assert b.purge() == 1
     assert job not in b.jobs

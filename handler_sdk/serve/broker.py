@@ -261,8 +261,8 @@ class Broker:
         self.jobs[job_id] = r
         self.counts[S.IN_QUEUE] += 1
         (self._low if p.low_priority else self._queue).append(job_id)
-        if p.ttl is not None:
-            self._at(now + p.ttl, "ttl", r)
+        if (due := r.ttl_due) is not None:
+            self._at(due, "ttl", r)
         if self.store is not None and not sync:
             self.store.insert(r)
         self.dispatch()

@@ -319,8 +319,7 @@ class Worker:
             await self._report(job_id, outcome)
         except asyncio.CancelledError:
             if self.spool is not None:
-                self.spool.save(job_id, outcome)
-                self._spooled.add(job_id)
+                self._keep(job_id, outcome)
                 log.warning("result of job %s spooled: the worker stopped before it was delivered", job_id)
             else:
                 log.error("result of job %s lost: the worker stopped before it was delivered", job_id)
@@ -346,6 +345,11 @@ class Worker:
             await asyncio.sleep(delay)
             await self._report(job_id, outcome)
             return
+        self._keep(job_id, outcome)
+
+    def _keep(self, job_id: str, outcome: Outcome) -> None:
+        """Put an undelivered result in the spool, for ``_spool_loop`` (or the next start) to send."""
+        assert self.spool is not None
         self.spool.save(job_id, outcome)
         self._spooled.add(job_id)
 
