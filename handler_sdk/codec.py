@@ -11,7 +11,7 @@ import orjson
 
 from .errors import BadRequest, OutputNotSerializable
 
-__all__ = ["Fragment", "dumps", "dumps_str", "loads", "loads_request"]
+__all__ = ["Fragment", "dumps", "dumps_canonical", "dumps_str", "loads", "loads_request"]
 
 _OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -39,6 +39,11 @@ def dumps(obj: Any) -> bytes:
         except TypeError as e:
             raise OutputNotSerializable(f"output is not JSON-serializable: {e}") from e
     return data.join(_TWO_EMPTY) if len(data) < _EXACT_BELOW else data
+
+
+def dumps_canonical(obj: Any) -> bytes:
+    """JSON with sorted keys, so two requests that differ only in key order compare equal (Idempotency-Key)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 def dumps_str(obj: Any) -> str:

@@ -10,10 +10,11 @@
     │   │   ├── InvalidInput           the input model rejected the job's input
     │   │   ├── OutputNotSerializable  an output orjson cannot encode
     │   │   ├── OutputTooLarge         over the 1 MiB stream limit or the result cap
-    │   │   └── HandlerError           the handler returned or yielded {"error": ...}
+    │   │   ├── HandlerError           the handler returned or yielded {"error": ...}
+    │   │   └── FileError              a File output or a files.download() that cannot be done
     │   └── HTTPError                  a client request answered with a 4xx JSON body
     │       ├── BadRequest (400) · Unauthorized (401) · NotFound (404) · Conflict (409)
-    │       └── PayloadTooLarge (413) · TooManyRequests (429)
+    │       └── PayloadTooLarge (413) · Unprocessable (422) · TooManyRequests (429)
     └── InfrastructureError            outside the user's control
         ├── TransportError             a worker could not reach the endpoint
         │   └── StaleResult            the endpoint refused a result (409): cancelled, re-leased or ended
@@ -28,6 +29,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "Conflict",
+    "FileError",
     "HTTPError",
     "HandlerError",
     "HandlerSDKError",
@@ -44,6 +46,7 @@ __all__ = [
     "TooManyRequests",
     "TransportError",
     "Unauthorized",
+    "Unprocessable",
     "UserError",
 ]
 
@@ -84,6 +87,10 @@ class HandlerError(JobFailure):
     """The handler reported an error by value (runpod convention) rather than by raising."""
 
 
+class FileError(JobFailure):
+    """A File output that cannot be inlined or uploaded, or a download refused or failed (the message says why)."""
+
+
 class HTTPError(UserError):
     status: ClassVar[int] = 400
 
@@ -111,6 +118,12 @@ class Conflict(HTTPError):
 
 class PayloadTooLarge(HTTPError):
     status = 413
+
+
+class Unprocessable(HTTPError):
+    """422: a well-formed request the endpoint will not act on (an Idempotency-Key reused for another request)."""
+
+    status = 422
 
 
 class TooManyRequests(HTTPError):

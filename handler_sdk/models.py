@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "MAX_STREAM_BYTES",
@@ -20,9 +20,11 @@ __all__ = [
     "DoneCode",
     "DoneItem",
     "ErrorDetails",
+    "FileRef",
     "HealthJobs",
     "HealthReply",
     "HealthWorkers",
+    "InlineFile",
     "JobReply",
     "JobStatus",
     "Policy",
@@ -35,6 +37,8 @@ __all__ = [
     "StreamItem",
     "StreamReply",
     "TakenJob",
+    "WebhookBody",
+    "WebhookEvent",
 ]
 
 MAX_STREAM_BYTES = 1 << 20
@@ -73,6 +77,10 @@ class Policy(_Lenient):
 
 _NO_POLICY = Policy()
 
+WebhookEvent = Literal["start", "progress", "output", "completed"]
+"""What a job's webhook can hear about: the job started, a progress update, stream items, and its end (any final
+status). A request that names none hears ``completed`` only."""
+
 
 class RunRequest(_Lenient):
     """Body of /run and /runsync."""
@@ -80,6 +88,7 @@ class RunRequest(_Lenient):
     input: dict[str, Any]
     webhook: str | None = None
     policy: Policy = _NO_POLICY
+    webhook_events: list[WebhookEvent] | None = Field(default=None, alias="webhookEvents")
 
     @field_validator("webhook")
     @classmethod
@@ -87,6 +96,12 @@ class RunRequest(_Lenient):
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError("webhook must be an http(s) URL")
         return v
+
+    @model_validator(mode="after")
+    def _events_need_a_webhook(self) -> RunRequest:
+        if self.webhook_events is not None and self.webhook is None:
+            raise ValueError("webhookEvents needs a webhook URL to send them to")
+        return self
 
 
 class ErrorDetails(_Lenient):
@@ -111,6 +126,21 @@ class JobReply(_Lenient):
     workerId: str | None = None
 
 
+class FileRef(_Lenient):
+    """A ``handler_sdk.File`` output uploaded to the bucket (or a final output offloaded there)."""
+
+    url: str
+    content_type: str
+    size: int
+
+
+class InlineFile(_Lenient):
+    """A ``handler_sdk.File`` output without a bucket: its bytes inlined in the output."""
+
+    content_type: str
+    data_base64: str
+
+
 class RunReply(_Lenient):
     id: str
     status: JobStatus
@@ -129,6 +159,14 @@ class StreamReply(_Lenient):
     id: str
     status: JobStatus
     stream: list[StreamItem]
+
+
+class WebhookBody(JobReply):
+    """What a webhook receives: the job's JSON at the event (as /status shows it then), the event's name, and for
+    ``output`` the stream items it carries (as /stream returns them)."""
+
+    event: WebhookEvent
+    stream: list[StreamItem] | None = None
 
 
 class PurgeReply(_Lenient):

@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--endpoint-id", default="local")
     p.add_argument("--api-key", default=os.environ.get("HANDLER_SDK_API_KEY"),
                    help="require Authorization: Bearer KEY (env HANDLER_SDK_API_KEY)")  # fmt: skip
+    p.add_argument("--webhook-secret", default=os.environ.get("HANDLER_SDK_WEBHOOK_SECRET"),
+                   help="whsec_... base64 secret that signs webhooks (env HANDLER_SDK_WEBHOOK_SECRET)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=Path(".handler_sdk"), help="where the SQLite job journal lives")
     p.add_argument("--no-rate-limits", action="store_true", help="turn off the SEED.md rate limits")
     p.add_argument("--workers", type=int, default=0, help="run N worker subprocesses over HTTP instead of in-process")
@@ -58,6 +60,7 @@ async def _serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     cfg.worker.drain_timeout_s = args.drain_timeout
     cfg.take_hold_s = args.hold_s
+    cfg.webhook_secret = args.webhook_secret or None
     if args.workers and h is None:
         raise ConfigError("--workers needs a TARGET for the workers to load")
     server = Server(cfg, None if args.workers else h)

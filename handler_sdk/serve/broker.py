@@ -106,6 +106,8 @@ class Broker:
         self.retried = 0
         self.workers: dict[str, WorkerSeen] = {}
         self.on_terminal: list[Callable[[JobRecord], None]] = []
+        # Called with ("start" | "progress" | "output", record) for jobs that asked for those webhook events.
+        self.on_event: list[Callable[[str, JobRecord], None]] = []
         self._queue: deque[str] = deque()
         self._low: deque[str] = deque()
         self._takers: deque[asyncio.Future[None]] = deque()
@@ -249,7 +251,7 @@ class Broker:
 
     # --- client side ---------------------------------------------------------------------------------------
 
-    def submit(self, req: RunRequest, *, sync: bool = False) -> JobRecord:
+    def submit(self, req: RunRequest, *, sync: bool = False, idempotency: tuple[str, str] | None = None) -> JobRecord:
         now = self.clock()
         job_id = f"sync-{new_job_id()}" if sync else new_job_id()
         p = req.policy
@@ -258,6 +260,8 @@ class Broker:
             ttl=p.ttl, low_priority=p.low_priority,
             retention=self.cfg.sync_retention_ms if sync else self.cfg.run_retention_ms,
         )  # fmt: skip
+        if idempotency is not None or req.webhook_events is not None:
+            self._submit_extras(r, req, idempotency)
         self.jobs[job_id] = r
         self.counts[S.IN_QUEUE] += 1
         (self._low if p.low_priority else self._queue).append(job_id)
@@ -267,6 +271,16 @@ class Broker:
             self.store.insert(r)
         self.dispatch()
         return r
+
+    @staticmethod
+    def _submit_extras(r: JobRecord, req: RunRequest, idempotency: tuple[str, str] | None) -> None:
+        r.idempotency = idempotency
+        if req.webhook_events is not None and set(req.webhook_events) != {"completed"}:
+            r.webhook_events = frozenset(req.webhook_events)
+
+    def _event(self, kind: str, r: JobRecord) -> None:
+        for hook in self.on_event:
+            hook(kind, r)
 
     async def durable(self) -> None:
         """Wait until every change so far is journaled."""
@@ -408,6 +422,8 @@ class Broker:
         self._journal(r)
         if r.execution_timeout is not None:
             self._at(r.started + r.execution_timeout + self.cfg.execution_grace_ms, "exec", r)
+        if r.webhook_events is not None:
+            self._event("start", r)
 
     def _pop(self) -> JobRecord | None:
         for q in (self._queue, self._low):
@@ -476,6 +492,8 @@ class Broker:
             if self.store is not None and not r.sync:
                 self.store.add_stream(r.id, idx, item)
         r.notify()
+        if r.webhook_events is not None:
+            self._event("output", r)
         return len(stream)
 
     def progress(self, worker_id: str, job_id: str, output: bytes) -> None:
@@ -484,6 +502,8 @@ class Broker:
         r.output = output
         self._journal(r)
         r.notify()
+        if r.webhook_events is not None:
+            self._event("progress", r)
 
     def done(
         self,

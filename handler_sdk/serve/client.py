@@ -13,6 +13,7 @@ from .. import codec
 from ..errors import BadRequest
 from ..models import JobStatus, RunRequest
 from .broker import Broker
+from .idempotency import KEY_HEADER, REPLAYED_HEADER, IdempotencyKeys, parse_key
 from .routes import Routes
 from .web import json_reply, query_int, raw_json_reply, read_json
 
@@ -50,6 +51,7 @@ class ClientRoutes:
     def __init__(self, broker: Broker, lim: ClientLimits) -> None:
         self.broker = broker
         self.lim = lim
+        self.keys = IdempotencyKeys(broker)
 
     def _wait_s(self, request: web.Request) -> float:
         lim = self.lim
@@ -58,20 +60,24 @@ class ClientRoutes:
         return ms / 1000
 
     async def run(self, request: web.Request) -> web.Response:
+        key = parse_key(request.headers.get(KEY_HEADER))
         req = _run_request(await read_json(request, self.lim.run_body))
-        r = self.broker.submit(req)
-        # The reply is the job as submitted: the in-process worker may already have started it.
-        reply = {"id": r.id, "status": JobStatus.IN_QUEUE.value}
-        await self.broker.durable()  # journaled before we answer
-        return json_reply(reply)
+        r, replayed = self.keys.submit(req, key)
+        # The reply is the job as submitted: the in-process worker may already have started it. A replay says
+        # where the job is now.
+        reply = {"id": r.id, "status": (r.status if replayed else JobStatus.IN_QUEUE).value}
+        await self.broker.durable()  # journaled before we answer (a replay too: the first may not be yet)
+        return json_reply(reply, headers=_REPLAYED if replayed else None)
 
     async def runsync(self, request: web.Request) -> web.Response:
+        key = parse_key(request.headers.get(KEY_HEADER))
         req = _run_request(await read_json(request, self.lim.runsync_body))
-        r = self.broker.submit(req, sync=True)
+        r, replayed = self.keys.submit(req, key, sync=True)
         await self.broker.wait_terminal(r, self._wait_s(request))
+        headers = _REPLAYED if replayed else None
         if r.status.terminal:
-            return json_reply(r.reply())
-        return json_reply({"id": r.id, "status": r.status.value})
+            return json_reply(r.reply(), headers=headers)
+        return json_reply({"id": r.id, "status": r.status.value}, headers=headers)
 
     async def status(self, request: web.Request) -> web.Response:
         return json_reply(self.broker.status(request.match_info["job_id"], _ttl(request)).reply())
@@ -119,6 +125,9 @@ class ClientRoutes:
             raise BadRequest(f"unknown status {raw!r}; one of {', '.join(s.value for s in JobStatus)}") from None
         assert limit is not None and offset is not None
         return json_reply(self.broker.requests(limit, offset, st))
+
+
+_REPLAYED = {REPLAYED_HEADER: "true"}
 
 
 def _ttl(request: web.Request) -> int | None:

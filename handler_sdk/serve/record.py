@@ -34,6 +34,10 @@ class JobRecord:
     requeued: int | None = None
     low_priority: bool = False
     retention: int = 0
+    # The webhook events asked for besides the default (None: "completed" only, so the hot path checks one field).
+    webhook_events: frozenset[str] | None = None
+    # (Idempotency-Key, request fingerprint) when submitted with one: journaled with the job, so it lives as long.
+    idempotency: tuple[str, str] | None = None
     # Each stream item fully serialized: {"output":...,"metrics":{...,"stream_index":i,"scenario":"stream"}}.
     # A list from the first item on: most jobs never stream, and an empty list per record is one more object
     # for the garbage collector to scan while the record is retained.
@@ -127,6 +131,8 @@ class JobRecord:
             "low_priority": self.low_priority,
             "retention": self.retention,
             "cursor": self.cursor,
+            "webhook_events": None if self.webhook_events is None else sorted(self.webhook_events),
+            "idempotency": self.idempotency,
         }
 
     @classmethod
@@ -139,5 +145,9 @@ class JobRecord:
         ):  # fmt: skip
             setattr(r, k, state[k])
         r.requeued = state.get("requeued")  # journals written before it existed lack it
+        if (events := state.get("webhook_events")) is not None:
+            r.webhook_events = frozenset(events)
+        if (key := state.get("idempotency")) is not None:
+            r.idempotency = (key[0], key[1])
         r.output = output
         return r

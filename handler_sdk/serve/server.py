@@ -54,6 +54,8 @@ class ServeConfig:
     target: str | None = None  # what subprocess workers load
     webhook_attempts: int = 6
     webhook_backoff_s: float = 1.0
+    # whsec_-prefixed base64: signs every webhook (Standard Webhooks); None sends them unsigned.
+    webhook_secret: str | None = None
 
 
 class Server:
@@ -62,8 +64,11 @@ class Server:
         self.h = h
         store = JobStore(cfg.data_dir / "jobs.sqlite3") if cfg.data_dir is not None else None
         self.broker = Broker(store, cfg.broker)
-        self.webhooks = Webhooks(attempts=cfg.webhook_attempts, backoff_s=cfg.webhook_backoff_s)
+        self.webhooks = Webhooks(
+            attempts=cfg.webhook_attempts, backoff_s=cfg.webhook_backoff_s, secret=cfg.webhook_secret
+        )
         self.broker.on_terminal.append(self.webhooks.on_terminal)
+        self.broker.on_event.append(self.webhooks.on_event)
         self.worker: Worker | None = None
         self.exit_code = 0
         self.stopped = asyncio.Event()

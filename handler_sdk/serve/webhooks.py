@@ -1,48 +1,203 @@
-"""Delivers a job's final JSON to its ``webhook`` URL by POST, retried with exponential backoff.
+"""Webhooks after the Standard Webhooks spec: a job's events are POSTed to its ``webhook`` URL, signed, in order,
+each retried with exponential backoff, in the background (a job never waits for its webhook).
 
-Delivery happens in the background and never delays the job; a webhook that keeps failing is logged and dropped
-after ``attempts`` tries (the result stays readable on /status within retention).
+The body is the job's JSON as /status shows it at the event, with ``"event"`` added (runpod's webhook body plus
+one field); an ``output`` event also carries ``"stream"``: the stream items it delivers, as /stream returns them.
+Every request carries ``webhook-id`` (one per event, the same on each retry of it, so a receiver can deduplicate)
+and ``webhook-timestamp`` (unix seconds of the attempt); with a secret also ``webhook-signature``: ``v1,`` and the
+base64 HMAC-SHA256 of ``id.timestamp.body`` under the secret's bytes.
+
+Events: ``start`` (leased to a worker), ``progress`` (a ``job.progress`` update), ``output`` (stream items) and
+``completed`` (any final status; the default and, unless ``webhookEvents`` says otherwise, the only one).
+
+Memory is bounded however fast a handler yields or reports progress. Each job has one outbox, and in it at most
+one waiting ``progress`` and one waiting ``output`` event: a newer one takes the waiting one's place at the back.
+A waiting progress event then carries the latest update (earlier ones that never left are skipped, as /status
+would have skipped them); a waiting output event holds no items of its own, only the job's position in its stream,
+which the record keeps anyway, and takes the items not yet sent when it leaves (at most ``output_batch_bytes``; the
+rest follow in the next event). So a receiver gets every stream item once, in order, and the latest progress.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
 import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
 from .. import codec
+from ..errors import ConfigError
 from .record import JobRecord
 
-__all__ = ["Webhooks"]
+__all__ = ["Webhooks", "parse_secret", "sign"]
 
 log = logging.getLogger(__name__)
 
+_PREFIX = "whsec_"
+_COALESCED = frozenset({"progress", "output"})
+
+
+def parse_secret(secret: str) -> bytes:
+    """The key bytes of a ``whsec_``-prefixed base64 secret (the prefix may be left out, as the spec's libraries
+    allow); ConfigError when it is not base64 or is empty."""
+    raw = secret.strip().removeprefix(_PREFIX)
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not key:
+        raise ConfigError(
+            "webhook secret must be 'whsec_' followed by base64 (e.g. whsec_" + base64.b64encode(b"0" * 24).decode()
+            + "); set --webhook-secret or HANDLER_SDK_WEBHOOK_SECRET"
+        )  # fmt: skip
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``msg_id.timestamp.body``."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+@dataclass(slots=True, eq=False)
+class _Event:
+    kind: str
+    snapshot: dict[str, Any]  # the job's reply at the event (for a coalesced one, at its latest)
+    id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
+
+
+@dataclass(slots=True, eq=False)
+class _Outbox:
+    """One job's events waiting to leave, in order, and how far its stream has been sent."""
+
+    record: JobRecord
+    url: str
+    pending: deque[_Event] = field(default_factory=deque)
+    sent_items: int = 0
+    task: asyncio.Task[None] | None = None
+
 
 class Webhooks:
-    def __init__(self, *, attempts: int = 6, backoff_s: float = 1.0, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        attempts: int = 6,
+        backoff_s: float = 1.0,
+        timeout_s: float = 10.0,
+        secret: str | None = None,
+        output_batch_bytes: int = 4 << 20,
+    ) -> None:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self.key = parse_secret(secret) if secret else None
+        self.output_batch_bytes = output_batch_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._boxes: dict[str, _Outbox] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.delivered = 0
+
+    # --- broker hooks --------------------------------------------------------------------------------------
 
     def on_terminal(self, r: JobRecord) -> None:
         if r.webhook is None:
             return
-        body = codec.dumps(r.reply())  # snapshot now: the record may change (retry) while we retry
-        t = asyncio.create_task(self._deliver(r.id, r.webhook, body), name=f"webhook-{r.id}")
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        if r.webhook_events is None or "completed" in r.webhook_events:
+            self._add(r, "completed")
+        elif (box := self._boxes.get(r.id)) is not None and box.task is None:
+            del self._boxes[r.id]  # nothing more will come (until a /retry, which starts a fresh outbox)
 
-    async def _deliver(self, job_id: str, url: str, body: bytes) -> None:
+    def on_event(self, kind: str, r: JobRecord) -> None:
+        if r.webhook is None or r.webhook_events is None or kind not in r.webhook_events:
+            return
+        self._add(r, kind)
+
+    # --- the outboxes --------------------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Events waiting to leave, over every job (not counting those being sent)."""
+        return sum(len(b.pending) for b in self._boxes.values())
+
+    def _add(self, r: JobRecord, kind: str) -> None:
+        assert r.webhook is not None
+        # An outbox lives while its job does not end, so that its stream position outlasts quiet spells.
+        box = self._boxes.get(r.id)
+        if box is None or box.record is not r:
+            box = self._boxes[r.id] = _Outbox(r, r.webhook)
+        if box.task is None:
+            box.task = t = asyncio.create_task(self._send_all(box), name=f"webhook-{r.id}")
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        if kind in _COALESCED:
+            for ev in box.pending:
+                if ev.kind == kind:
+                    box.pending.remove(ev)
+                    break
+        # The reply is taken now: the record moves on (a retry clears it) while we deliver.
+        box.pending.append(_Event(kind, r.reply()))
+
+    async def _send_all(self, box: _Outbox) -> None:
+        try:
+            while box.pending:
+                ev = box.pending.popleft()
+                body = self._body(box, ev)
+                if body is not None:
+                    await self._deliver(box, ev, body)
+        finally:
+            box.task = None
+            if box.record.status.terminal and self._boxes.get(box.record.id) is box:
+                del self._boxes[box.record.id]
+
+    def _body(self, box: _Outbox, ev: _Event) -> bytes | None:
+        d = ev.snapshot
+        d["event"] = ev.kind
+        if ev.kind != "output":
+            return codec.dumps(d)
+        stream = box.record.stream
+        if len(stream) < box.sent_items:  # a /retry started the stream over
+            box.sent_items = 0
+        items: list[codec.Fragment] = []
+        size = 0
+        for item in stream[box.sent_items :]:
+            if items and size + len(item) > self.output_batch_bytes:
+                break
+            items.append(codec.Fragment(item))
+            size += len(item)
+        if not items:
+            return None  # an earlier output event already carried them
+        box.sent_items += len(items)
+        if box.sent_items < len(stream) and not any(e.kind == "output" for e in box.pending):
+            # The rest happened before anything still waiting: they leave next.
+            box.pending.appendleft(_Event("output", dict(ev.snapshot)))
+        d["stream"] = items
+        return codec.dumps(d)
+
+    # --- delivery ------------------------------------------------------------------------------------------
+
+    def _headers(self, msg_id: str, body: bytes) -> dict[str, str]:
+        ts = int(time.time())  # per attempt: receivers refuse old timestamps, and a retry may come minutes later
+        h = {"Content-Type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(ts)}
+        if self.key is not None:
+            h["webhook-signature"] = sign(self.key, msg_id, ts, body)
+        return h
+
+    async def _deliver(self, box: _Outbox, ev: _Event, body: bytes) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        job_id = box.record.id
         delay = self.backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
-                async with self._session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                async with self._session.post(box.url, data=body, headers=self._headers(ev.id, body)) as resp:
                     await resp.read()
                     if resp.status < 300:
                         self.delivered += 1
@@ -51,11 +206,12 @@ class Webhooks:
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 why = f"{type(e).__name__}: {e}"
             if attempt < self.attempts:
-                log.warning("webhook for job %s failed (%s); retry %d in %.1fs", job_id, why, attempt, delay)
+                log.warning("%s webhook for job %s failed (%s); retry %d in %.1fs", ev.kind, job_id, why, attempt,
+                            delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay *= 2
             else:
-                log.error("webhook for job %s dropped after %d attempts (%s)", job_id, attempt, why)
+                log.error("%s webhook for job %s dropped after %d attempts (%s)", ev.kind, job_id, attempt, why)
 
     async def close(self) -> None:
         for t in list(self._tasks):
