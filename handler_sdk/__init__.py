@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .errors import (
     ConfigError,
+    FileError,
     HandlerError,
     HandlerSDKError,
     InfrastructureError,
@@ -23,13 +24,15 @@ from .errors import (
 from .handler import Handler, HandlerKind, handler
 from .job import Job
 from .models import JobStatus
-from .outputs import Chunk, Final
+from .outputs import Chunk, File, Final
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Chunk",
     "ConfigError",
+    "File",
+    "FileError",
     "Final",
     "Handler",
     "HandlerError",

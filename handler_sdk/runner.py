@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import chunker, codec
-from .errors import HandlerError, InvalidInput, JobFailure, OutputTooLarge
+from . import chunker, codec, files, storage
+from .errors import HandlerError, InvalidInput, JobFailure, OutputNotSerializable, OutputTooLarge
 from .handler import Handler, HandlerKind
 from .job import Job
 from .models import JobStatus
@@ -84,6 +84,27 @@ def _encode_result(value: Any, cap: int) -> bytes:
     return data
 
 
+async def _encode_slow(value: Any, cap: int, job_id: str) -> bytes:
+    """What ``_encode_result`` refused: an output with Files in it, or one over the cap (offloaded to the bucket
+    when one is configured). Only here does a job pay for either."""
+    try:
+        data = codec.dumps(value)
+    except OutputNotSerializable:
+        if not storage.has_files(value):
+            raise
+        data = codec.dumps(await storage.resolve(value, job_id, cap))
+    if len(data) > cap:
+        return await storage.offload(data, job_id, cap)
+    return data
+
+
+async def _encode_final(value: Any, cap: int, job_id: str) -> bytes:
+    try:
+        return _encode_result(value, cap)
+    except (OutputNotSerializable, OutputTooLarge):
+        return await _encode_slow(value, cap, job_id)
+
+
 def _error_value(value: Any) -> str:
     return value if isinstance(value, str) else codec.dumps_str(value)
 
@@ -116,7 +137,18 @@ async def _drive_sync(gen: Any, pool: ElasticPool, publish: Callable[[Any], Awai
             gen.close()
 
 
-async def _stream(h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate: list[bytes] | None) -> Any:
+async def _encode_files(
+    value: Any, metrics: dict[str, Any] | None, job_id: str, refused: OutputNotSerializable
+) -> chunker.Encoded:
+    """A yield that orjson refused: fine if what it refused was Files (uploaded or inlined first)."""
+    if not storage.has_files(value):
+        raise refused
+    return chunker.encode(await storage.resolve(value, job_id, chunker.MAX_ITEM_OUTPUT), metrics)
+
+
+async def _stream(
+    h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate: list[bytes] | None, *, job_id: str
+) -> Any:
     """Drive a generator; returns the output it set with Final (or a sync generator's return value)."""
 
     async def publish(value: Any) -> None:
@@ -129,7 +161,10 @@ async def _stream(h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate
             value, metrics = value.output, value.metrics
         # Encoded here, at the yield: a dict mutated after its yield is sent as it was, and a value orjson cannot
         # encode fails the job at this yield. One item is the common case; only a long string comes as pieces.
-        encoded = chunker.encode(value, metrics)
+        try:
+            encoded = chunker.encode(value, metrics)
+        except OutputNotSerializable as e:
+            encoded = await _encode_files(value, metrics, job_id, e)
         if isinstance(encoded, list):
             for item in encoded:
                 await emit(item)
@@ -165,14 +200,14 @@ async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -
     arg = _prepare(h, job)
     if h.kind.streams:
         aggregate: list[bytes] | None = [] if h.aggregate_stream else None
-        final = await _stream(h, arg, pool, emit, aggregate)
+        final = await _stream(h, arg, pool, emit, aggregate, job_id=job.id)
         if final is not None:
-            return Outcome(JobStatus.COMPLETED, output=_encode_result(final, cap))
+            return Outcome(JobStatus.COMPLETED, output=await _encode_final(final, cap, job.id))
         if aggregate is None:
             return Outcome(JobStatus.COMPLETED)
         body = b"[" + b",".join(aggregate) + b"]"
         if len(body) > cap:
-            raise OutputTooLarge(f"aggregated output is {len(body)} bytes, over the {cap}-byte result cap")
+            body = await storage.offload(body, job.id, cap, "aggregated output")
         return Outcome(JobStatus.COMPLETED, output=body)
     value = await (pool.run(h.fn, arg) if h.kind is HandlerKind.SYNC else h.fn(arg))
     refresh = False
@@ -183,7 +218,14 @@ async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -
             value = dict(value)
             refresh = bool(value.pop("refresh_worker"))
             value.pop("error", None)
-    out = Outcome(JobStatus.COMPLETED, output=None if value is None else _encode_result(value, cap))
+    if value is None:
+        output = None
+    else:
+        try:
+            output = _encode_result(value, cap)
+        except (OutputNotSerializable, OutputTooLarge):
+            output = await _encode_slow(value, cap, job.id)
+    out = Outcome(JobStatus.COMPLETED, output=output)
     out.refresh_worker = refresh
     return out
 
@@ -199,6 +241,8 @@ async def run_job(
 ) -> Outcome:
     """Run one job to its outcome. ``timeout`` (seconds) is the tighter of the handler's and the job's."""
     cm = None if timeout is None else asyncio.timeout(timeout)
+    # Downloads (files.download) go to a folder of this job's, removed when it ends.
+    token = files.enter_job(job.id)
     try:
         if cm is None:
             return await _call(h, job, pool, emit, result_cap)
@@ -219,3 +263,5 @@ async def run_job(
         return _failed(e, tb=e.__cause__ is not None and not isinstance(e, InvalidInput))
     except Exception as e:
         return _failed(e)
+    finally:
+        files.leave_job(token)

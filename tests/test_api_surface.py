@@ -18,6 +18,8 @@ EXPECTED = {
     "handler_sdk": [
         "Chunk",
         "ConfigError",
+        "File",
+        "FileError",
         "Final",
         "Handler",
         "HandlerError",
