@@ -44,39 +44,34 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class _JobFiles:
-    __slots__ = ("dir", "job_id")
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        self.dir: Path | None = None
+# The job running in this context (its threads too: the pool copies the context), and the folders downloads made,
+# by job id. A job that downloads nothing costs a context-variable set and reset, and nothing else.
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("handler_sdk_job", default=None)
+_dirs: dict[str, Path] = {}
 
 
-_current: contextvars.ContextVar[_JobFiles | None] = contextvars.ContextVar("handler_sdk_job_files", default=None)
+def enter_job(job_id: str) -> contextvars.Token[str | None]:
+    """The runner: the job ``job_id`` runs in this context."""
+    return _current.set(job_id)
 
 
-def enter_job(job_id: str) -> contextvars.Token[_JobFiles | None]:
-    """The runner: the job ``job_id`` runs in this context (its threads too: the pool copies the context)."""
-    return _current.set(_JobFiles(job_id))
-
-
-def leave_job(token: contextvars.Token[_JobFiles | None]) -> None:
+def leave_job(job_id: str, token: contextvars.Token[str | None]) -> None:
     """The runner, when the job has ended: remove its download folder, if it made one."""
-    jf = _current.get()
     _current.reset(token)
-    if jf is not None and jf.dir is not None:
-        shutil.rmtree(jf.dir, ignore_errors=True)
+    if _dirs and (d := _dirs.pop(job_id, None)) is not None:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def job_dir() -> Path:
     """This job's temporary folder (made now if need be), removed when the job ends. Outside a job: a fresh
     temporary folder that the caller removes."""
-    jf = _current.get()
-    if jf is None:
+    job_id = _current.get()
+    if job_id is None:
         return Path(tempfile.mkdtemp(prefix="handler_sdk-"))
-    if jf.dir is None:
-        jf.dir = Path(tempfile.mkdtemp(prefix=f"handler_sdk-{_UNSAFE_NAME.sub('_', jf.job_id)[:40]}-"))
-    return jf.dir
+    d = _dirs.get(job_id)
+    if d is None:
+        d = _dirs[job_id] = Path(tempfile.mkdtemp(prefix=f"handler_sdk-{_UNSAFE_NAME.sub('_', job_id)[:40]}-"))
+    return d
 
 
 # --- which addresses ---------------------------------------------------------------------------------------

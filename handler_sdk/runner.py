@@ -264,4 +264,4 @@ async def run_job(
     except Exception as e:
         return _failed(e)
     finally:
-        files.leave_job(token)
+        files.leave_job(job.id, token)
