@@ -15,7 +15,7 @@ import aiohttp
 import boto3
 import pytest
 from aiohttp import web
-from conftest import HANDLERS, free_port
+from conftest import HANDLERS, ROOT, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 from moto.server import ThreadedMotoServer
@@ -23,6 +23,7 @@ from moto.server import ThreadedMotoServer
 from handler_sdk import File, FileError, files, handler
 from handler_sdk.files import _CheckingResolver, refusal
 from handler_sdk.job import Job
+from handler_sdk.loader import load_handler
 from handler_sdk.models import FileRef, InlineFile
 from handler_sdk.runner import run_job
 from handler_sdk.threads import ElasticPool
@@ -210,8 +211,6 @@ async def origin() -> AsyncIterator[str]:
 
 
 async def run_handler(target: str, inp: dict[str, Any]) -> Any:
-    from handler_sdk.loader import load_handler
-
     h = load_handler(str(HANDLERS / target))
     pool = ElasticPool()
     try:
@@ -330,3 +329,16 @@ def test_an_address_is_allowed_exactly_when_it_is_public(addr):
     plain = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped else addr
     assert (refusal(addr, []) is None) == (plain.is_global and not plain.is_multicast)
     assert refusal(addr, None) is None
+
+
+async def test_the_files_example_downloads_its_input_and_uploads_its_output(endpoint_factory, bucket):
+    client = boto3.client("s3", endpoint_url=bucket, aws_access_key_id="test", aws_secret_access_key="test",
+                          region_name="us-east-1")  # fmt: skip
+    client.put_object(Bucket=BUCKET, Key="in/words.txt", Body=b"quiet words")
+    url = client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "in/words.txt"})
+    ep = await endpoint_factory(load_handler(str(ROOT / "examples/files.py")))
+    _, job = await ep.post("runsync", {"input": {"url": url}})
+    assert job["status"] == "COMPLETED", job
+    assert job["output"]["chars"] == len("quiet words")
+    ref = FileRef.model_validate(job["output"]["loud"])
+    assert await fetch(ref.url) == (b"QUIET WORDS", "text/plain")

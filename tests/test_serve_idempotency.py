@@ -4,9 +4,12 @@ another request under the same key is a 422, a malformed key a 400; /run keys su
 from __future__ import annotations
 
 import asyncio
+import json
 import string
+import sys
 
 import pytest
+from conftest import ROOT
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -148,3 +151,16 @@ async def test_keys_of_expired_jobs_are_swept_so_the_index_stays_bounded():
     assert keys.submit(RunRequest(input={"i": 4999}), "k4999", sync=True) == (r, True)
     with pytest.raises(Unprocessable):
         keys.submit(RunRequest(input={"i": 0}), "k4999", sync=True)
+
+
+async def test_the_idempotent_submit_example_gets_one_job_for_a_retried_submit(endpoint_factory):
+    ep = await endpoint_factory(None)
+    script = ROOT / "examples" / "clients" / "idempotent_submit.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), ep.url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    said = json.loads(out)
+    assert said["first"] == said["retry"] and said["replayed"] and said["other_body"] == 422
+    assert (await ep.get("requests"))[1]["total"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,8 +16,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from conftest import ROOT
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from handler_sdk.loader import load_handler
 from handler_sdk.models import JobReply, WebhookBody
 
 
@@ -275,3 +278,33 @@ def test_a_malformed_webhook_secret_stops_serve_at_start_with_a_message(tmp_path
     )  # fmt: skip
     assert r.returncode == 2
     assert "webhook secret must be 'whsec_' followed by base64" in r.stderr.decode()
+
+
+async def test_the_webhook_receiver_example_verifies_every_event_of_the_webhooks_example(endpoint_factory):
+    spec = importlib.util.spec_from_file_location("webhook_receiver", ROOT / "examples/clients/webhook_receiver.py")
+    assert spec is not None and spec.loader is not None
+    receiver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(receiver)
+    seen: list[dict[str, Any]] = []
+    runner = web.AppRunner(receiver.make_app(SECRET, seen), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        h = load_handler(str(ROOT / "examples/webhooks.py"))
+        ep = await endpoint_factory(h, webhook_secret=SECRET)
+        events = ["start", "progress", "output", "completed"]
+        _, job = await ep.post("run", {"input": {"steps": 3}, "webhook": url, "webhookEvents": events})
+        async with asyncio.timeout(15):
+            while not seen or seen[-1]["event"] != "completed":
+                await asyncio.sleep(0.02)
+        assert {e["event"] for e in seen} == set(events) and all(e["id"] == job["id"] for e in seen)
+        assert [i["output"] for e in seen if e["event"] == "output" for i in e["stream"]] == [
+            {"step": 1}, {"step": 2}, {"step": 3}
+        ]  # fmt: skip
+        # A wrong signature is refused by the example.
+        async with ep.http.post(url, data=b"{}", headers={"webhook-id": "x", "webhook-timestamp": "1",
+                                                          "webhook-signature": "v1,AAAA"}) as r:  # fmt: skip
+            assert r.status == 401
+    finally:
+        await runner.cleanup()
