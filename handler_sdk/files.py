@@ -148,6 +148,7 @@ def _check_url(url: str, allowed: Sequence[Network] | None) -> str:
 
 
 def _file_name(url: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     name = _UNSAFE_NAME.sub("_", unquote(urlsplit(url).path.rsplit("/", 1)[-1]))[:100].strip("._") or "download"
     path, n = dest / name, 1
     while path.exists():

@@ -36,6 +36,8 @@ class JobRecord:
     retention: int = 0
     # The webhook events asked for besides the default (None: "completed" only, so the hot path checks one field).
     webhook_events: frozenset[str] | None = None
+    # How many of its stream items "output" webhooks have carried so far.
+    webhook_items: int = 0
     # (Idempotency-Key, request fingerprint) when submitted with one: journaled with the job, so it lives as long.
     idempotency: tuple[str, str] | None = None
     # Each stream item fully serialized: {"output":...,"metrics":{...,"stream_index":i,"scenario":"stream"}}.

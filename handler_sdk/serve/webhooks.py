@@ -82,8 +82,6 @@ class _Outbox:
     record: JobRecord
     url: str
     pending: deque[_Event] = field(default_factory=deque)
-    sent_items: int = 0
-    task: asyncio.Task[None] | None = None
 
 
 class Webhooks:
@@ -113,8 +111,6 @@ class Webhooks:
             return
         if r.webhook_events is None or "completed" in r.webhook_events:
             self._add(r, "completed")
-        elif (box := self._boxes.get(r.id)) is not None and box.task is None:
-            del self._boxes[r.id]  # nothing more will come (until a /retry, which starts a fresh outbox)
 
     def on_event(self, kind: str, r: JobRecord) -> None:
         if r.webhook is None or r.webhook_events is None or kind not in r.webhook_events:
@@ -129,12 +125,11 @@ class Webhooks:
 
     def _add(self, r: JobRecord, kind: str) -> None:
         assert r.webhook is not None
-        # An outbox lives while its job does not end, so that its stream position outlasts quiet spells.
+        # An outbox lives while it has events to send; how far the stream was sent is kept on the record.
         box = self._boxes.get(r.id)
         if box is None or box.record is not r:
             box = self._boxes[r.id] = _Outbox(r, r.webhook)
-        if box.task is None:
-            box.task = t = asyncio.create_task(self._send_all(box), name=f"webhook-{r.id}")
+            t = asyncio.create_task(self._send_all(box), name=f"webhook-{r.id}")
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
         if kind in _COALESCED:
@@ -153,8 +148,7 @@ class Webhooks:
                 if body is not None:
                     await self._deliver(box, ev, body)
         finally:
-            box.task = None
-            if box.record.status.terminal and self._boxes.get(box.record.id) is box:
+            if self._boxes.get(box.record.id) is box:
                 del self._boxes[box.record.id]
 
     def _body(self, box: _Outbox, ev: _Event) -> bytes | None:
@@ -162,20 +156,21 @@ class Webhooks:
         d["event"] = ev.kind
         if ev.kind != "output":
             return codec.dumps(d)
-        stream = box.record.stream
-        if len(stream) < box.sent_items:  # a /retry started the stream over
-            box.sent_items = 0
+        r = box.record
+        stream = r.stream
+        if len(stream) < r.webhook_items:  # a /retry started the stream over
+            r.webhook_items = 0
         items: list[codec.Fragment] = []
         size = 0
-        for item in stream[box.sent_items :]:
+        for item in stream[r.webhook_items :]:
             if items and size + len(item) > self.output_batch_bytes:
                 break
             items.append(codec.Fragment(item))
             size += len(item)
         if not items:
             return None  # an earlier output event already carried them
-        box.sent_items += len(items)
-        if box.sent_items < len(stream) and not any(e.kind == "output" for e in box.pending):
+        r.webhook_items += len(items)
+        if r.webhook_items < len(stream) and not any(e.kind == "output" for e in box.pending):
             # The rest happened before anything still waiting: they leave next.
             box.pending.appendleft(_Event("output", dict(ev.snapshot)))
         d["stream"] = items
