@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
     "MAX_STREAM_BYTES",
@@ -97,11 +97,12 @@ class RunRequest(_Lenient):
             raise ValueError("webhook must be an http(s) URL")
         return v
 
-    @model_validator(mode="after")
-    def _events_need_a_webhook(self) -> RunRequest:
-        if self.webhook_events is not None and self.webhook is None:
+    @field_validator("webhook_events")
+    @classmethod
+    def _events_need_a_webhook(cls, v: list[WebhookEvent] | None, info: ValidationInfo) -> list[WebhookEvent] | None:
+        if v is not None and info.data.get("webhook") is None:
             raise ValueError("webhookEvents needs a webhook URL to send them to")
-        return self
+        return v
 
 
 class ErrorDetails(_Lenient):

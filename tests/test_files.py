@@ -342,3 +342,29 @@ async def test_the_files_example_downloads_its_input_and_uploads_its_output(endp
     assert job["output"]["chars"] == len("quiet words")
     ref = FileRef.model_validate(job["output"]["loud"])
     assert await fetch(ref.url) == (b"QUIET WORDS", "text/plain")
+
+
+def test_the_bucket_variables_name_endpoint_bucket_prefix_region_and_expiry():
+    from handler_sdk.storage import bucket_from_env
+
+    assert bucket_from_env({}) is None
+    b = bucket_from_env({"BUCKET_ENDPOINT_URL": "https://s3.eu-west-3.amazonaws.com/my-bucket/runs/today/",
+                         "BUCKET_ACCESS_KEY_ID": "id", "BUCKET_SECRET_ACCESS_KEY": "secret"})  # fmt: skip
+    assert b is not None
+    assert (b.endpoint, b.name, b.prefix, b.region) == ("https://s3.eu-west-3.amazonaws.com", "my-bucket",
+                                                        "runs/today/", "eu-west-3")  # fmt: skip
+    assert (b.access_key, b.secret_key, b.url_expires_s) == ("id", "secret", 7 * 24 * 3600)
+    b = bucket_from_env({"BUCKET_ENDPOINT_URL": "http://minio:9000/b1", "BUCKET_REGION": "here",
+                         "HANDLER_SDK_BUCKET_URL_EXPIRES_S": "60"})  # fmt: skip
+    assert b is not None and (b.region, b.url_expires_s, b.prefix) == ("here", 60, "")
+    with pytest.raises(FileError, match="whole number of seconds"):
+        bucket_from_env({"BUCKET_ENDPOINT_URL": "http://minio:9000/b1", "HANDLER_SDK_BUCKET_URL_EXPIRES_S": "1h"})
+
+
+async def test_extra_path_segments_of_the_bucket_url_prefix_the_object_keys(endpoint_factory, bucket, monkeypatch):
+    monkeypatch.setenv("BUCKET_ENDPOINT_URL", f"{bucket}/{BUCKET}/team/run-7")
+    ep = await endpoint_factory("files_io.py:returns_file")
+    _, job = await ep.post("runsync", {"input": {"text": "prefixed"}})
+    ref = FileRef.model_validate(job["output"])
+    assert ref.url.startswith(f"{bucket}/{BUCKET}/team/run-7/{job['id']}/")
+    assert await fetch(ref.url) == (b"prefixed", "text/plain")

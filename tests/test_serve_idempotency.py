@@ -10,8 +10,9 @@ import sys
 
 import pytest
 from conftest import ROOT
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from handler_sdk.errors import BadRequest, Unprocessable
 from handler_sdk.models import JobReply, RunRequest
@@ -164,3 +165,54 @@ async def test_the_idempotent_submit_example_gets_one_job_for_a_retried_submit(e
     said = json.loads(out)
     assert said["first"] == said["retry"] and said["replayed"] and said["other_body"] == 422
     assert (await ep.get("requests"))[1]["total"] == 1
+
+
+class KeysMachine(RuleBasedStateMachine):
+    """Keys against a broker whose jobs end, expire, are purged and retried: a key answers with its job exactly
+    while that job is retained, refuses another request meanwhile, and is free once the job is gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0
+        self.broker = Broker(None, BrokerConfig(run_retention_ms=50, sync_retention_ms=20), clock=lambda: self.now)
+        self.keys = IdempotencyKeys(self.broker)
+        self.owner: dict[str, tuple[str, int, bool]] = {}  # key -> (job id, body, sync), as the model sees it
+
+    @rule(k=st.sampled_from("abcde"), body=st.integers(0, 2), sync=st.booleans())
+    def submit(self, k: str, body: int, sync: bool) -> None:
+        req = RunRequest(input={"b": body})
+        known = self.owner.get(k)
+        if known is not None and known[0] not in self.broker.jobs:
+            known = None  # its job is gone: the key is free
+        if known is not None and (known[1], known[2]) != (body, sync):
+            with pytest.raises(Unprocessable):
+                self.keys.submit(req, k, sync=sync)
+            return
+        r, replayed = self.keys.submit(req, k, sync=sync)
+        assert replayed == (known is not None)
+        if known is not None:
+            assert r.id == known[0]
+        self.owner[k] = (r.id, body, sync)
+
+    @rule(k=st.sampled_from("abcde"))
+    def finish(self, k: str) -> None:
+        known = self.owner.get(k)
+        if known is not None and known[0] in self.broker.jobs:
+            self.broker.cancel(known[0])
+
+    @rule(ms=st.integers(1, 40))
+    def time_passes(self, ms: int) -> None:
+        self.now += ms
+        self.broker.expire_due()
+
+    @rule()
+    def purge(self) -> None:
+        self.broker.purge()
+
+    @invariant()
+    def never_more_keys_than_submits_of_retained_jobs_allow(self) -> None:
+        assert len(self.keys) <= max(1024, 2 * len(self.broker.jobs)) + 1
+
+
+TestKeysMachine = KeysMachine.TestCase
+TestKeysMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
