@@ -313,3 +313,23 @@ async def test_the_webhook_receiver_example_verifies_every_event_of_the_webhooks
             assert r.status == 401
     finally:
         await runner.cleanup()
+
+
+async def test_a_retried_job_sends_its_new_stream_items_too(endpoint_factory, receiver_factory, tmp_path):
+    rec = await receiver_factory()
+    ep = await endpoint_factory("hooked.py")
+    flag = tmp_path / "ok"
+    body = {"input": {"n": 3, "fail_unless": str(flag)}, "webhook": rec.url, "webhookEvents": ["output", "completed"]}
+    _, job = await ep.post("run", body)
+    first = await completed(rec)
+    assert first[-1]["status"] == "FAILED"
+    flag.touch()
+    assert (await ep.post(f"retry/{job['id']}"))[0] == 200
+    async with asyncio.timeout(15):
+        while [b["event"] for b in accepted_bodies(rec)].count("completed") < 2:
+            await asyncio.sleep(0.02)
+    bodies = accepted_bodies(rec)
+    assert bodies[-1]["status"] == "COMPLETED"
+    split = next(i for i, b in enumerate(bodies) if b["event"] == "completed")
+    for attempt in (bodies[:split], bodies[split + 1 :]):
+        assert [i["output"]["i"] for b in attempt if b["event"] == "output" for i in b["stream"]] == [0, 1, 2]

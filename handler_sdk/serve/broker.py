@@ -346,6 +346,7 @@ class Broker:
         r.retries += 1
         r.started = r.ended = r.output = r.error = r.error_details = r.worker_id = None
         r.stream, r.cursor = (), 0
+        r.webhook_items = 0  # a fresh stream for its "output" webhooks too
         # Queued again by the client, as if submitted now: a ttl that ran out (or would have) starts over.
         r.requeued = self.clock()
         if (due := r.ttl_due) is not None:

@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import itertools
 import logging
 import time
 import uuid
@@ -158,11 +159,9 @@ class Webhooks:
             return codec.dumps(d)
         r = box.record
         stream = r.stream
-        if len(stream) < r.webhook_items:  # a /retry started the stream over
-            r.webhook_items = 0
         items: list[codec.Fragment] = []
         size = 0
-        for item in stream[r.webhook_items :]:
+        for item in itertools.islice(stream, r.webhook_items, None):
             if items and size + len(item) > self.output_batch_bytes:
                 break
             items.append(codec.Fragment(item))

@@ -1,6 +1,7 @@
 """A generator that reports progress before each item, for the webhook event tests."""
 
 import asyncio
+import os
 
 from handler_sdk import handler
 
@@ -12,3 +13,5 @@ async def events(job):
         if pause := job.input.get("pause"):
             await asyncio.sleep(pause)  # lets the worker's progress loop send the update
         yield {"i": i}
+    if "fail_unless" in job.input and not os.path.exists(job.input["fail_unless"]):
+        raise ValueError("not yet")
