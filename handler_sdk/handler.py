@@ -6,7 +6,7 @@ import enum
 import inspect
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -14,9 +14,10 @@ from pydantic import BaseModel
 
 from .errors import ConfigError
 
-__all__ = ["ConcurrencyModifier", "Handler", "HandlerKind", "handler"]
+__all__ = ["DEFAULT_BATCH_WAIT_MS", "ConcurrencyModifier", "Handler", "HandlerKind", "handler"]
 
 ConcurrencyModifier = Callable[[int], int]
+DEFAULT_BATCH_WAIT_MS = 10.0
 
 
 class HandlerKind(enum.Enum):
@@ -47,8 +48,7 @@ def _kind_of(fn: Callable[..., Any]) -> HandlerKind:
     return HandlerKind.SYNC
 
 
-def _model_from_signature(fn: Callable[..., Any]) -> type[BaseModel] | None:
-    """A first parameter annotated with a pydantic model makes that model the input schema."""
+def _first_annotation(fn: Callable[..., Any]) -> Any:
     params = list(inspect.signature(fn).parameters.values())
     if not params:
         return None
@@ -56,9 +56,28 @@ def _model_from_signature(fn: Callable[..., Any]) -> type[BaseModel] | None:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable forward refs: no inferred model, the caller can still pass one
         return None
-    ann = hints.get(params[0].name)
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
+    return hints.get(params[0].name)
+
+
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _model_from_signature(fn: Callable[..., Any], *, batched: bool) -> type[BaseModel] | None:
+    """A first parameter annotated with a pydantic model makes that model the input schema; for a batched
+    handler, a ``list[Model]`` (or ``Sequence[Model]``) parameter does."""
+    ann = _first_annotation(fn)
+    if not batched:
+        return ann if _is_model(ann) else None
+    if _is_model(ann):
+        raise ConfigError(
+            f"a batched handler receives a list of inputs: annotate its parameter list[{ann.__name__}], "
+            f"not {ann.__name__}"
+        )
+    args = typing.get_args(ann)
+    origin = typing.get_origin(ann)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence) and len(args) == 1:
+        return args[0] if _is_model(args[0]) else None
     return None
 
 
@@ -76,6 +95,8 @@ class Handler:
     input_model: type[BaseModel] | None = None
     setup: Callable[[], Any] | None = None
     concurrency_modifier: ConcurrencyModifier | None = None
+    batch_size: int | None = None
+    batch_wait_ms: float | None = None
     kind: HandlerKind = field(init=False)
     # True when the function takes the validated model itself rather than the Job.
     takes_model: bool = field(init=False, default=False)
@@ -94,13 +115,40 @@ class Handler:
             raise ConfigError(f"input_model must be a pydantic model class, got {self.input_model!r}")
         self.kind = _kind_of(self.fn)
         self.name = getattr(self.fn, "__qualname__", repr(self.fn))
-        inferred = _model_from_signature(self.fn)
+        self._check_batching()
+        inferred = _model_from_signature(self.fn, batched=self.batched)
         if inferred is not None:
             self.takes_model = True
             if self.input_model is None:
                 self.input_model = inferred
         if self.setup is not None and not callable(self.setup):
             raise ConfigError(f"setup must be callable, got {self.setup!r}")
+
+    @property
+    def batched(self) -> bool:
+        """True when the function receives a list of jobs (``batch_size`` was given)."""
+        return self.batch_size is not None
+
+    def _check_batching(self) -> None:
+        if self.batch_size is None:
+            if self.batch_wait_ms is not None:
+                raise ConfigError("batch_wait_ms needs batch_size: it is how long a batch waits to fill")
+            return
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        if self.batch_wait_ms is None:
+            self.batch_wait_ms = DEFAULT_BATCH_WAIT_MS
+        wait = self.batch_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < float("inf"):
+            raise ConfigError(f"batch_wait_ms must be a number of milliseconds >= 0, got {wait!r}")
+        if self.kind.streams:
+            # One call makes one result per job at its end; a stream is one job's items as they come. A batched
+            # generator would have to say which job each item is for, and its slowest job would hold every other
+            # job's stream open: stream per job (no batch_size), or batch and return.
+            raise ConfigError(
+                f"{self.name} is a generator: generators are not batched (a stream belongs to one job); "
+                "drop batch_size, or return a list of outputs instead of yielding"
+            )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -119,6 +167,8 @@ def handler(
     input_model: type[BaseModel] | None = None,
     setup: Callable[[], Any] | None = None,
     concurrency_modifier: ConcurrencyModifier | None = None,
+    batch_size: int | None = None,
+    batch_wait_ms: float | None = None,
 ) -> Callable[[Callable[..., Any]], Handler]: ...
 
 
@@ -132,6 +182,8 @@ def handler(
     input_model: type[BaseModel] | None = None,
     setup: Callable[[], Any] | None = None,
     concurrency_modifier: ConcurrencyModifier | None = None,
+    batch_size: int | None = None,
+    batch_wait_ms: float | None = None,
 ) -> Handler | Callable[[Callable[..., Any]], Handler]:
     """Mark a function as the job handler.
 
@@ -146,7 +198,14 @@ def handler(
             handler runs.
         setup: called once (sync or async) before the first job, e.g. to load a model. Its return value is
             ``job.state``. While it runs, /health counts the worker as initializing.
-        concurrency_modifier: called with the current limit before each take; returns the new limit.
+        concurrency_modifier: called with the current limit before each take; returns the new limit (of
+            batches, for a batched handler).
+        batch_size: batch jobs: the function receives a list of up to this many jobs (or validated models, for a
+            ``list[Model]`` parameter) and returns a list of outputs, one per job, in order. A batch runs when
+            ``batch_size`` jobs are waiting or ``batch_wait_ms`` after its first job was taken; ``concurrency``
+            then counts batches. An output that is an exception (or ``{"error": ...}``) fails its job alone; a
+            raised exception fails every job of the batch. Generators are not batched.
+        batch_wait_ms: how long a batch waits to fill after its first job (default 10 ms; 0: take what is there).
     """
 
     def wrap(f: Callable[..., Any]) -> Handler:
@@ -158,6 +217,8 @@ def handler(
             input_model=input_model,
             setup=setup,
             concurrency_modifier=concurrency_modifier,
+            batch_size=batch_size,
+            batch_wait_ms=batch_wait_ms,
         )
 
     if fn is not None:

@@ -24,7 +24,17 @@ from .models import JobStatus
 from .outputs import Chunk, Final
 from .threads import ElasticPool
 
-__all__ = ["DEFAULT_RESULT_CAP", "Emit", "Outcome", "error_details", "run_job"]
+__all__ = [
+    "DEFAULT_RESULT_CAP",
+    "Emit",
+    "Outcome",
+    "error_details",
+    "failure",
+    "prepare",
+    "returned",
+    "run_job",
+    "timed_out",
+]
 
 DEFAULT_RESULT_CAP = 20 * 1024 * 1024
 
@@ -63,8 +73,8 @@ def _validation_message(e: ValidationError) -> str:
     return "invalid input: " + "; ".join(parts)
 
 
-def _prepare(h: Handler, job: Job) -> Any:
-    """Validate the input; returns what the function is called with."""
+def prepare(h: Handler, job: Job) -> Any:
+    """Validate the input; returns what the function is called with (for a batched handler: this job's item)."""
     if h.input_model is None:
         return job
     try:
@@ -197,7 +207,7 @@ def _step(gen: Any) -> Any:
 
 
 async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -> Outcome:
-    arg = _prepare(h, job)
+    arg = prepare(h, job)
     if h.kind.streams:
         aggregate: list[bytes] | None = [] if h.aggregate_stream else None
         final = await _stream(h, arg, pool, emit, aggregate, job_id=job.id)
@@ -209,7 +219,12 @@ async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -
         if len(body) > cap:
             body = await storage.offload(body, job.id, cap, "aggregated output")
         return Outcome(JobStatus.COMPLETED, output=body)
-    value = await (pool.run(h.fn, arg) if h.kind is HandlerKind.SYNC else h.fn(arg))
+    return await returned(await (pool.run(h.fn, arg) if h.kind is HandlerKind.SYNC else h.fn(arg)), cap, job.id)
+
+
+async def returned(value: Any, cap: int, job_id: str) -> Outcome:
+    """The outcome of a value a handler returned for one job; raises JobFailure for ``{"error": ...}``, an output
+    orjson cannot encode, or one over the cap (that the bucket cannot take either)."""
     refresh = False
     if isinstance(value, dict):
         if "error" in value and value["error"] is not None:
@@ -224,7 +239,7 @@ async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -
         try:
             output = _encode_result(value, cap)
         except (OutputNotSerializable, OutputTooLarge):
-            output = await _encode_slow(value, cap, job.id)
+            output = await _encode_slow(value, cap, job_id)
     out = Outcome(JobStatus.COMPLETED, output=output)
     out.refresh_worker = refresh
     return out
@@ -252,16 +267,25 @@ async def run_job(
         if cm is None or not cm.expired():
             return _failed(e)  # the handler's own TimeoutError, not our deadline
         job._mark_cancelled()
-        err = TimeoutError(f"job exceeded its {timeout:g} s execution timeout")
-        err.__cause__ = e
-        return _failed(err, JobStatus.TIMED_OUT, tb=False)
+        assert timeout is not None  # cm exists only with a timeout
+        return timed_out(timeout)
     except asyncio.CancelledError:
         job._mark_cancelled()
         raise
-    except JobFailure as e:
-        # Our own verdicts (bad input, too large, error by value) need no traceback of SDK internals.
-        return _failed(e, tb=e.__cause__ is not None and not isinstance(e, InvalidInput))
     except Exception as e:
-        return _failed(e)
+        return failure(e)
     finally:
         files.leave_job(job.id, token)
+
+
+def timed_out(timeout: float) -> Outcome:
+    """The outcome of a job that ran past its execution timeout (``timeout`` seconds)."""
+    return _failed(TimeoutError(f"job exceeded its {timeout:g} s execution timeout"), JobStatus.TIMED_OUT, tb=False)
+
+
+def failure(exc: Exception) -> Outcome:
+    """The FAILED outcome of an exception the handler raised (or returned, for a batched handler)."""
+    if isinstance(exc, JobFailure):
+        # Our own verdicts (bad input, too large, error by value) need no traceback of SDK internals.
+        return _failed(exc, tb=exc.__cause__ is not None and not isinstance(exc, InvalidInput))
+    return _failed(exc)

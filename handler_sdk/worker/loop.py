@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import codec
+from ..batching import Batcher, Ticket
 from ..collector import after_setup
 from ..errors import SetupError, StaleResult, TransportError
 from ..handler import Handler
@@ -63,6 +64,7 @@ class _Running:
     job: Job
     task: asyncio.Task[None] | None = None
     sender: StreamSender | None = None
+    ticket: Ticket | None = None  # its place in a batch, for a batched handler
 
 
 async def _no_stream(item: Any) -> None:
@@ -97,6 +99,10 @@ class Worker:
         self._tg: asyncio.TaskGroup | None = None
         self._streams = h.kind.streams
         self._pusher: Pushing | None = None
+        # A batched handler's jobs run through the batcher; concurrency (and its modifier) then counts batches.
+        self._batcher = (
+            Batcher(h, self.pool, limit=lambda: self.limit, result_cap=self.cfg.result_cap) if h.batched else None
+        )
 
     # --- public ----------------------------------------------------------------------------------------------
 
@@ -180,7 +186,7 @@ class Worker:
         delay = self.cfg.backoff_base_s
         while self.state is WorkerState.READY:
             self._apply_modifier()
-            free = self.limit - len(self.running)
+            free = self._room()
             if free <= 0:
                 self._slot.clear()
                 with contextlib.suppress(TimeoutError):
@@ -219,7 +225,13 @@ class Worker:
         if self.state is not WorkerState.READY:
             return 0
         self._apply_modifier()
-        return max(0, self.limit - len(self.running))
+        return max(0, self._room())
+
+    def _room(self) -> int:
+        """Jobs to take now: free slots, or for a batched handler the room in the batches that could start."""
+        if self._batcher is not None:
+            return self._batcher.free()
+        return self.limit - len(self.running)
 
     def _start_all(self, assignments: list[Assignment]) -> None:
         assert self._tg is not None
@@ -235,6 +247,8 @@ class Worker:
         job = Job(a.raw, input=a.input, state=self.setup_state, on_progress=functools.partial(self._on_progress, a.id))
         rj = _Running(a, job)
         self.running[a.id] = rj
+        if self._batcher is not None:
+            rj.ticket = self._batcher.add(job, self._timeout_for(a))
         rj.task = tg.create_task(self._run_one(rj), name=f"job-{a.id}")
 
     # --- running one job -------------------------------------------------------------------------------------
@@ -252,10 +266,13 @@ class Worker:
         rj.sender = sender
         reporting = False
         try:
-            outcome = await run_job(
-                self.h, rj.job, emit=_no_stream if sender is None else sender.emit, pool=self.pool,
-                timeout=self._timeout_for(a), result_cap=self.cfg.result_cap,
-            )  # fmt: skip
+            if rj.ticket is not None and self._batcher is not None:
+                outcome = await self._batcher.result(rj.ticket)
+            else:
+                outcome = await run_job(
+                    self.h, rj.job, emit=_no_stream if sender is None else sender.emit, pool=self.pool,
+                    timeout=self._timeout_for(a), result_cap=self.cfg.result_cap,
+                )  # fmt: skip
             if outcome.refresh_worker:
                 # Stop taking before this slot frees, or a queued job would start on the worker being replaced.
                 log.info("job %s asked for refresh_worker: restarting the worker after it", a.id)
