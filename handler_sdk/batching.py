@@ -144,7 +144,10 @@ class Batcher:
         if timeout is not None:
             t.timer = self.clock.call_at(now + timeout, functools.partial(self._expire, t, timeout))
         self._pending.append(t)
-        self._start_due()
+        # Only a full batch starts here: the other jobs of the same take are added next, and a due partial batch
+        # waits for its timer (at the earliest the next loop iteration), so that even at batch_wait_ms=0 one
+        # take makes one batch, not a batch per job.
+        self._start_due(full_only=True)
         return t
 
     async def result(self, t: Ticket) -> Outcome:
@@ -188,16 +191,21 @@ class Batcher:
                 b.task.cancel()
             self._start_due()
 
-    def _start_due(self) -> None:
+    def _start_due(self, *, full_only: bool = False) -> None:
         """Start every batch that is full, or whose first job has waited ``batch_wait_ms``, while a slot is
         free; then set the timer for the next one."""
         now = self.clock.time()
         limit = self._limit()
         while self._pending and len(self._running) < limit:
-            if len(self._pending) < self.size and now < self._pending[0].taken + self.wait_s - _EPS:
+            if len(self._pending) < self.size and (full_only or now < self._pending[0].taken + self.wait_s - _EPS):
                 break
-            n = min(self.size, len(self._pending))
-            self._launch([self._pending.popleft() for _ in range(n)], now)
+            tickets = []
+            while self._pending and len(tickets) < self.size:
+                t = self._pending.popleft()
+                if not t.job.cancelled:  # stopped before its task could tell us (the worker marks it first)
+                    tickets.append(t)
+            if tickets:
+                self._launch(tickets, now)
         head = self._pending[0] if self._pending and len(self._running) < limit else None
         if head is self._timer_for:
             return
