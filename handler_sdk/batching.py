@@ -199,7 +199,7 @@ class Batcher:
         while self._pending and len(self._running) < limit:
             if len(self._pending) < self.size and (full_only or now < self._pending[0].taken + self.wait_s - _EPS):
                 break
-            tickets = []
+            tickets: list[Ticket] = []
             while self._pending and len(tickets) < self.size:
                 t = self._pending.popleft()
                 if not t.job.cancelled:  # stopped before its task could tell us (the worker marks it first)
