@@ -24,6 +24,7 @@ MODULES = {
     "streaming": "benchmarks.streaming",
     "chunker": "benchmarks.chunker",
     "footprint": "benchmarks.footprint",
+    "batching": "benchmarks.batching",
 }
 
 
