@@ -103,6 +103,7 @@ class Batcher:
         self._timer: Timer | None = None
         self._timer_for: Ticket | None = None
         self._seq = 0
+        self._flushing = False
         # Called with each batch as it starts (its size and start time): for tests and metrics.
         self.on_start: Callable[[list[Job], float], None] | None = None
 
@@ -149,6 +150,12 @@ class Batcher:
         # take makes one batch, not a batch per job.
         self._start_due(full_only=True)
         return t
+
+    def flush(self) -> None:
+        """No more jobs will come (the worker drains): from now on a batch starts without waiting to fill."""
+        self._flushing = True
+        if self._pending:
+            self._start_due()
 
     async def result(self, t: Ticket) -> Outcome:
         """The job's outcome once its batch ends (or its timeout does). Cancelling the caller drops the job: out
@@ -197,7 +204,7 @@ class Batcher:
         now = self.clock.time()
         limit = self._limit()
         while self._pending and len(self._running) < limit:
-            if len(self._pending) < self.size and (full_only or now < self._pending[0].taken + self.wait_s - _EPS):
+            if len(self._pending) < self.size and (full_only or now < self._due(self._pending[0]) - _EPS):
                 break
             tickets: list[Ticket] = []
             while self._pending and len(tickets) < self.size:
@@ -215,7 +222,10 @@ class Batcher:
         if head is not None:
             # With every slot busy no timer is needed: the end of a batch looks again.
             self._timer_for = head
-            self._timer = self.clock.call_at(head.taken + self.wait_s, self._on_timer)
+            self._timer = self.clock.call_at(self._due(head), self._on_timer)
+
+    def _due(self, t: Ticket) -> float:
+        return t.taken if self._flushing else t.taken + self.wait_s
 
     def _on_timer(self) -> None:
         self._timer = self._timer_for = None

@@ -327,6 +327,24 @@ def test_a_full_batch_starts_at_once_and_a_partial_one_after_batch_wait_ms() -> 
     run(go())
 
 
+def test_flush_starts_the_waiting_batch_at_once_as_the_worker_drains() -> None:
+    async def go() -> None:
+        clock = ManualClock()
+        b, starts = batcher(echo(4, 1000, clock), clock)
+        t = [take(b, clock, f"j{i}", {}) for i in range(2)]
+        await at(clock, 0.001)
+        assert starts == []
+        b.flush()
+        assert starts == [(0.001, ["j0", "j1"])]
+        late = take(b, clock, "late", {})  # from a take that was in flight: starts as soon as the slot frees
+        await at(clock, 0.02)
+        assert starts[1][1] == ["late"]
+        await at(clock, 1)
+        assert [output(x.task.result())["n"] for x in [*t, late]] == [2, 2, 1]
+
+    run(go())
+
+
 def test_free_counts_room_in_batches_so_concurrency_counts_batches() -> None:
     async def go() -> None:
         clock = ManualClock()

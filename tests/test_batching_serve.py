@@ -3,6 +3,8 @@ HTTP (``python -m handler_sdk.worker`` against a pure-queue serve). Handlers: te
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +179,25 @@ async def test_a_cancel_reaches_one_job_of_a_batch_on_a_standalone_worker(
         assert "Traceback" not in w.output()
     finally:
         w.proc.terminate()
+
+
+async def test_sigterm_starts_the_batch_waiting_to_fill_and_reports_it_before_exiting(
+    endpoint_factory: Any, process_factory: Any, tmp_path: Path
+) -> None:
+    ep = await endpoint_factory(None, take_hold_s=0.3)
+    ids = [await submit(ep, {"seconds": 0}) for _ in range(2)]
+    # The batch would wait 2 s for a third job; the drain deadline is 1 s: only starting it at once saves it.
+    env = {**worker_env(ep.url, tmp_path), "HANDLER_SDK_DRAIN_TIMEOUT_S": "1"}
+    w = process_factory("-m", "handler_sdk.worker", str(HANDLERS / "batching.py:slow"), env=env, name="wk-b")
+
+    async def waiting() -> bool:
+        return all([(await ep.get(f"status/{j}"))[1]["status"] == "IN_PROGRESS" for j in ids])
+
+    await until(waiting, timeout=20)
+    w.proc.send_signal(signal.SIGTERM)
+    for job_id in ids:
+        body = await final(ep, job_id)
+        assert body["status"] == "COMPLETED", w.output()
+        assert body["output"]["batch"] == ids
+    await until(lambda: asyncio.sleep(0, w.proc.poll() is not None), timeout=20)
+    assert w.proc.returncode == 0, w.output()

@@ -465,6 +465,8 @@ class Worker:
     # --- drain -----------------------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
+        if self._batcher is not None:
+            self._batcher.flush()  # nothing more will be taken: a batch waiting to fill would wait in vain
         if self.running:
             tasks = [rj.task for rj in self.running.values() if rj.task is not None]
             _, pending = await asyncio.wait(tasks, timeout=self.cfg.drain_timeout_s)
