@@ -143,7 +143,7 @@ def run(run: Run) -> Section:
         "concurrency": 1,
         "batch_wait_ms": WAIT_MS,
         "rates_jobs_per_s": list(RATES),
-        "arrivals_s": {r: _duration(r, run.quick) for r in RATES},
+        "arrivals_s": {f"{r}/s": _duration(r, run.quick) for r in RATES},
         "repeats": repeats,
         "path": "Broker -> in-process transport -> Worker, no HTTP",
     }

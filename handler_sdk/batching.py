@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import files
 from .errors import ConfigError, HandlerError
 from .handler import Handler, HandlerKind
 from .job import Job
@@ -245,6 +246,8 @@ class Batcher:
     async def _run(self, b: _Batch) -> None:
         outcomes: list[Outcome] | None = None
         args = [t.arg for t in b.tickets]
+        # files.download() in a batch goes to one folder for the batch, removed when the batch ends.
+        token = files.enter_job(f"batch-{b.seq}")
         try:
             if self.h.kind is HandlerKind.SYNC:
                 values = await self.pool.run(self.h.fn, args)
@@ -253,8 +256,9 @@ class Batcher:
         except Exception as e:
             outcomes = [failure(e) for _ in b.tickets]  # each its own details: the worker adds its id to each
         else:
-            outcomes = self._split(values, len(b.tickets))
+            outcomes = await self._split(values, b.tickets)
         finally:
+            files.leave_job(f"batch-{b.seq}", token)
             # The slot frees before any job hears its outcome: a job's end may take the next jobs at once.
             self._running.discard(b)
             if outcomes is None:  # cancelled (or a BaseException): no outcome for anyone still waiting
@@ -270,7 +274,8 @@ class Batcher:
             if not t.fut.done():  # else cancelled or timed out meanwhile: its output is dropped
                 t.fut.set_result(o)
 
-    def _split(self, values: Any, n: int) -> list[Outcome]:
+    async def _split(self, values: Any, tickets: list[Ticket]) -> list[Outcome]:
+        n = len(tickets)
         if not isinstance(values, list | tuple):
             err = HandlerError(
                 f"a batched handler must return a list of {n} outputs (one per job, in order), "
@@ -284,12 +289,12 @@ class Batcher:
             )
             return [failure(err) for _ in range(n)]
         out = []
-        for v in values:
+        for v, t in zip(values, tickets, strict=True):
             if isinstance(v, Exception):
                 out.append(failure(v))
                 continue
             try:
-                out.append(returned(v, self._cap))
+                out.append(await returned(v, self._cap, t.job.id))
             except Exception as e:  # {"error": ...}, not serializable, too large: this job alone
                 out.append(failure(e))
         return out

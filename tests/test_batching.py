@@ -9,6 +9,7 @@ those tasks as the endpoint's job-stop would.
 from __future__ import annotations
 
 import asyncio
+import base64
 import heapq
 import itertools
 from collections.abc import Callable, Coroutine
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from handler_sdk import ConfigError, Job, handler
+from handler_sdk import ConfigError, File, Job, handler
 from handler_sdk.batching import Batcher, Ticket
 from handler_sdk.handler import Handler
 from handler_sdk.models import JobStatus
@@ -491,6 +492,25 @@ def test_an_unserializable_or_none_item_affects_only_its_own_job() -> None:
         assert bad.status is S.FAILED and bad.error is not None and bad.error.startswith("OutputNotSerializable")
         assert (empty.status, empty.output) == (S.COMPLETED, None)
         assert refresh.refresh_worker and output(refresh) == {"x": 1}
+
+    run(go())
+
+
+def test_a_file_in_an_item_becomes_its_own_jobs_output() -> None:
+    async def go() -> None:
+        clock = ManualClock()
+
+        @handler(batch_size=2, batch_wait_ms=0)
+        async def fn(jobs: list[Job]) -> list[Any]:
+            return [File(j.id.encode(), content_type="text/plain") for j in jobs]
+
+        b, _ = batcher(fn, clock)
+        t = [take(b, clock, f"j{i}", {}) for i in range(2)]
+        await at(clock, 0)
+        # No bucket configured: each File is inlined into its own job's output.
+        outs = await asyncio.wait_for(asyncio.gather(*(x.task for x in t)), 10)  # inlining runs in a thread
+        got = [base64.b64decode(output(o)["data_base64"]) for o in outs]
+        assert got == [b"j0", b"j1"]
 
     run(go())
 
