@@ -1,23 +1,37 @@
 """The one place that calls orjson.
 
 Every byte that crosses a wire or the store is made here, so the size limits measure exactly what is sent.
+
+Two limits of orjson are handled here rather than left to surprise a caller:
+
+* **Depth.** orjson reads 1,024 levels of nesting but writes only 254. A request body nested deeper than
+  ``MAX_DEPTH`` is refused (400) before it becomes a job: a job whose input cannot be written could not be
+  journaled, handed to a remote worker, or reported.
+* **Integers beyond 64 bits.** orjson reads them as floats (``2**70`` becomes ``1.1805916207174113e+21``) and
+  refuses to write them. A document with a long enough run of digits to hold one is read again by the standard
+  library, which keeps every integer exact, and such integers are written by it too. Nobody's number is changed.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
 
-from .errors import BadRequest, OutputNotSerializable
+from .errors import BadRequest, NestedTooDeep, OutputNotSerializable
 
-__all__ = ["Fragment", "dumps", "dumps_canonical", "dumps_str", "loads", "loads_request"]
+__all__ = ["MAX_DEPTH", "Fragment", "depth_over", "dumps", "dumps_canonical", "dumps_str", "loads", "loads_request"]
 
 _OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 Fragment = orjson.Fragment
 """Already-serialized JSON that is embedded as is (saves re-encoding large outputs)."""
 
+# orjson writes 254 levels. A request body may nest this deep: its input (one level less) then still encodes
+# inside the wrappers it travels in (a job-take payload in a batch list, an /openai body inside its job input).
+MAX_DEPTH = 250
 
 # orjson's output keeps the buffer it was written into: a retained 80-byte output holds ~4 KiB (measured). Records
 # keep outputs for their retention (a runsync record a minute, at thousands a second) and stream items queue, so
@@ -25,6 +39,11 @@ Fragment = orjson.Fragment
 _EXACT_BELOW = 16 * 1024
 # data.join((b"", b"")) is data copied into a new object of exactly its size.
 _TWO_EMPTY = (b"", b"")
+# Every integer outside orjson's exact range (-2**63 .. 2**64-1) has at least 19 digits. A run that long (in a
+# string, a float, or an integer that fits) only costs a second, exact parse.
+_LONG_DIGITS_B = re.compile(rb"\d{19}")
+_LONG_DIGITS_S = re.compile(r"\d{19}")
+_INT_RANGE_ERROR = "Integer exceeds 64-bit range"
 
 
 def dumps(obj: Any) -> bytes:
@@ -33,12 +52,22 @@ def dumps(obj: Any) -> bytes:
         # Plain first: the options cost a third more per call, and they change nothing for what plain accepts
         # (they only add non-str keys and numpy types, which plain refuses with TypeError).
         data = orjson.dumps(obj)
-    except TypeError:
+    except TypeError as plain:
         try:
             data = orjson.dumps(obj, option=_OPTS)
         except TypeError as e:
+            if _INT_RANGE_ERROR in str(e) or _INT_RANGE_ERROR in str(plain):
+                return _dumps_exact(obj)
             raise OutputNotSerializable(f"output is not JSON-serializable: {e}") from e
     return data.join(_TWO_EMPTY) if len(data) < _EXACT_BELOW else data
+
+
+def _dumps_exact(obj: Any) -> bytes:
+    """The standard library's encoding, for a value holding an integer beyond 64 bits (orjson refuses it)."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as e:
+        raise OutputNotSerializable(f"output is not JSON-serializable: {e}") from e
 
 
 def dumps_canonical(obj: Any) -> bytes:
@@ -51,12 +80,76 @@ def dumps_str(obj: Any) -> str:
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    return orjson.loads(data)
+    obj = orjson.loads(data)
+    if _has_long_digits(data):
+        obj = _exact(data, obj)
+    return obj
 
 
 def loads_request(data: bytes) -> Any:
-    """Parse a request body; malformed JSON is the client's error (400)."""
+    """Parse a request body; malformed JSON, or nesting deeper than ``MAX_DEPTH``, is the client's error (400).
+    Integers beyond 64 bits are kept exact."""
     try:
-        return orjson.loads(data)
+        obj = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"malformed JSON body: {e}") from e
+    # Nesting needs a bracket per level: most bodies have too few brackets to go deep, and skip the walk.
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and (where := depth_over(obj, MAX_DEPTH)) is not None:
+        where = where if len(where) <= 60 else where[:60] + "..."
+        raise NestedTooDeep(
+            f"request body nests deeper than {MAX_DEPTH} levels (at {where or 'the top'}); "
+            "flatten the input, or send it as a string"
+        )
+    if _has_long_digits(data):
+        obj = _exact(data, obj)
+    return obj
+
+
+def depth_over(obj: Any, limit: int) -> str | None:
+    """Where ``obj`` nests more than ``limit`` containers deep (a dotted path, "" for the top), else None."""
+    stack: list[tuple[Any, int, str]] = [(obj, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict):
+            if depth > limit:
+                return path
+            stack.extend((v, depth + 1, f"{path}.{k}" if path else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            if depth > limit:
+                return path
+            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(value))
+    return None
+
+
+def _has_long_digits(data: bytes | bytearray | memoryview | str) -> bool:
+    if isinstance(data, str):
+        return _LONG_DIGITS_S.search(data) is not None
+    return _LONG_DIGITS_B.search(data) is not None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact(data: bytes | bytearray | memoryview | str, parsed: Any) -> Any:
+    """``data`` parsed again by the standard library (integers exact), when orjson's reading changed one."""
+    if not _has_float(parsed):
+        return parsed  # every integer orjson read was exact: the digits were in a string or a float
+    raw = data if isinstance(data, str) else bytes(data)
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return parsed
+
+
+def _has_float(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if type(v) is float:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False

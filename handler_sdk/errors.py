@@ -14,11 +14,12 @@
     │   │   └── FileError              a File output or a files.download() that cannot be done
     │   └── HTTPError                  a client request answered with a 4xx JSON body
     │       ├── BadRequest (400) · Unauthorized (401) · NotFound (404) · Conflict (409)
-    │       └── PayloadTooLarge (413) · Unprocessable (422) · TooManyRequests (429)
+    │       │   └── NestedTooDeep     a body nested deeper than codec.MAX_DEPTH
+    │       ├── RequestTimeout (408) · PayloadTooLarge (413) · Unprocessable (422) · TooManyRequests (429)
     └── InfrastructureError            outside the user's control
         ├── TransportError             a worker could not reach the endpoint
         │   └── StaleResult            the endpoint refused a result (409): cancelled, re-leased or ended
-        └── StoreError                 the job store failed
+        └── StoreError                 the job store failed (a request that needed it: 503, Retry-After)
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ __all__ = [
     "InfrastructureError",
     "InvalidInput",
     "JobFailure",
+    "NestedTooDeep",
     "NotFound",
     "OutputNotSerializable",
     "OutputTooLarge",
     "PayloadTooLarge",
+    "RequestTimeout",
     "SetupError",
     "StaleResult",
     "StoreError",
@@ -104,6 +107,10 @@ class BadRequest(HTTPError):
     status = 400
 
 
+class NestedTooDeep(BadRequest):
+    """A JSON body nested deeper than can be encoded again (see codec.MAX_DEPTH)."""
+
+
 class Unauthorized(HTTPError):
     status = 401
 
@@ -114,6 +121,12 @@ class NotFound(HTTPError):
 
 class Conflict(HTTPError):
     status = 409
+
+
+class RequestTimeout(HTTPError):
+    """The client did not send its request body within the body timeout."""
+
+    status = 408
 
 
 class PayloadTooLarge(HTTPError):

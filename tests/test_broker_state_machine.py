@@ -64,6 +64,8 @@ class ModelWorker:
     last_seen: int
     jobs: set[str] = field(default_factory=set)
     stops: set[str] = field(default_factory=set)
+    # When it last pinged: a job leased before its previous ping and missing from this one was lost.
+    pinged: int | None = None
 
 
 def fingerprint(r: Any) -> tuple[Any, ...]:
@@ -242,10 +244,18 @@ class BrokerMachine(RuleBasedStateMachine):
 
     # --- worker side -----------------------------------------------------------------------------------------
 
-    @rule(w=st.sampled_from(WORKERS), n=st.integers(1, 3))
-    def take(self, w: str, n: int) -> None:
+    def _lost(self, mw: ModelWorker, job_ids: list[str]) -> None:
+        for job_id in sorted(job_ids):
+            mw.jobs.discard(job_id)
+            self._requeue(self.model[job_id])
+
+    @rule(w=st.sampled_from(WORKERS), n=st.integers(1, 3), busy=st.sampled_from([None, True, False]))
+    def take(self, w: str, n: int, busy: bool | None) -> None:
+        if busy is False and w in self.workers:
+            # "Nothing in progress" from a worker id that holds leases: a new process of it; they were lost.
+            self._lost(self.workers[w], list(self.workers[w].jobs))
         queued = self._queued()
-        taken = self.loop.run_until_complete(self.broker.take(w, n, 0.0))
+        taken = self.loop.run_until_complete(self.broker.take(w, n, 0.0, busy=busy))
         ids = [r.id for r in taken]
         queued_ids = {m.id for m in queued}
         assert len(ids) == len(set(ids)) == min(n, len(queued))
@@ -308,7 +318,7 @@ class BrokerMachine(RuleBasedStateMachine):
             for i, raw in enumerate(r.stream[m.stream :]):
                 item = orjson.loads(raw)
                 assert item["output"] == {"piece": i}
-                expected = {"stream_index": m.stream + i, "scenario": "stream"}
+                expected = {"stream_index": m.stream + i, "scenario": "stream", "attempt": r.attempt}
                 if with_metrics:
                     expected["t"] = i
                 assert item["metrics"] == expected
@@ -348,10 +358,21 @@ class BrokerMachine(RuleBasedStateMachine):
         assert self.broker.hand_back(w, job_ids) == expected
         self._seen(w)
 
-    @rule(w=st.sampled_from(WORKERS))
-    def ping(self, w: str) -> None:
-        self.broker.ping(w)
-        self._seen(w)
+    @rule(w=st.sampled_from(WORKERS), named=st.sampled_from(["all", "none", "fresh"]))
+    def ping(self, w: str, named: str) -> None:
+        mw = self.workers.get(w)
+        held = sorted(mw.jobs) if mw is not None else []
+        if named == "all":
+            ids = held
+        elif named == "none":
+            ids = []
+        else:  # a lagging job list: only the jobs leased since the previous ping are missing
+            ids = [j for j in held if mw is not None and (mw.pinged is None or self.model[j].started < mw.pinged)]
+        self.broker.ping(w, ids)
+        mw = self._seen(w)
+        previous, mw.pinged = mw.pinged, self.now[0]
+        if previous is not None:
+            self._lost(mw, [j for j in mw.jobs if j not in ids and (self.model[j].started or 0) < previous])
 
     @rule(w=st.sampled_from(WORKERS))
     def stops(self, w: str) -> None:
@@ -471,6 +492,7 @@ class BrokerMachine(RuleBasedStateMachine):
             for i, raw in enumerate(r.stream):
                 metrics = orjson.loads(raw)["metrics"]
                 assert metrics["stream_index"] == i and metrics["scenario"] == "stream"
+                assert 1 <= metrics["attempt"] <= r.attempt
 
     @invariant()
     def leases_are_held_only_by_known_workers(self) -> None:

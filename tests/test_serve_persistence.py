@@ -151,3 +151,20 @@ async def test_retention_still_applies_to_jobs_loaded_after_a_restart(endpoint_f
         await asyncio.sleep(0.02)
     else:
         raise AssertionError("a reloaded job outlived its retention")
+
+
+async def test_the_journal_is_scoped_by_endpoint_id(endpoint_factory, tmp_path):
+    data = tmp_path / "shared"
+    first = await endpoint_factory(None, data_dir=data, endpoint_id="one", api_key="k1")
+    _, job = await first.post("run", {"input": {"of": "one"}})
+    await first.server.close()
+    # Another endpoint (and key) on the same data dir serves none of the first one's jobs...
+    other = await endpoint_factory(None, data_dir=data, endpoint_id="two", api_key="k2")
+    assert (await other.get(f"status/{job['id']}"))[0] == 404
+    assert (await other.get("health"))[1]["jobs"]["inQueue"] == 0
+    _, mine = await other.post("run", {"input": {"of": "two"}})
+    await other.server.close()
+    # ...and the first one, back, still has its own and not the other's.
+    again = await endpoint_factory(None, data_dir=data, endpoint_id="one", api_key="k1")
+    assert (await again.get(f"status/{job['id']}"))[1]["status"] == "IN_QUEUE"
+    assert (await again.get(f"status/{mine['id']}"))[0] == 404

@@ -349,8 +349,8 @@ async def test_restart_keeps_finished_jobs_readable_with_output_error_and_stream
     assert r.reply()["executionTime"] == 50
     _, items = b.read_stream(ok)
     assert [orjson.loads(i) for i in items] == [
-        {"output": "a", "metrics": {"t": 1, "stream_index": 0, "scenario": "stream"}},
-        {"output": "b", "metrics": {"stream_index": 1, "scenario": "stream"}},
+        {"output": "a", "metrics": {"t": 1, "stream_index": 0, "scenario": "stream", "attempt": 1}},
+        {"output": "b", "metrics": {"stream_index": 1, "scenario": "stream", "attempt": 1}},
     ]
     f = b.status(bad)
     assert f.status is S.FAILED and f.error == "ValueError: boom" and f.error_details == details

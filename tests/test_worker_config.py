@@ -132,7 +132,16 @@ def test_worker_settings_default_to_production_values() -> None:
     assert cfg.drain_timeout_s == 30.0
     assert cfg.report_retries == 5
     assert (cfg.backoff_base_s, cfg.backoff_max_s) == (0.2, 10.0)
+    # Takes have their own, shorter cap: after an outage a worker is back within ~2 s, not ~10.
+    assert cfg.take_backoff_max_s == 2.0
     assert cfg.spool_dir == Path(".handler_sdk_spool")
+
+
+def test_the_take_backoff_cap_is_its_own_setting() -> None:
+    cfg = worker_config_from_env({"HANDLER_SDK_TAKE_BACKOFF_MAX_S": "0.5", "HANDLER_SDK_BACKOFF_MAX_S": "30"})
+    assert (cfg.take_backoff_max_s, cfg.backoff_max_s) == (0.5, 30.0)
+    with pytest.raises(ConfigError, match="HANDLER_SDK_TAKE_BACKOFF_MAX_S"):
+        worker_config_from_env({"HANDLER_SDK_TAKE_BACKOFF_MAX_S": "-1"})
 
 
 def test_worker_settings_read_our_names_and_runpods_ping_interval_in_milliseconds() -> None:

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from .. import codec
 from ..collector import tune_collector
-from ..errors import BadRequest, ConfigError
+from ..errors import BadRequest, ConfigError, StoreError
 from ..loader import load_handler
 from ..logs import configure_logging
 from .broker import BrokerConfig
@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-attempts", type=int, default=3, help="tries before a job lost with its worker fails")
     p.add_argument("--hold-s", type=float, default=3.0, help="how long an empty job-take or job-stop is held open")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds running jobs get on shutdown")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a new connection gets to send its request headers")  # fmt: skip
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body gets to arrive (408)")
+    p.add_argument("--idle-timeout", type=float, default=75.0, help="seconds an idle keep-alive connection stays open")
     p.add_argument("--test-input", nargs="?", const="", metavar="JSON",
                    help='run one job (e.g. \'{"input": {...}}\'; no value: test_input.json beside TARGET), '
                    "print its final JSON and exit 0 if it completed, else 1")  # fmt: skip
@@ -61,6 +65,11 @@ async def _serve(args: argparse.Namespace) -> int:
     cfg.worker.drain_timeout_s = args.drain_timeout
     cfg.take_hold_s = args.hold_s
     cfg.webhook_secret = args.webhook_secret or None
+    for name in ("header_timeout", "body_timeout", "idle_timeout"):
+        value = getattr(args, name)
+        if not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a number of seconds > 0, not {value}")
+        setattr(cfg, f"{name}_s", value)
     if args.workers and h is None:
         raise ConfigError("--workers needs a TARGET for the workers to load")
     server = Server(cfg, None if args.workers else h)
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             out = _stdout_for_the_result()
             return asyncio.run(run_once(load_handler(args.target), codec.loads_request(raw.encode()), out))
         return asyncio.run(_serve(args))
-    except (ConfigError, BadRequest) as e:
+    except (ConfigError, BadRequest, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

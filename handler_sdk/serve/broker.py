@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import lifecycle
-from ..errors import Conflict, NotFound
+from ..errors import BadRequest, Conflict, NotFound, OutputNotSerializable, StoreError
 from ..models import JobStatus, RunRequest
 from .record import JobRecord
 from .store import JobStore
@@ -88,6 +88,8 @@ class WorkerSeen:
     jobs: set[str] = field(default_factory=set)
     stops: set[str] = field(default_factory=set)
     stop_waiter: asyncio.Future[None] | None = None
+    # When it last pinged (None: it never has, so the ping rule never applies to it).
+    pinged: int | None = None
 
 
 class Broker:
@@ -128,6 +130,7 @@ class Broker:
         for r in records:
             self.jobs[r.id] = r
             self.counts[r.status] += 1
+            r.recovered = not r.status.terminal
             if r.status is S.IN_PROGRESS:
                 self._requeue(r, front=False)
             elif r.status is S.IN_QUEUE:
@@ -189,7 +192,15 @@ class Broker:
         if self.store is not None:
             self.store.set_meta("retried", self.retried)
         if r.retries >= self.cfg.max_attempts:
-            why = f"job was lost with its worker {r.retries} times (max_attempts={self.cfg.max_attempts})"
+            why = (
+                f"job was lost with its worker {r.retries} times (max_attempts={self.cfg.max_attempts}): "
+                "the worker died, was killed, or lost its lease while running it"
+            )
+            self._finish(r, S.FAILED, error_type="WorkerLost", message=why)
+            return
+        if r.stream and isinstance(r.input, dict) and "openai_route" in r.input:
+            # Its client already holds part of an SSE answer: a re-run would send a second answer after it.
+            why = "the worker was lost while streaming this answer; the partial answer cannot be resumed"
             self._finish(r, S.FAILED, error_type="WorkerLost", message=why)
             return
         self._queue_again(r, front=front)
@@ -197,6 +208,8 @@ class Broker:
     def _queue_again(self, r: JobRecord, *, front: bool = True) -> None:
         """An in-progress job goes back to the queue without its lease (lost worker, hand-back, restart)."""
         self._set(r, S.IN_QUEUE)
+        # The stream stays: its items were read by clients already. The next attempt's items follow them, with
+        # stream_index counting on and metrics.attempt telling the attempts apart.
         r.worker_id, r.started, r.output = None, None, None
         (self._queue.appendleft if front else self._queue.append)(r.id)
         self._journal(r)
@@ -251,7 +264,16 @@ class Broker:
 
     # --- client side ---------------------------------------------------------------------------------------
 
-    def submit(self, req: RunRequest, *, sync: bool = False, idempotency: tuple[str, str] | None = None) -> JobRecord:
+    def submit(
+        self,
+        req: RunRequest,
+        *,
+        sync: bool = False,
+        idempotency: tuple[str, str] | None = None,
+        queue: bool = True,
+    ) -> JobRecord:
+        """A new job. ``queue=False``: it is recorded (and journaled) but not queued until ``enqueue``; see
+        ``submit_durable``. An input that cannot be encoded is refused (400) before the job exists."""
         now = self.clock()
         job_id = f"sync-{new_job_id()}" if sync else new_job_id()
         p = req.policy
@@ -262,14 +284,17 @@ class Broker:
         )  # fmt: skip
         if idempotency is not None or req.webhook_events is not None:
             self._submit_extras(r, req, idempotency)
+        if self.store is not None and not sync:
+            try:
+                self.store.insert(r)
+            except OutputNotSerializable as e:
+                raise BadRequest(f"input cannot be stored: {e}") from None
         self.jobs[job_id] = r
         self.counts[S.IN_QUEUE] += 1
-        (self._low if p.low_priority else self._queue).append(job_id)
         if (due := r.ttl_due) is not None:
             self._at(due, "ttl", r)
-        if self.store is not None and not sync:
-            self.store.insert(r)
-        self.dispatch()
+        if queue:
+            self.enqueue(r)
         return r
 
     @staticmethod
@@ -281,6 +306,35 @@ class Broker:
     def _event(self, kind: str, r: JobRecord) -> None:
         for hook in self.on_event:
             hook(kind, r)
+
+    def enqueue(self, r: JobRecord) -> None:
+        """Queue a job submitted with ``queue=False`` (unless it has ended meanwhile, e.g. cancelled)."""
+        if r.status is S.IN_QUEUE and r.id in self.jobs:
+            (self._low if r.low_priority else self._queue).append(r.id)
+            self.dispatch()
+
+    async def submit_durable(self, req: RunRequest) -> JobRecord:
+        """A /run job: journaled first, queued after. A job the store cannot take (StoreError, answered 503) is
+        forgotten, so a client told it failed never finds it running."""
+        r = self.submit(req, queue=False)
+        await self.journal_then_queue(r)
+        return r
+
+    async def journal_then_queue(self, r: JobRecord) -> None:
+        """Queue a job submitted with ``queue=False`` once it is journaled; on StoreError forget it and raise."""
+        if self.store is None:
+            self.enqueue(r)
+            return
+        try:
+            await self.store.flush()
+        except StoreError:
+            if self.jobs.get(r.id) is r:
+                del self.jobs[r.id]
+                self.counts[r.status] -= 1
+                self.store.delete([r.id])
+                r.notify(final=True)
+            raise
+        self.enqueue(r)
 
     async def durable(self) -> None:
         """Wait until every change so far is journaled."""
@@ -419,8 +473,14 @@ class Broker:
     def _lease(self, r: JobRecord, w: WorkerSeen) -> None:
         self._set(r, S.IN_PROGRESS)
         r.started, r.worker_id = self.clock(), w.id
+        r.attempt += 1
+        # A re-run (after a lost lease or a restart) is journaled before its handler runs: a job that kills its
+        # worker is then counted each time, and fails at max_attempts instead of crash-looping the endpoint.
+        r.rerun = (r.attempt > 1 or r.recovered) and self.store is not None and not r.sync
+        r.recovered = False
         w.jobs.add(r.id)
-        self._journal(r)
+        if self.store is not None and not r.sync:
+            self.store.update(r, now=r.rerun)
         if r.execution_timeout is not None:
             self._at(r.started + r.execution_timeout + self.cfg.execution_grace_ms, "exec", r)
         if r.webhook_events is not None:
@@ -442,13 +502,19 @@ class Broker:
         *,
         local: bool = False,
         gone: Callable[[], bool] | None = None,
+        busy: bool | None = None,
     ) -> list[JobRecord]:
         """Lease up to ``n`` queued jobs to the worker, holding an empty take open up to ``wait`` seconds.
 
         ``gone`` says whether the worker has hung up meanwhile (its connection closed): a held take of a worker
         that died leases nothing, and the job it was woken for goes to the next taker instead of sitting on a dead
-        worker until the lease lapses."""
+        worker until the lease lapses.
+
+        ``busy=False`` (``job_in_progress=0``) says the worker runs nothing: jobs still leased to its id were lost
+        with an earlier process of the same id (a restarted container keeps its pod id) and queue again."""
         w = self.seen(worker_id, local=local, initializing=False)
+        if busy is False and w.jobs and not w.local:
+            self._lost(w, list(w.jobs))
         taken: list[JobRecord] = []
         deadline = asyncio.get_running_loop().time() + wait
         while True:
@@ -474,6 +540,14 @@ class Broker:
             finally:
                 f.cancel()
 
+    def _lost(self, w: WorkerSeen, job_ids: Sequence[str]) -> None:
+        """These jobs' leases are lost with a process of the worker ``w``: they queue again (counted)."""
+        for job_id in job_ids:
+            r = self.jobs.get(job_id)
+            w.jobs.discard(job_id)
+            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == w.id:
+                self._requeue(r)
+
     def stream(self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]) -> int:
         """Append stream items in order; outputs and metrics (JSON objects, or None) come serialized. Returns the
         job's item count."""
@@ -484,7 +558,7 @@ class Broker:
         for out, m in zip(outputs, metrics, strict=True):
             idx = len(stream)
             # Splice our two fields into the serialized metrics rather than decode and re-encode them.
-            tail = b'"stream_index":%d,"scenario":"stream"}}' % idx
+            tail = b'"stream_index":%d,"scenario":"stream","attempt":%d}}' % (idx, r.attempt)
             if m is None or m == b"{}":
                 item = b'{"output":' + out + b',"metrics":{' + tail
             else:
@@ -535,7 +609,21 @@ class Broker:
         return n
 
     def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
+        """A worker's heartbeat with the jobs it runs. A job leased to it before its previous ping and missing from
+        this one was lost (its process restarted under the same id): it queues again. One whole ping interval of
+        grace, because the runpod worker pings from a separate process whose job list lags fresh takes."""
         w = self.seen(worker_id, initializing=initializing)
+        if not w.local:
+            previous, w.pinged = w.pinged, w.last_seen
+            if previous is not None and w.jobs:
+                named = set(job_ids)
+                lost = [
+                    j
+                    for j in w.jobs
+                    if j not in named and (r := self.jobs.get(j)) is not None and (r.started or 0) < previous
+                ]
+                if lost:
+                    self._lost(w, lost)
         # A worker still running a job it no longer holds (cancelled, timed out, or leased to another) is told
         # to stop it again: the runpod worker drops a stop that reaches it before the job's task exists.
         for job_id in job_ids:

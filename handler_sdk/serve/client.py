@@ -62,11 +62,15 @@ class ClientRoutes:
     async def run(self, request: web.Request) -> web.Response:
         key = parse_key(request.headers.get(KEY_HEADER))
         req = _run_request(await read_json(request, self.lim.run_body))
-        r, replayed = self.keys.submit(req, key)
+        r, replayed = self.keys.submit(req, key, queue=False)
+        if replayed:
+            await self.broker.durable()  # journaled before we answer (the first may not be yet)
+        else:
+            # Journaled before it is queued and before we answer; a store error (503) leaves no job behind.
+            await self.broker.journal_then_queue(r)
         # The reply is the job as submitted: the in-process worker may already have started it. A replay says
         # where the job is now.
         reply = {"id": r.id, "status": (r.status if replayed else JobStatus.IN_QUEUE).value}
-        await self.broker.durable()  # journaled before we answer (a replay too: the first may not be yet)
         return json_reply(reply, headers=_REPLAYED if replayed else None)
 
     async def runsync(self, request: web.Request) -> web.Response:

@@ -93,10 +93,13 @@ class IdempotencyKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def submit(self, req: RunRequest, key: str | None, *, sync: bool = False) -> tuple[JobRecord, bool]:
-        """The job for this request: the one its key already names (True), or a new one (False)."""
+    def submit(
+        self, req: RunRequest, key: str | None, *, sync: bool = False, queue: bool = True
+    ) -> tuple[JobRecord, bool]:
+        """The job for this request: the one its key already names (True), or a new one (False). ``queue`` as in
+        Broker.submit (a /run job is queued only once journaled)."""
         if key is None:
-            return self.broker.submit(req, sync=sync), False
+            return self.broker.submit(req, sync=sync, queue=queue), False
         fp = fingerprint(req, "runsync" if sync else "run")
         r = self._find(key)
         if r is not None:
@@ -106,7 +109,7 @@ class IdempotencyKeys:
                     "(same body, same route) for as long as its job is retained"
                 )
             return r, True
-        r = self.broker.submit(req, sync=sync, idempotency=(key, fp))
+        r = self.broker.submit(req, sync=sync, idempotency=(key, fp), queue=queue)
         self._keys[key] = (r.id, fp)
         if len(self._keys) > self._sweep_at:
             self._sweep()

@@ -112,6 +112,11 @@ async def _relay_sse(request: web.Request, r: JobRecord) -> web.StreamResponse |
                 await resp.write(out.encode() if isinstance(out, str) else b"data: " + codec.dumps(out) + b"\n\n")
             sent += len(items)
         if r.status.terminal and sent >= len(r.stream):
+            if resp is not None and r.status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
+                # Part of the answer is out: the failure (e.g. its worker was lost) ends the stream as an event.
+                kind = "timeout" if r.status is JobStatus.TIMED_OUT else "internal_error"
+                err = {"error": {"message": r.error or "the handler failed", "type": kind, "code": 500}}
+                await resp.write(b"data: " + codec.dumps(err) + b"\n\n")
             return resp
         await r.watch().wait()
 

@@ -26,6 +26,13 @@ class JobRecord:
     error: str | None = None
     error_details: dict[str, Any] | None = None
     retries: int = 0
+    # The number of the job's latest lease (1 for its first run): stream items carry it as metrics.attempt.
+    attempt: int = 0
+    # Loaded from the journal at start-up: it may have run before the restart (a young lease is not journaled),
+    # so its next lease is journaled before its handler runs.
+    recovered: bool = False
+    # Set by each lease: this lease is a re-run and must be on disk before the handler starts.
+    rerun: bool = False
     worker_id: str | None = None
     webhook: str | None = None
     execution_timeout: int | None = None
@@ -40,7 +47,8 @@ class JobRecord:
     webhook_items: int = 0
     # (Idempotency-Key, request fingerprint) when submitted with one: journaled with the job, so it lives as long.
     idempotency: tuple[str, str] | None = None
-    # Each stream item fully serialized: {"output":...,"metrics":{...,"stream_index":i,"scenario":"stream"}}.
+    # Each stream item fully serialized:
+    # {"output":...,"metrics":{...,"stream_index":i,"scenario":"stream","attempt":n}}.
     # A list from the first item on: most jobs never stream, and an empty list per record is one more object
     # for the garbage collector to scan while the record is retained.
     stream: list[bytes] | tuple[()] = ()
@@ -125,6 +133,7 @@ class JobRecord:
             "error": self.error,
             "error_details": self.error_details,
             "retries": self.retries,
+            "attempt": self.attempt,
             "worker_id": self.worker_id,
             "webhook": self.webhook,
             "execution_timeout": self.execution_timeout,
@@ -146,7 +155,8 @@ class JobRecord:
             "execution_timeout", "ttl", "low_priority", "retention", "cursor",
         ):  # fmt: skip
             setattr(r, k, state[k])
-        r.requeued = state.get("requeued")  # journals written before it existed lack it
+        r.requeued = state.get("requeued")  # journals written before these existed lack them
+        r.attempt = state.get("attempt", 0)
         if (events := state.get("webhook_events")) is not None:
             r.webhook_events = frozenset(events)
         if (key := state.get("idempotency")) is not None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .. import codec
-from ..errors import ConfigError, HTTPError, Unauthorized
+from ..errors import ConfigError, HTTPError, StoreError, Unauthorized
 from .limits import RateLimiter
 
 __all__ = ["WORKER_ROUTES", "Handler", "Routes"]
@@ -31,6 +31,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WORKER_ROUTES = frozenset(
     {"job-take", "job-take-batch", "job-stop", "job-done", "job-done-batch", "job-stream", "ping", "job-handback"}
 )
+# A request the job store could not take (a full or unwritable disk) is answered 503, to be retried this much later.
+STORE_RETRY_AFTER_S = 5
 # Client operations that share a rate-limit budget (SEED.md groups /status, /status-sync and /stream).
 _GROUP = {"status-sync": "status", "stream": "status"}
 _ENDPOINT_ID = re.compile(r"[A-Za-z0-9._~-]+")
@@ -97,7 +99,19 @@ class Routes:
                         limiter.release(group)  # type: ignore[union-attr]
             except HTTPError as e:
                 headers = {"Retry-After": str(int(e.retry_after))} if e.retry_after is not None else None
-                return _error(e.status, e.message, request, headers)
+                resp = _error(e.status, e.message, request, headers)
+                if e.status == 408 and request.transport is not None:
+                    # Sent, then the connection closed: aiohttp would otherwise linger (10 s) for the rest of a
+                    # body that is stalled.
+                    resp.force_close()
+                    await resp.prepare(request)
+                    await resp.write_eof()
+                    request.transport.close()
+                return resp
+            except StoreError as e:
+                log.warning("%s %s: %s", request.method, request.path, e)
+                headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+                return _error(503, f"service unavailable: {e}", request, headers)
             except web.HTTPException as e:  # raised inside aiohttp, e.g. reading a body
                 if e.status < 400:
                     raise

@@ -14,8 +14,10 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from ..errors import SetupError
 from ..handler import Handler
@@ -29,6 +31,7 @@ from .limits import RateLimiter
 from .openai import add_openai_routes
 from .routes import Routes
 from .store import JobStore
+from .web import BODY_TIMEOUT
 from .webhooks import Webhooks
 from .workers import add_worker_routes
 
@@ -56,13 +59,55 @@ class ServeConfig:
     webhook_backoff_s: float = 1.0
     # whsec_-prefixed base64: signs every webhook (Standard Webhooks); None sends them unsigned.
     webhook_secret: str | None = None
+    # Slow or stalled clients (slowloris): a connection must send its first request's headers within
+    # header_timeout_s and each body within body_timeout_s; a kept-alive connection idle for idle_timeout_s closes.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 75.0
+
+
+class _HeaderDeadline:
+    """The protocol factory aiohttp serves connections with, plus a deadline for each connection's first request
+    headers (aiohttp has none: a client that sends half a request line would hold its connection for good)."""
+
+    def __init__(self, factory: Any, timeout_s: float) -> None:
+        self.factory = factory
+        self.timeout_s = timeout_s
+
+    def __call__(self) -> RequestHandler:
+        handler: RequestHandler = self.factory()
+        asyncio.get_running_loop().call_later(self.timeout_s, _close_if_no_request, handler)
+        return handler
+
+
+def _close_if_no_request(handler: RequestHandler) -> None:
+    # _request_count counts requests whose headers were parsed on this connection (0: none completed yet).
+    if getattr(handler, "_request_count", 1) == 0 and handler.transport is not None:
+        handler.force_close()
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose sites serve connections through ``_HeaderDeadline``."""
+
+    __slots__ = ("header_timeout_s",)
+
+    def __init__(self, app: web.Application, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.header_timeout_s = header_timeout_s
+
+    @property
+    def server(self) -> Any:
+        inner = super().server
+        return None if inner is None else _HeaderDeadline(inner, self.header_timeout_s)
 
 
 class Server:
     def __init__(self, cfg: ServeConfig, h: Handler | None = None) -> None:
         self.cfg = cfg
         self.h = h
-        store = JobStore(cfg.data_dir / "jobs.sqlite3") if cfg.data_dir is not None else None
+        store = (
+            JobStore(cfg.data_dir / "jobs.sqlite3", endpoint_id=cfg.endpoint_id) if cfg.data_dir is not None else None
+        )
         self.broker = Broker(store, cfg.broker)
         self.webhooks = Webhooks(
             attempts=cfg.webhook_attempts, backoff_s=cfg.webhook_backoff_s, secret=cfg.webhook_secret
@@ -82,6 +127,7 @@ class Server:
     def build_app(self) -> web.Application:
         limiter = RateLimiter() if self.cfg.rate_limits else None
         app = web.Application(client_max_size=self.cfg.result_cap + (2 << 20))
+        app[BODY_TIMEOUT] = self.cfg.body_timeout_s
         routes = Routes(app, self.cfg.endpoint_id, self.cfg.api_key, limiter)
         add_client_routes(routes, self.broker, self.cfg.client)
         add_worker_routes(routes, self.broker, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
@@ -95,7 +141,10 @@ class Server:
 
     async def start(self) -> None:
         await self.broker.open()
-        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
+        self._runner = _Runner(
+            self.build_app(), self.cfg.header_timeout_s, access_log=None, handle_signals=False,
+            keepalive_timeout=self.cfg.idle_timeout_s,
+        )  # fmt: skip
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
         await site.start()

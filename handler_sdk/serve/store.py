@@ -10,6 +10,13 @@ the one row write for both. No reply ever waits for a lease, so a crash loses no
 
 ``synchronous=NORMAL`` with WAL survives a killed process (the guarantee a restart needs); a power cut can lose
 the last commits. Runsync jobs are never journaled: their client holds the connection.
+
+No single record and no failed commit stops the writer. A job input that cannot be encoded is refused when it is
+inserted (its request fails); a commit that fails (a full disk, an unwritable file) fails the flushes waiting on
+it with StoreError, and its changes are queued again and retried, with backoff, until the disk takes them.
+
+Records are scoped by endpoint id: serve started with another ``--endpoint-id`` on the same data dir sees none of
+the first endpoint's jobs (rows journaled before the scope existed belong to the first endpoint that opens them).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -40,12 +48,15 @@ CREATE TABLE IF NOT EXISTS stream (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+# A commit that failed is retried after this long, doubling up to the cap, while nobody waits on it.
+_RETRY_BASE_S = 0.2
+_RETRY_MAX_S = 5.0
 
 Loaded = tuple[list[JobRecord], dict[str, Any]]
 
 # One commit's worth of work, built on the event loop so it sees one consistent moment.
 _Batch = tuple[
-    list[tuple[str, bytes, bytes, bytes | None]],  # inserts
+    list[tuple[str, bytes, bytes, bytes | None, str]],  # inserts
     list[tuple[bytes, bytes | None, str]],  # updates
     list[tuple[str, int, bytes]],  # stream items
     list[str],  # deletes
@@ -55,12 +66,14 @@ _Batch = tuple[
 
 
 class JobStore:
-    def __init__(self, path: str | Path, *, linger_s: float = 0.1) -> None:
+    def __init__(self, path: str | Path, *, linger_s: float = 0.1, endpoint_id: str = "local") -> None:
         self.path = Path(path)
         self.linger_s = linger_s
+        self.endpoint_id = endpoint_id
         self._exec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._conn: sqlite3.Connection | None = None
-        self._new: dict[str, JobRecord] = {}
+        # Inserted jobs with their input already encoded: an input that cannot be written fails its insert.
+        self._new: dict[str, tuple[JobRecord, bytes]] = {}
         self._dirty: dict[str, JobRecord] = {}
         # When each dirty job was first queued (time.monotonic()): a young lease waits for its result.
         self._since: dict[str, float] = {}
@@ -75,6 +88,8 @@ class JobStore:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0
+        self.failures = 0
+        self._retry_s = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -83,7 +98,11 @@ class JobStore:
         loop = asyncio.get_running_loop()
         try:
             loaded = await loop.run_in_executor(self._exec, self._open_sync)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+            self._exec.shutdown(wait=False)
             raise StoreError(f"cannot open job store {self.path}: {e}") from e
         self._task = asyncio.create_task(self._writer(), name="journal-writer")
         return loaded
@@ -93,20 +112,33 @@ class JobStore:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
         self._conn = conn
+        conn.executescript(_SCHEMA)
+        if "endpoint" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:
+            conn.execute("ALTER TABLE jobs ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''")
+        ep = self.endpoint_id
+        conn.execute("UPDATE jobs SET endpoint = ? WHERE endpoint = ''", (ep,))  # rows from before the scope
         streams: dict[str, list[bytes]] = {}
-        for job_id, item in conn.execute("SELECT job_id, item FROM stream ORDER BY job_id, idx"):
+        query = "SELECT s.job_id, s.item FROM stream s JOIN jobs j ON j.id = s.job_id WHERE j.endpoint = ?"
+        for job_id, item in conn.execute(query + " ORDER BY s.job_id, s.idx", (ep,)):
             streams.setdefault(job_id, []).append(bytes(item))
         records = []
-        for job_id, inp, state, output in conn.execute("SELECT id, input, state, output FROM jobs"):
+        for job_id, inp, state, output in conn.execute(
+            "SELECT id, input, state, output FROM jobs WHERE endpoint = ?", (ep,)
+        ):
             r = JobRecord.restore(
                 job_id, codec.loads(inp), codec.loads(state), None if output is None else bytes(output)
             )
             r.stream = streams.get(job_id, [])
             records.append(r)
-        meta = {k: codec.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-        return records, meta
+        meta: dict[str, Any] = {}
+        legacy: dict[str, Any] = {}
+        for k, v in conn.execute("SELECT key, value FROM meta"):
+            if k.startswith(ep + ":"):
+                meta[k[len(ep) + 1 :]] = codec.loads(v)
+            elif ":" not in k:
+                legacy[k] = codec.loads(v)
+        return records, {**legacy, **meta}
 
     async def close(self) -> None:
         self._closing = True
@@ -122,14 +154,17 @@ class JobStore:
     # --- queueing changes (all called on the loop) ---------------------------------------------------------
 
     def insert(self, r: JobRecord) -> None:
-        self._new[r.id] = r
+        """Queue a new job; raises OutputNotSerializable (nothing queued) when its input cannot be written."""
+        self._new[r.id] = (r, codec.dumps(r.input))
         self._deleted.discard(r.id)
         self._wake.set()
 
-    def update(self, r: JobRecord) -> None:
+    def update(self, r: JobRecord, *, now: bool = False) -> None:
+        """Queue a job's new state. ``now``: write it at the next commit even if it is a young lease (a re-run's
+        lease, which must be on disk before its handler runs)."""
         if r.id not in self._new:
-            if r.id not in self._dirty:
-                self._since[r.id] = time.monotonic()
+            if r.id not in self._dirty or now:
+                self._since[r.id] = 0.0 if now else time.monotonic()
             self._dirty[r.id] = r
         self._wake.set()
 
@@ -152,7 +187,7 @@ class JobStore:
         self._wake.set()
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._meta[key] = value
+        self._meta[f"{self.endpoint_id}:{key}"] = value
         self._wake.set()
 
     def flush(self) -> asyncio.Future[None]:
@@ -183,20 +218,36 @@ class JobStore:
                 del dirty[job_id]
         return dirty
 
-    def _take_batch(self) -> _Batch | None:
+    def _take_batch(self) -> tuple[_Batch, _Taken] | None:
         dirty = self._due()
         if not (self._new or dirty or self._stream or self._deleted or self._meta or self._reset):
             return None
-        inserts = [(r.id, codec.dumps(r.input), codec.dumps(r.state()), r.output) for r in self._new.values()]
-        updates = [(codec.dumps(r.state()), r.output, r.id) for r in dirty.values()]
+        ep = self.endpoint_id
+        inserts = [(r.id, inp, _state(r), r.output, ep) for r, inp in self._new.values()]
+        updates = [(_state(r), r.output, r.id) for r in dirty.values()]
         deleted = self._deleted
         stream = [s for s in self._stream if s[0] not in deleted]
         meta = [(k, codec.dumps(v)) for k, v in self._meta.items()]
+        taken = _Taken(self._new, dirty, self._stream, self._deleted, self._reset, self._meta)
         self._new, self._stream, self._meta = {}, [], {}
         resets = [i for i in self._reset if i not in self._deleted]
         deletes = list(self._deleted)
         self._reset, self._deleted = set(), set()
-        return inserts, updates, stream, deletes, resets, meta
+        return (inserts, updates, stream, deletes, resets, meta), taken
+
+    def _put_back(self, taken: _Taken) -> None:
+        """A failed commit's changes queued again, under whatever was queued since (which is newer)."""
+        for job_id, (r, inp) in taken.new.items():
+            if job_id not in taken.deleted and job_id not in self._deleted:
+                self._new.setdefault(job_id, (r, inp))
+        for job_id, r in taken.dirty.items():
+            if job_id not in self._deleted and job_id not in self._new:
+                self._dirty.setdefault(job_id, r)
+                self._since.setdefault(job_id, 0.0)
+        self._stream = [s for s in taken.stream if s[0] not in self._reset and s[0] not in self._deleted] + self._stream
+        self._deleted |= taken.deleted
+        self._reset |= {i for i in taken.reset if i not in taken.deleted}
+        self._meta = {**taken.meta, **self._meta}
 
     def _commit(self, batch: _Batch) -> None:
         inserts, updates, stream, deletes, resets, meta = batch
@@ -205,7 +256,9 @@ class JobStore:
         conn.execute("BEGIN")
         try:
             if inserts:
-                conn.executemany("INSERT OR REPLACE INTO jobs (id, input, state, output) VALUES (?,?,?,?)", inserts)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO jobs (id, input, state, output, endpoint) VALUES (?,?,?,?,?)", inserts
+                )
             if updates:
                 conn.executemany("UPDATE jobs SET state = ?, output = ? WHERE id = ?", updates)
             if resets:
@@ -217,10 +270,13 @@ class JobStore:
                 conn.executemany("DELETE FROM stream WHERE job_id = ?", [(i,) for i in deletes])
             if meta:
                 conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", meta)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): a failed ROLLBACK must not hide why.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     async def _linger(self) -> None:
         """Wait (up to ``linger_s``) until someone needs a commit, so unawaited changes ride along with it."""
@@ -231,26 +287,76 @@ class JobStore:
                 await self._urgent.wait()
 
     async def _writer(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             await self._linger()
             self._wake.clear()
             self._urgent.clear()
             waiter, self._waiter = self._waiter, None
-            batch = self._take_batch()
-            err: BaseException | None = None
-            if batch is not None:
-                try:
-                    await loop.run_in_executor(self._exec, self._commit, batch)
-                    self.commits += 1
-                except Exception as e:  # reported to whoever awaits durability; the loop keeps journaling
-                    log.exception("job store commit failed")
-                    err = StoreError(f"job store commit failed: {e}")
+            try:
+                err = await self._write_once()
+            except Exception as e:  # a bug here must fail its flush, never end the writer
+                log.exception("job store writer error")
+                err = StoreError(f"job store error: {type(e).__name__}: {e}")
             if waiter is not None and not waiter.done():
                 if err is None:
                     waiter.set_result(None)
                 else:
                     waiter.set_exception(err)
-            if self._closing and not self._wake.is_set():
-                return
+                    waiter.exception()  # retrieved: nobody may be left awaiting it
+            if self._closing and (err is not None or not self._wake.is_set()):
+                return  # a store that fails at close keeps what it could not write in the log, not in a hang
+            if err is not None:
+                await self._back_off()
+
+    async def _write_once(self) -> StoreError | None:
+        taken = self._take_batch()
+        if taken is None:
+            return None
+        batch, changes = taken
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._exec, self._commit, batch)
+        except Exception as e:  # reported to whoever awaits durability; the changes are retried
+            self.failures += 1
+            self._put_back(changes)
+            self._wake.set()
+            log.error("job store commit failed (%s); retrying in %.1fs", e, self._next_retry_s())
+            return StoreError(f"the job store cannot write ({e}); retry shortly")
+        self.commits += 1
+        self._retry_s = 0.0
+        return None
+
+    def _next_retry_s(self) -> float:
+        return min(_RETRY_MAX_S, max(_RETRY_BASE_S, self._retry_s * 2))
+
+    async def _back_off(self) -> None:
+        """After a failed commit, wait before retrying it: a full disk is not fixed by hammering it. A flush
+        (a request that wants durability) cuts the wait short, and gets its own answer."""
+        self._retry_s = self._next_retry_s()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._retry_s):
+                await self._urgent.wait()
+
+
+@dataclasses.dataclass(slots=True)
+class _Taken:
+    """What a batch took from the queues, to put back if its commit fails."""
+
+    new: dict[str, tuple[JobRecord, bytes]]
+    dirty: dict[str, JobRecord]
+    stream: list[tuple[str, int, bytes]]
+    deleted: set[str]
+    reset: set[str]
+    meta: dict[str, Any]
+
+
+def _state(r: JobRecord) -> bytes:
+    """A job's state encoded. One that cannot be (error details from a worker nested too deep) is written with
+    its details as text, so that no record can stop the writer."""
+    try:
+        return codec.dumps(r.state())
+    except Exception as e:
+        log.error("job %s: state not encodable (%s); error details kept as text", r.id, e)
+        state = r.state()
+        state["error_details"] = None if r.error_details is None else {"error_message": str(r.error_details)[:4096]}
+        return codec.dumps(state)

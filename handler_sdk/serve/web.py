@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from .. import codec
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, PayloadTooLarge, RequestTimeout
 
-__all__ = ["json_reply", "query_int", "raw_json_reply", "read_body", "read_json"]
+__all__ = ["BODY_TIMEOUT", "json_reply", "query_int", "raw_json_reply", "read_body", "read_json"]
+
+BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
+"""Seconds a request body may take to arrive, set on the app (``--body-timeout``); 30 when unset."""
 
 
 def json_reply(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -21,7 +25,18 @@ def raw_json_reply(body: bytes, status: int = 200) -> web.Response:
 
 
 async def read_body(request: web.Request, cap: int) -> bytes:
-    """The whole body, or 413 once it passes ``cap`` bytes (checked before reading when the length is declared)."""
+    """The whole body, or 413 once it passes ``cap`` bytes (checked before reading when the length is declared),
+    or 408 when it has not all arrived within the body timeout: a stalled upload must not hold its route's
+    concurrency slot (and a connection) for ever."""
+    timeout = request.config_dict.get(BODY_TIMEOUT, 30.0)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, cap)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout:g} s") from None
+
+
+async def _read_body(request: web.Request, cap: int) -> bytes:
     declared = request.content_length
     if declared is not None:
         if declared > cap:

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .. import codec
-from ..errors import BadRequest, HTTPError
+from ..errors import BadRequest, HTTPError, NestedTooDeep, StoreError
 from ..models import MAX_STREAM_BYTES, DoneBatchBody, DoneBody, JobStatus, StreamBody
 from .broker import Broker
 from .record import JobRecord
@@ -26,6 +26,8 @@ _HEADERS = {"X-Handler-SDK": EXTENSIONS}
 _OK = codec.dumps({"ok": True})
 # Results of one job-done-batch applied between two turns of the event loop (about 0.3 ms of work).
 _YIELD_EVERY = 64
+# Error details parsed from a worker's JSON string are stored, sent in replies and webhooks: they must encode again.
+_ERROR_DEPTH = 64
 _CLASS_RE = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>$")
 _GEN_RE = re.compile(r"^handler: (?P<msg>.*?)\s*\ntraceback: (?P<tb>.*)$", re.S)
 
@@ -55,6 +57,8 @@ def normalize_error(value: Any) -> tuple[str, dict[str, Any]]:
             parsed = codec.loads(value)
         except ValueError:
             parsed = None
+        if parsed is not None and codec.depth_over(parsed, _ERROR_DEPTH) is not None:
+            parsed = None  # read without the request's depth limit: kept as the text it came as
         if isinstance(parsed, dict):
             value = parsed
         elif m := _GEN_RE.match(value):
@@ -142,8 +146,21 @@ class WorkerRoutes:
         self.result_cap = result_cap
         self.max_batch = max_batch
 
+    async def _take(self, request: web.Request, n: int) -> list[JobRecord]:
+        wid = request.match_info["worker_id"]
+        busy = {"0": False, "1": True}.get(request.query.get("job_in_progress", ""))
+        jobs = await self.broker.take(wid, n, self.hold_s, gone=_hung_up(request), busy=busy)
+        if any(r.rerun for r in jobs):
+            # A re-run's lease is on disk before its worker may start it (see Broker._lease).
+            try:
+                await self.broker.durable()
+            except StoreError:
+                self.broker.hand_back(wid, [r.id for r in jobs])
+                raise
+        return jobs
+
     async def take(self, request: web.Request) -> web.Response:
-        jobs = await self.broker.take(request.match_info["worker_id"], 1, self.hold_s, gone=_hung_up(request))
+        jobs = await self._take(request, 1)
         if not jobs:
             return _reply(b"", 204)
         return _reply(codec.dumps(_job_payload(jobs[0])))
@@ -151,7 +168,7 @@ class WorkerRoutes:
     async def take_batch(self, request: web.Request) -> web.Response:
         n = query_int(request, "batch_size", 1, 1, self.max_batch)
         assert n is not None
-        jobs = await self.broker.take(request.match_info["worker_id"], n, self.hold_s, gone=_hung_up(request))
+        jobs = await self._take(request, n)
         if not jobs:
             return _reply(b"", 204)
         return _reply(codec.dumps([_job_payload(r) for r in jobs]))
@@ -188,7 +205,12 @@ class WorkerRoutes:
 
     async def done(self, request: web.Request) -> web.Response:
         wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
-        raw = await read_json(request, self.result_cap + MAX_STREAM_BYTES, allow_empty=True)
+        try:
+            raw = await read_json(request, self.result_cap + MAX_STREAM_BYTES, allow_empty=True)
+        except NestedTooDeep as e:
+            # A result nested too deep to store (runpod's worker encodes with the standard library, which has no
+            # such limit): the job fails with the reason, rather than the worker retrying a 400 until it gives up.
+            raw = {"error": {"error_type": "OutputNotSerializable", "error_message": f"the job's result: {e}"}}
         r = self._apply_done(wid, jid, _done_body(raw), request.query.get("isStream") == "true")
         if r is not None and not r.sync:
             await self.broker.durable()  # the worker forgets the result once we answer

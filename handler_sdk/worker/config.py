@@ -19,7 +19,8 @@ HANDLER_SDK_DRAIN_TIMEOUT_S        -                                 SIGTERM dra
 HANDLER_SDK_SPOOL_DIR              -                                 undeliverable results (./.handler_sdk_spool)
 HANDLER_SDK_REPORT_RETRIES         -                                 result posts before spooling (default 5)
 HANDLER_SDK_BACKOFF_BASE_S         -                                 first retry delay (default 0.2)
-HANDLER_SDK_BACKOFF_MAX_S          -                                 longest retry delay (default 10)
+HANDLER_SDK_BACKOFF_MAX_S          -                                 longest result retry delay (default 10)
+HANDLER_SDK_TAKE_BACKOFF_MAX_S     -                                 longest job-take retry delay (default 2)
 HANDLER_SDK_SPOOL_RETRY_S          -                                 how often spooled results are re-sent (2)
 HANDLER_SDK_REQUEST_TIMEOUT_S      -                                 one request's limit, holds included (30)
 HANDLER_SDK_LOG_FORMAT             -                                 ``json`` or ``plain`` (default: json unless a tty)
@@ -165,6 +166,7 @@ def worker_config_from_env(env: Mapping[str, str] = os.environ) -> WorkerConfig:
         report_retries=_count(env, "HANDLER_SDK_REPORT_RETRIES", 5),
         backoff_base_s=_num(env, "HANDLER_SDK_BACKOFF_BASE_S", 0.2),
         backoff_max_s=_num(env, "HANDLER_SDK_BACKOFF_MAX_S", 10.0),
+        take_backoff_max_s=_num(env, "HANDLER_SDK_TAKE_BACKOFF_MAX_S", 2.0),
         spool_retry_s=_num(env, "HANDLER_SDK_SPOOL_RETRY_S", 2.0),
         spool_dir=Path(spool),
     )

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
 
 from ..chunker import EncodedItem
-from ..errors import Conflict, NotFound, StaleResult
+from ..errors import Conflict, NotFound, StaleResult, StoreError
 from ..runner import Outcome
 from ..serve.broker import Broker
 from ..serve.record import JobRecord
 from .transport import Assignment
 
 __all__ = ["InProcessTransport"]
+
+log = logging.getLogger(__name__)
+# While the store cannot write, a re-run waits this long between tries to journal its attempt.
+_JOURNAL_RETRY_S = 1.0
 
 
 class InProcessTransport:
@@ -48,7 +54,21 @@ class InProcessTransport:
 
     def start(self, records: list[JobRecord]) -> None:
         assert self._start is not None
-        self._start([_assignment(r) for r in records])
+        assignments = [_assignment(r) for r in records]
+        for r, a in zip(records, assignments, strict=True):
+            if r.rerun:
+                a.ready = self._journaled
+        self._start(assignments)
+
+    async def _journaled(self) -> None:
+        """Wait until the store holds this re-run's attempt (see Broker._lease), through a full disk if need be."""
+        while True:
+            try:
+                await self.broker.durable()
+                return
+            except StoreError as e:
+                log.warning("a re-run waits for the job store: %s", e)
+                await asyncio.sleep(_JOURNAL_RETRY_S)
 
     async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
         try:
@@ -75,7 +95,12 @@ class InProcessTransport:
             # start is never before this job's recorded end.
             self.broker.dispatch()
         if not r.sync:
-            await self.broker.durable()
+            try:
+                await self.broker.durable()
+            except StoreError as e:
+                # The result is recorded here and stays queued for the journal, which retries until the disk
+                # takes it: the worker goes on (it has nothing it could do better with the result).
+                log.warning("result of job %s recorded, not yet journaled: %s", job_id, e)
 
     async def ping(self, job_ids: Sequence[str], initializing: bool) -> None:
         self.broker.ping(self.worker_id, job_ids, initializing=initializing)

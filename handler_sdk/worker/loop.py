@@ -51,6 +51,8 @@ class WorkerConfig:
     report_retries: int = 5
     backoff_base_s: float = 0.2
     backoff_max_s: float = 10.0
+    # Takes back off to this at most: a worker must notice soon that an outage has ended (results may wait longer).
+    take_backoff_max_s: float = 2.0
     spool_dir: Path | None = None
     spool_retry_s: float = 2.0
     result_cap: int = DEFAULT_RESULT_CAP
@@ -91,6 +93,8 @@ class Worker:
         self.setup_state: Any = None
         self.spool = Spool(self.cfg.spool_dir) if self.cfg.spool_dir is not None else None
         self._spooled: set[str] = set()
+        # Jobs whose result is on its way: still leased to us, so still named in pings and takes.
+        self._reporting: set[str] = set()
         self._slot = asyncio.Event()
         self._stopping = asyncio.Event()
         self._progress: dict[str, Any] = {}
@@ -195,12 +199,13 @@ class Worker:
                 continue
             asked = asyncio.get_running_loop().time()
             try:
-                jobs = await self.t.take(free, busy=bool(self.running))
+                # busy: the endpoint reads "nothing in progress" as "this worker id lost its jobs" (a restart).
+                jobs = await self.t.take(free, busy=bool(self.running or self._reporting or self._spooled))
             except TransportError as e:
                 # Not "job take failed": JSON logs read the word after "job " as a job id.
                 log.warning("taking jobs failed (%s); retrying in %.2fs", e, delay)
                 await self._sleep_unless_stopping(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self.cfg.backoff_max_s)
+                delay = min(delay * 2, self.cfg.take_backoff_max_s)
                 continue
             if not jobs and not self.t.direct and asyncio.get_running_loop().time() - asked < self.cfg.backoff_base_s:
                 # Nothing, at once: a server that does not hold takes open. Re-asking at once would spin.
@@ -266,6 +271,8 @@ class Worker:
         rj.sender = sender
         reporting = False
         try:
+            if a.ready is not None:
+                await a.ready()
             if rj.ticket is not None and self._batcher is not None:
                 outcome = await self._batcher.result(rj.ticket)
             else:
@@ -299,11 +306,21 @@ class Worker:
                 # must not start (by the endpoint's clock) before this one has ended.
                 self._pusher.slot_freed()
         self._note(a.id, outcome)
-        if self.t.direct:
-            # The in-process endpoint records the result before done() first suspends: a cancel can't lose it.
-            await self._report(a.id, outcome)
-        else:
-            await self._report_or_keep(a.id, outcome)
+        await self._deliver(a.id, outcome)
+
+    async def _deliver(self, job_id: str, outcome: Outcome) -> None:
+        self._reporting.add(job_id)
+        try:
+            if self.t.direct:
+                # The in-process endpoint records the result before done() first suspends: a cancel can't lose it.
+                await self._report(job_id, outcome)
+            else:
+                await self._report_or_keep(job_id, outcome)
+        except Exception:
+            # One job's report must never take the worker (and every other job) down with it.
+            log.exception("reporting the result of job %s failed", job_id)
+        finally:
+            self._reporting.discard(job_id)
 
     def _note(self, job_id: str, outcome: Outcome) -> None:
         if outcome.error_details is not None:
@@ -357,12 +374,15 @@ class Worker:
                 log.warning("result of job %s not delivered (%s); retry in %.2fs", job_id, e, delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, self.cfg.backoff_max_s)
-        if self.spool is None:
-            # No disk to fall back on: keep trying rather than drop a result.
-            await asyncio.sleep(delay)
-            await self._report(job_id, outcome)
-            return
-        self._keep(job_id, outcome)
+        if self.spool is not None:
+            try:
+                self._keep(job_id, outcome)
+                return
+            except OSError as e:  # a full disk: the result stays in memory and is retried
+                log.error("result of job %s could not be spooled (%s); still retrying", job_id, e)
+        # No disk to fall back on: keep trying rather than drop a result.
+        await asyncio.sleep(delay)
+        await self._report(job_id, outcome)
 
     def _keep(self, job_id: str, outcome: Outcome) -> None:
         """Put an undelivered result in the spool, for ``_spool_loop`` (or the next start) to send."""
@@ -374,18 +394,25 @@ class Worker:
         assert self.spool is not None
         self._spooled.update(self.spool.ids())
         while True:
-            for job_id, outcome, path in self.spool.pending():
-                try:
-                    await self.t.done(job_id, outcome)
-                except StaleResult as e:
-                    log.warning("spooled result of job %s refused: %s", job_id, e)
-                except TransportError:
-                    break
-                else:
-                    log.info("spooled result of job %s delivered", job_id)
-                self.spool.remove(path)
-                self._spooled.discard(job_id)
+            try:
+                await self._send_spooled()
+            except Exception:  # an unreadable spool (or a full disk) is retried, never the worker's end
+                log.exception("re-sending spooled results failed")
             await asyncio.sleep(self.cfg.spool_retry_s)
+
+    async def _send_spooled(self) -> None:
+        assert self.spool is not None
+        for job_id, outcome, path in self.spool.pending():
+            try:
+                await self.t.done(job_id, outcome)
+            except StaleResult as e:
+                log.warning("spooled result of job %s refused: %s", job_id, e)
+            except TransportError:
+                return
+            else:
+                log.info("spooled result of job %s delivered", job_id)
+            self.spool.remove(path)
+            self._spooled.discard(job_id)
 
     # --- progress --------------------------------------------------------------------------------------------
 
@@ -416,7 +443,7 @@ class Worker:
             for job_id, update in pending.items():
                 try:
                     await self.t.progress(job_id, codec.dumps(update))
-                except (TransportError, ValueError) as e:
+                except Exception as e:  # not encodable (too deep, not JSON), or not delivered: this update only
                     log.warning("progress update of job %s dropped: %s", job_id, e)
             if not self.t.direct:
                 await asyncio.sleep(self.cfg.progress_interval_s)
@@ -424,13 +451,13 @@ class Worker:
     # --- heartbeat and stop ----------------------------------------------------------------------------------
 
     def job_ids(self) -> list[str]:
-        return [*self.running, *self._spooled]
+        return [*self.running, *self._reporting, *self._spooled]
 
     async def _ping_loop(self) -> None:
         while True:
             try:
                 await self.t.ping(self.job_ids(), initializing=self.state is WorkerState.INITIALIZING)
-            except TransportError as e:
+            except Exception as e:  # a failed heartbeat is retried at the next one; it never stops the worker
                 log.warning("ping failed: %s", e)
             await asyncio.sleep(self.cfg.ping_interval_s)
 
@@ -473,9 +500,12 @@ class Worker:
             if pending:
                 ids = [job_id for job_id, rj in self.running.items() if rj.task in pending]
                 log.warning("drain deadline reached; handing back %d unfinished job(s): %s", len(ids), ids)
+                # Still ours until handed back: a ping without them would say they were lost.
+                self._reporting.update(ids)
                 for job_id in ids:
                     self.cancel(job_id)
                 await asyncio.wait(pending)
                 if self.t.can_hand_back:
                     with contextlib.suppress(TransportError):
                         await self.t.hand_back(ids)
+                self._reporting.difference_update(ids)

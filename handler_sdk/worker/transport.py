@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,6 +20,8 @@ class Assignment:
     input: Any
     raw: dict[str, Any]
     timeout_s: float | None = None
+    # Awaited before the handler runs, when the endpoint must first journal this attempt (a re-run).
+    ready: Callable[[], Awaitable[None]] | None = None
 
 
 class Transport(Protocol):
