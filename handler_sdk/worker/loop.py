@@ -252,7 +252,7 @@ class Worker:
         job = Job(a.raw, input=a.input, state=self.setup_state, on_progress=functools.partial(self._on_progress, a.id))
         rj = _Running(a, job)
         self.running[a.id] = rj
-        if self._batcher is not None:
+        if self._batcher is not None and a.ready is None:
             rj.ticket = self._batcher.add(job, self._timeout_for(a))
         rj.task = tg.create_task(self._run_one(rj), name=f"job-{a.id}")
 
@@ -272,7 +272,9 @@ class Worker:
         reporting = False
         try:
             if a.ready is not None:
-                await a.ready()
+                await a.ready()  # a re-run: its attempt is journaled first, then it may join a batch
+                if self._batcher is not None:
+                    rj.ticket = self._batcher.add(rj.job, self._timeout_for(a))
             if rj.ticket is not None and self._batcher is not None:
                 outcome = await self._batcher.result(rj.ticket)
             else:
