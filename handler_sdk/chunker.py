@@ -144,7 +144,7 @@ def _oversized(value: Any, data: bytes, limit: int) -> list[bytes]:
     )
 
 
-_RESERVED = frozenset(("stream_index", "scenario"))
+_RESERVED = frozenset(("stream_index", "scenario", "attempt"))
 
 
 def _metrics(metrics: dict[str, Any]) -> bytes:
@@ -157,8 +157,8 @@ def _metrics(metrics: dict[str, Any]) -> bytes:
 
 
 def encode_item(output: bytes, metrics: dict[str, Any] | None) -> EncodedItem:
-    """Pair an output with its metrics. ``stream_index`` and ``scenario`` belong to the endpoint, which numbers
-    the items as they land, so a handler's own values for them are dropped."""
+    """Pair an output with its metrics. ``stream_index``, ``scenario`` and ``attempt`` belong to the endpoint,
+    which numbers the items as they land, so a handler's own values for them are dropped."""
     return EncodedItem(output, _metrics(metrics) if metrics else None)
 
 

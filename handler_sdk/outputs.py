@@ -15,7 +15,7 @@ __all__ = ["Chunk", "File", "Final"]
 class Chunk:
     """Yield this instead of a bare value to attach metrics to a stream item (e.g. token throughput).
 
-    The endpoint adds ``stream_index`` and ``scenario`` to the metrics."""
+    The endpoint adds ``stream_index``, ``scenario`` and ``attempt`` to the metrics."""
 
     output: Any
     metrics: dict[str, Any] | None = None

@@ -459,6 +459,21 @@ async def test_job_stream_batch_extension_keeps_each_item_and_its_metrics(pure: 
     assert "tok" not in chunks[2]["metrics"]
 
 
+async def test_a_remote_workers_own_values_for_the_endpoints_metrics_are_dropped_not_duplicated(pure: Any) -> None:
+    w = Raw(pure)
+    [job_id] = await leased(pure, w)
+    theirs = {"tok": 1, "stream_index": 99, "scenario": "mine", "attempt": 7}
+    assert (await w.stream(job_id, {"outputs": ["a", "b"], "metrics": [theirs, {"attempt": 3}]}))[0] == 200
+    for raw in pure.broker.jobs[job_id].stream:
+        for key in (b'"stream_index"', b'"scenario"', b'"attempt"'):
+            assert raw.count(key) == 1, raw  # one key each: JSON readers disagree on duplicates
+    _, body = await pure.get(f"stream/{job_id}")
+    assert [c["metrics"] for c in body["stream"]] == [
+        {"tok": 1, "stream_index": 0, "scenario": "stream", "attempt": 1},
+        {"stream_index": 1, "scenario": "stream", "attempt": 1},
+    ]
+
+
 async def test_job_stream_rejects_malformed_bodies(pure: Any) -> None:
     w = Raw(pure)
     [job_id] = await leased(pure, w)

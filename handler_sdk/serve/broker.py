@@ -8,16 +8,18 @@ worker routes, and the in-process worker, call into one broker.
 from __future__ import annotations
 
 import asyncio
+import copy
 import heapq
 import itertools
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import lifecycle
+from .. import codec, lifecycle
 from ..errors import BadRequest, Conflict, NotFound, OutputNotSerializable, StoreError
 from ..models import JobStatus, RunRequest
 from .record import JobRecord
@@ -57,6 +59,28 @@ class BrokerConfig:
     # Server-side backstop for executionTimeout, on top of the worker's own enforcement.
     execution_grace_ms: int = 5_000
     tick_s: float = 0.05
+
+
+# A cheap pre-check on serialized metrics: only those that may hold a key of ours are decoded.
+_HAS_RESERVED = re.compile(rb'"(?:stream_index|scenario|attempt)"')
+_RESERVED_METRICS = ("stream_index", "scenario", "attempt")
+
+
+def _without_reserved(m: bytes) -> bytes | None:
+    try:
+        metrics = codec.loads(m)
+    except ValueError:
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    return codec.dumps({k: v for k, v in metrics.items() if k not in _RESERVED_METRICS})
+
+
+# What /retry changes on a record, so that a retry the journal refused can be undone field by field.
+_RETRY_RESETS = (
+    "status", "retries", "started", "ended", "output", "error", "error_details", "worker_id", "stream", "cursor",
+    "webhook_items", "requeued",
+)  # fmt: skip
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -392,7 +416,29 @@ class Broker:
         self._finish(r, S.CANCELLED)
         return r
 
-    def retry(self, job_id: str) -> JobRecord:
+    async def retry_durable(self, job_id: str) -> JobRecord:
+        """/retry: journaled first, queued after, as /run is. On StoreError (answered 503) the job is put back as
+        it was, so a client told that the retry failed never finds it running."""
+        r = self._get(job_id)
+        before = copy.copy(r)
+        self.retry(job_id, queue=False)
+        if self.store is None:
+            self.enqueue(r)
+            return r
+        try:
+            await self.store.flush()
+        except StoreError:
+            if r.status is S.IN_QUEUE and self.jobs.get(r.id) is r:
+                self.counts[S.IN_QUEUE] -= 1
+                self.counts[before.status] += 1
+                for name in _RETRY_RESETS:
+                    setattr(r, name, getattr(before, name))
+                self._journal(r)  # coalesces with the unwritten retry: the journal keeps the job as it was
+            raise
+        self.enqueue(r)
+        return r
+
+    def retry(self, job_id: str, *, queue: bool = True) -> JobRecord:
         r = self._get(job_id)
         if r.status not in (S.FAILED, S.TIMED_OUT):
             raise Conflict(f"job {job_id} is {r.status}; only FAILED or TIMED_OUT jobs can be retried")
@@ -408,8 +454,8 @@ class Broker:
         if self.store is not None and not r.sync:
             self.store.reset_stream(r.id)
         self._journal(r)
-        (self._low if r.low_priority else self._queue).append(r.id)
-        self.dispatch()
+        if queue:
+            self.enqueue(r)
         return r
 
     def purge(self) -> int:
@@ -559,6 +605,8 @@ class Broker:
             idx = len(stream)
             # Splice our two fields into the serialized metrics rather than decode and re-encode them.
             tail = b'"stream_index":%d,"scenario":"stream","attempt":%d}}' % (idx, r.attempt)
+            if m is not None and _HAS_RESERVED.search(m) is not None:
+                m = _without_reserved(m)  # noqa: PLW2901 (a remote worker's values for our keys: dropped, not doubled)
             if m is None or m == b"{}":
                 item = b'{"output":' + out + b',"metrics":{' + tail
             else:

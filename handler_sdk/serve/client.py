@@ -106,10 +106,8 @@ class ClientRoutes:
         return json_reply({"id": r.id, "status": r.status.value})
 
     async def retry(self, request: web.Request) -> web.Response:
-        r = self.broker.retry(request.match_info["job_id"])
-        reply = {"id": r.id, "status": JobStatus.IN_QUEUE.value}  # as queued again, whatever a worker did since
-        await self.broker.durable()
-        return json_reply(reply)
+        r = await self.broker.retry_durable(request.match_info["job_id"])
+        return json_reply({"id": r.id, "status": JobStatus.IN_QUEUE.value})  # as queued, whatever ran since
 
     async def purge(self, request: web.Request) -> web.Response:
         removed = self.broker.purge()

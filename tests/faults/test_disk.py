@@ -22,10 +22,12 @@ from pathlib import Path
 import pytest
 
 from handler_sdk.loader import load_handler
+from handler_sdk.models import JobStatus
 
 from .tools import HANDLERS, ROOT, call, start_serve
 
 ECHO = str(HANDLERS) + ":echo"
+S_FAILED, S_COMPLETED = JobStatus.FAILED, JobStatus.COMPLETED
 BIG_INPUT = {"blob": "x" * 200_000}  # needs new pages: a full database cannot take it
 
 
@@ -173,3 +175,35 @@ async def test_a_full_data_dir_at_start_is_one_error_line_and_exit_2(tmp_path):
         assert p.returncode == 2, p.stderr
         lines = [line for line in p.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr
+
+
+async def test_a_retry_the_journal_refuses_answers_503_and_leaves_the_job_as_it_was(endpoint_factory, tmp_path):
+    log = tmp_path / "runs.log"
+    ep = await endpoint_factory(load_handler(str(HANDLERS) + ":record"), data_dir=tmp_path / "data")
+    store = ep.broker.store
+    status, job, _ = await call(ep.http, "POST", f"{ep.url}/run", {"input": {"log": str(log), "n": "not-a-file"}})
+    assert status == 200
+    await ep.wait_status(job["id"], "COMPLETED")
+    r = ep.broker.jobs[job["id"]]
+    r.status, r.error = S_FAILED, "made to fail for the test"  # a FAILED job as the broker would hold it
+    ep.broker.counts[S_COMPLETED] -= 1
+    ep.broker.counts[S_FAILED] += 1
+    runs_before = log.read_text().count(job["id"])
+
+    def read_only(on: int) -> None:
+        store._conn.execute(f"PRAGMA query_only = {on}")
+
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(store._exec, read_only, 1)
+    status, body, headers = await call(ep.http, "POST", f"{ep.url}/retry/{job['id']}", timeout=10)
+    assert status == 503 and int(headers["Retry-After"]) >= 1, (status, body)
+    await asyncio.sleep(0.3)
+    status, seen, _ = await call(ep.http, "GET", f"{ep.url}/status/{job['id']}")
+    assert seen["status"] == "FAILED" and seen["error"] == "made to fail for the test"
+    assert log.read_text().count(job["id"]) == runs_before  # the refused retry never ran
+    assert ep.broker.health()["jobs"]["failed"] == 1
+    await loop.run_in_executor(store._exec, read_only, 0)
+    status, body, _ = await call(ep.http, "POST", f"{ep.url}/retry/{job['id']}", timeout=10)
+    assert status == 200, body
+    await ep.wait_status(job["id"], "COMPLETED")
+    assert log.read_text().count(job["id"]) == runs_before + 1
