@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from handler_sdk.client import AsyncEndpoint
 from handler_sdk.handler import Handler
 from handler_sdk.loader import load_handler
 from handler_sdk.serve.server import ServeConfig, Server
@@ -47,6 +48,13 @@ class Endpoint:
     def broker(self) -> Any:
         return self.server.broker
 
+    @property
+    def client(self) -> AsyncEndpoint:
+        """The typed client (handler_sdk.client) on this endpoint, sharing the test's session."""
+        cfg = self.server.cfg
+        base = f"http://{cfg.host}:{self.server.port}/v2"
+        return AsyncEndpoint(base, cfg.endpoint_id, cfg.api_key, session=self.http)
+
     async def call(self, method: str, op: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
         kw.setdefault("headers", self.headers)
         async with self.http.request(method, f"{self.url}/{op}", json=body, **kw) as r:
@@ -60,13 +68,15 @@ class Endpoint:
         return await self.call("GET", op, **kw)
 
     async def wait_status(self, job_id: str, *statuses: str, timeout: float = 10) -> dict[str, Any]:
+        """Poll the job (through the typed client) until its status is one of ``statuses``; its reply as JSON."""
         deadline = time.monotonic() + timeout
+        client = self.client
         while True:
-            code, body = await self.get(f"status/{job_id}")
-            if code == 200 and body["status"] in statuses:
-                return body
+            reply = await client.status(job_id)
+            if reply.status in statuses:
+                return reply.model_dump(mode="json", exclude_unset=True)
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} never reached {statuses}; last {code} {body}")
+                raise AssertionError(f"job {job_id} never reached {statuses}; last {reply}")
             await asyncio.sleep(0.02)
 
 
