@@ -26,6 +26,7 @@ class LoopThread:
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """A sync iterator over an async one, each item fetched on the loop thread."""
+
         async def step() -> T:
             return await agen.__anext__()
 

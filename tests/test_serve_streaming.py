@@ -4,7 +4,6 @@ fast yields in order, a yielded error, and a non-generator job."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,14 @@ async def read_stream(ep: Any, job_id: str, query: str = "", method: str = "GET"
 
 
 async def drain(ep: Any, job_id: str, timeout: float = 20) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Read the stream as the runpod client does: until a final status comes with an empty list."""
+    """Every item of the job's stream until it ends, through the typed client's stream iterator."""
     outputs: list[Any] = []
     metrics: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        r = await read_stream(ep, job_id)
-        outputs += [i.output for i in r.stream]
-        metrics += [i.metrics for i in r.stream]
-        if r.status.terminal and not r.stream:
-            return outputs, metrics
-        assert time.monotonic() < deadline, f"stream of {job_id} never ended"
+    async with asyncio.timeout(timeout):
+        async for item in ep.client.stream(job_id):
+            outputs.append(item.output)
+            metrics.append(item.metrics)
+    return outputs, metrics
 
 
 async def test_each_stream_call_returns_only_items_not_yet_returned(endpoint_factory, tmp_path):
@@ -103,14 +99,14 @@ async def test_from_rereads_without_moving_the_cursor(endpoint_factory, tmp_path
 
 async def test_stream_items_carry_a_contiguous_stream_index_and_the_stream_scenario(endpoint_factory):
     ep = await endpoint_factory("kinds.py:sync_gen")
-    _, body = await ep.post("run", {"input": {"n": 5}})
-    outputs, metrics = await drain(ep, body["id"])
+    job = await ep.client.run({"n": 5})
+    outputs, metrics = await drain(ep, job.id)
     assert outputs == [{"i": i} for i in range(5)]
     assert [m["stream_index"] for m in metrics] == list(range(5))
     assert all(m["scenario"] == "stream" for m in metrics)
     # A generator without aggregate_stream has no final output.
-    st = (await ep.get(f"status/{body['id']}"))[1]
-    assert st["status"] == "COMPLETED" and "output" not in st
+    st = await ep.client.status(job.id)
+    assert st.status is JobStatus.COMPLETED and "output" not in st.model_fields_set
 
 
 async def test_a_job_that_is_not_a_generator_has_an_empty_stream(endpoint_factory):
@@ -123,8 +119,7 @@ async def test_a_job_that_is_not_a_generator_has_an_empty_stream(endpoint_factor
 
 async def test_a_3_mib_string_is_split_into_items_under_1_mib_and_aggregated_as_pieces(endpoint_factory):
     ep = await endpoint_factory("stream_3mb.py")
-    _, body = await ep.post("run", {"input": {}})
-    job_id = body["id"]
+    job_id = (await ep.client.run({})).id
     outputs, metrics = await drain(ep, job_id)
     pieces, last = outputs[:-1], outputs[-1]
     assert last == {"done": True}
@@ -137,40 +132,39 @@ async def test_a_3_mib_string_is_split_into_items_under_1_mib_and_aggregated_as_
         assert len(orjson.dumps(item)) <= MAX_STREAM_BYTES
     assert [m["stream_index"] for m in metrics] == list(range(len(outputs)))
     # aggregate_stream: the final output lists every item, the pieces as separate entries.
-    st = (await ep.get(f"status/{job_id}"))[1]
-    assert st["status"] == "COMPLETED"
-    assert st["output"] == outputs
+    st = await ep.client.status(job_id)
+    assert st.status is JobStatus.COMPLETED
+    assert st.output == outputs
 
 
 async def test_fast_yields_arrive_in_order_and_are_never_merged(endpoint_factory):
     ep = await endpoint_factory("ep_stream.py:fast")
     n = 2000
-    _, body = await ep.post("run", {"input": {"n": n}})
-    outputs, metrics = await drain(ep, body["id"])
+    job = await ep.client.run({"n": n})
+    outputs, metrics = await drain(ep, job.id)
     assert outputs == list(range(n))
     assert [m["stream_index"] for m in metrics] == list(range(n))
-    st = (await ep.get(f"status/{body['id']}"))[1]
-    assert st["output"] == list(range(n))
+    assert (await ep.client.status(job.id)).output == list(range(n))
 
 
 async def test_a_yielded_error_ends_the_stream_and_fails_the_job(endpoint_factory):
     ep = await endpoint_factory("ep_stream.py:yields_error")
-    _, body = await ep.post("run", {"input": {}})
-    outputs, _ = await drain(ep, body["id"])
+    job = await ep.client.run({})
+    outputs, _ = await drain(ep, job.id)
     assert outputs == [{"a": 1}]
-    st = (await ep.get(f"status/{body['id']}"))[1]
-    assert st["status"] == "FAILED"
-    assert "bad chunk" in st["error"]
-    assert st["errorDetails"]["error_message"] == "bad chunk"
+    st = await ep.client.status(job.id)
+    assert st.status is JobStatus.FAILED
+    assert st.error is not None and "bad chunk" in st.error
+    assert st.errorDetails is not None and st.errorDetails.error_message == "bad chunk"
 
 
 async def test_a_non_string_item_over_1_mib_fails_the_job_saying_so(endpoint_factory):
     ep = await endpoint_factory("ep_stream.py:big_dict")
-    _, body = await ep.post("runsync", {"input": {}})
-    assert body["status"] == "FAILED"
-    assert "over the" in body["error"] and "limit" in body["error"]
-    assert body["errorDetails"]["error_type"] == "OutputTooLarge"
-    assert (await read_stream(ep, body["id"])).stream == []
+    reply = await ep.client.runsync({})
+    assert reply.status is JobStatus.FAILED
+    assert reply.error is not None and "over the" in reply.error and "limit" in reply.error
+    assert reply.errorDetails is not None and reply.errorDetails.error_type == "OutputTooLarge"
+    assert (await read_stream(ep, reply.id)).stream == []
 
 
 async def test_stream_of_a_sync_job_reads_the_items_of_a_running_runsync(endpoint_factory, tmp_path: Path):
@@ -178,9 +172,8 @@ async def test_stream_of_a_sync_job_reads_the_items_of_a_running_runsync(endpoin
     steps = tmp_path / "steps"
     steps.mkdir()
     (steps / "0").touch()
-    pending = asyncio.create_task(ep.post("runsync?wait=1000", {"input": {"dir": str(steps), "n": 2}}))
-    _, body = await pending
-    assert body["id"].startswith("sync-") and body["status"] == "IN_PROGRESS"
+    reply = await ep.client.runsync({"dir": str(steps), "n": 2}, wait_s=1)
+    assert reply.id.startswith("sync-") and reply.status is JobStatus.IN_PROGRESS
     (steps / "1").touch()
-    outputs, _ = await drain(ep, body["id"])
+    outputs, _ = await drain(ep, reply.id)
     assert outputs == [{"i": 0}, {"i": 1}]
