@@ -97,6 +97,7 @@ class Handler:
     concurrency_modifier: ConcurrencyModifier | None = None
     batch_size: int | None = None
     batch_wait_ms: float | None = None
+    checks: Sequence[Callable[[], Any]] = ()
     kind: HandlerKind = field(init=False)
     # True when the function takes the validated model itself rather than the Job.
     takes_model: bool = field(init=False, default=False)
@@ -123,6 +124,9 @@ class Handler:
                 self.input_model = inferred
         if self.setup is not None and not callable(self.setup):
             raise ConfigError(f"setup must be callable, got {self.setup!r}")
+        if isinstance(self.checks, str | bytes) or not all(callable(c) for c in self.checks):
+            raise ConfigError(f"checks must be a list of functions, got {self.checks!r}")
+        self.checks = tuple(self.checks)
 
     @property
     def batched(self) -> bool:
@@ -169,6 +173,7 @@ def handler(
     concurrency_modifier: ConcurrencyModifier | None = None,
     batch_size: int | None = None,
     batch_wait_ms: float | None = None,
+    checks: Sequence[Callable[[], Any]] = (),
 ) -> Callable[[Callable[..., Any]], Handler]: ...
 
 
@@ -184,6 +189,7 @@ def handler(
     concurrency_modifier: ConcurrencyModifier | None = None,
     batch_size: int | None = None,
     batch_wait_ms: float | None = None,
+    checks: Sequence[Callable[[], Any]] = (),
 ) -> Handler | Callable[[Callable[..., Any]], Handler]:
     """Mark a function as the job handler.
 
@@ -206,6 +212,8 @@ def handler(
             then counts batches. An output that is an exception (or ``{"error": ...}``) fails its job alone; a
             raised exception fails every job of the batch. Generators are not batched.
         batch_wait_ms: how long a batch waits to fill after its first job (default 10 ms; 0: take what is there).
+        checks: functions (sync or async) run once before the setup hook and the first job, e.g.
+            ``handler_sdk.checks.free_disk(20)``; one that raises (or returns False) makes the worker exit 1.
     """
 
     def wrap(f: Callable[..., Any]) -> Handler:
@@ -219,6 +227,7 @@ def handler(
             concurrency_modifier=concurrency_modifier,
             batch_size=batch_size,
             batch_wait_ms=batch_wait_ms,
+            checks=checks,
         )
 
     if fn is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import codec
 from ..batching import Batcher, Ticket
+from ..checks import run_checks
 from ..collector import after_setup
 from ..errors import SetupError, StaleResult, TransportError
 from ..handler import Handler
@@ -153,6 +154,11 @@ class Worker:
     # --- setup -----------------------------------------------------------------------------------------------
 
     async def _setup(self) -> None:
+        if self.h.checks:
+            await run_checks(self.h.checks, self.pool)
+            if self.h.setup is None:
+                with contextlib.suppress(TransportError):
+                    await self.t.ping(list(self.running), initializing=False)
         if self.h.setup is None:
             return
         log.info("running setup hook %s", getattr(self.h.setup, "__qualname__", self.h.setup))
