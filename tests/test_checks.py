@@ -72,7 +72,7 @@ async def test_a_check_that_returns_false_or_raises_fails_start_up_naming_itself
     def no_licence() -> bool:
         return False
 
-    with pytest.raises(SetupError, match="start-up check .*no_licence failed: it returned False"):
+    with pytest.raises(SetupError, match=r"start-up check .*no_licence failed: it returned False"):
         await arun(handler(checks=[no_licence])(lambda job: 1))
 
     async def boom() -> None:
