@@ -19,6 +19,7 @@ from ..loader import load_handler
 from ..logs import configure_logging
 from .broker import BrokerConfig
 from .oneshot import run_once
+from .reload import start_reloader
 from .server import ServeConfig, Server
 
 log = logging.getLogger("handler_sdk.serve")
@@ -50,11 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-input", nargs="?", const="", metavar="JSON",
                    help='run one job (e.g. \'{"input": {...}}\'; no value: test_input.json beside TARGET), '
                    "print its final JSON and exit 0 if it completed, else 1")  # fmt: skip
+    p.add_argument("--reload", action="store_true",
+                   help="restart the worker on new code when TARGET's files change (needs watchfiles)")  # fmt: skip
     p.add_argument("--log-level", default=None)
     return p.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    if args.reload and (not args.target or args.workers):
+        raise ConfigError("--reload needs a TARGET and the in-process worker (no --workers)")
+    if args.reload:
+        sys.dont_write_bytecode = True  # see Reloader: no .pyc may stand in for a newer save
     h = load_handler(args.target) if args.target else None
     cfg = ServeConfig(
         host=args.host, port=args.port, endpoint_id=args.endpoint_id, api_key=args.api_key or None,
@@ -77,12 +84,15 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stopped.set)
     tune_collector()
+    reloader = start_reloader(server, args.target) if args.reload else None
     await server.start()
     print(f"handler_sdk endpoint ready: {server.url}", flush=True)
     try:
         await server.stopped.wait()
     finally:
         log.info("shutting down")
+        if reloader is not None:
+            reloader.cancel()
         await server.close()
     return server.exit_code
 

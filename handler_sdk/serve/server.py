@@ -177,6 +177,19 @@ class Server:
                 return
             log.info("refresh_worker: starting a fresh worker (setup runs again)")
 
+    def swap_handler(self, h: Handler) -> int:
+        """Run ``h`` from now on (``--reload``): the in-process worker stops at once, handing its jobs back (they
+        run again on the new code; a hand-back is not a retry), and a fresh one starts on ``h``. The broker, so
+        the queue and the finished records, stays. Returns how many jobs were handed back."""
+        self.h = h
+        w = self.worker
+        if w is None:
+            return 0
+        w.cfg.drain_timeout_s = 0
+        w.refresh = True  # _local_worker then starts the next worker, on self.h
+        w.stop()
+        return len(w.running)
+
     async def _subprocess_worker(self, i: int) -> None:
         env = dict(os.environ)
         env.update(
