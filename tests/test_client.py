@@ -178,3 +178,18 @@ async def test_the_client_sends_the_api_key(endpoint_factory):
         with pytest.raises(HTTPError) as e:
             await anonymous.health()
     assert e.value.status == 401
+
+
+async def test_the_client_example_runs_against_the_streaming_example(endpoint_factory):
+    import importlib.util
+
+    from handler_sdk.loader import load_handler
+    from tests.conftest import ROOT
+
+    ep = await endpoint_factory(load_handler(str(ROOT / "examples" / "streaming.py")))
+    spec = importlib.util.spec_from_file_location("client_example", ROOT / "examples" / "client.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = await asyncio.to_thread(module.main, f"http://127.0.0.1:{ep.server.port}/v2")
+    assert out == {"status": "COMPLETED", "output": {"total": 3}, "words": ["w0", "w1", "w2"], "runsync": {"total": 1}}
