@@ -1,7 +1,7 @@
 """The typed client: run a job, wait for it, read a stream, all as pydantic models.
 
-    python -m handler_sdk.serve examples/streaming.py &      # an endpoint on :8000
-    python examples/client.py http://127.0.0.1:8000/v2
+python -m handler_sdk.serve examples/streaming.py &      # an endpoint on :8000
+python examples/client.py http://127.0.0.1:8000/v2
 """
 
 import sys

@@ -1,6 +1,6 @@
 """The examples as tests, with handler_sdk.testing: each handler runs exactly as serve would run it, no server.
 
-    python -m pytest examples/test_examples.py
+python -m pytest examples/test_examples.py
 """
 
 from pathlib import Path
