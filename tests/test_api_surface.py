@@ -36,6 +36,7 @@ EXPECTED = {
         "__version__",
         "handler",
     ],
+    "handler_sdk.client": ["AsyncEndpoint", "Endpoint", "RetryPolicy"],
     "handler_sdk.serve": ["Broker", "BrokerConfig", "ServeConfig", "Server"],
     "handler_sdk.worker": ["Worker", "WorkerConfig", "WorkerState", "start"],
 }

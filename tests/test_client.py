@@ -193,3 +193,17 @@ async def test_the_client_example_runs_against_the_streaming_example(endpoint_fa
     spec.loader.exec_module(module)
     out = await asyncio.to_thread(module.main, f"http://127.0.0.1:{ep.server.port}/v2")
     assert out == {"status": "COMPLETED", "output": {"total": 3}, "words": ["w0", "w1", "w2"], "runsync": {"total": 1}}
+
+
+def test_the_client_imports_neither_the_endpoint_nor_the_worker():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys, handler_sdk.client; "
+        "heavy = [m for m in sys.modules if m.startswith(('handler_sdk.serve', 'handler_sdk.worker'))]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
