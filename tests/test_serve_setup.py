@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from handler_sdk.models import HealthReply
+from handler_sdk.models import HealthWorkers, JobStatus
 
 
 @pytest.fixture
@@ -21,53 +21,49 @@ def setup_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def test_health_shows_initializing_and_jobs_wait_until_setup_finishes(endpoint_factory, setup_gate):
     ep = await endpoint_factory("ep_setup.py")
     try:
-        _, health = await ep.get("health")
-        h = HealthReply.model_validate(health)
+        h = await ep.client.health()
         assert (h.workers.initializing, h.workers.idle, h.workers.running) == (1, 0, 0)
-        _, body = await ep.post("run", {"input": {}})
+        job = await ep.client.run({})
         await asyncio.sleep(0.3)
-        _, st = await ep.get(f"status/{body['id']}")
-        assert st["status"] == "IN_QUEUE"
-        _, health = await ep.get("health")
-        assert health["workers"]["initializing"] == 1 and health["jobs"]["inQueue"] == 1
+        assert (await ep.client.status(job.id)).status is JobStatus.IN_QUEUE
+        h = await ep.client.health()
+        assert h.workers.initializing == 1 and h.jobs.inQueue == 1
     finally:
         setup_gate.touch()
-    done = await ep.wait_status(body["id"], "COMPLETED")
-    assert done["output"] == {"setup_runs": 1, "state": {"loaded": 1}}
-    _, health = await ep.get("health")
-    assert health["workers"] == {"idle": 1, "running": 0, "initializing": 0}
+    done = await ep.client.wait(job.id, timeout=10)
+    assert done.output == {"setup_runs": 1, "state": {"loaded": 1}}
+    assert (await ep.client.health()).workers == HealthWorkers(idle=1, running=0, initializing=0)
 
 
 async def test_a_failing_setup_hook_stops_the_endpoint_with_exit_code_1_and_jobs_stay_queued(endpoint_factory):
     ep = await endpoint_factory(None)
-    _, body = await ep.post("run", {"input": {}})
+    job = await ep.client.run({})
     await ep.server.close()
     failing = await endpoint_factory("setup_fails.py", data_dir=ep.server.cfg.data_dir)
     async with asyncio.timeout(15):
         await failing.server.stopped.wait()
     assert failing.server.exit_code == 1
-    _, st = await failing.get(f"status/{body['id']}")
-    assert st["status"] == "IN_QUEUE"
-    _, health = await failing.get("health")
-    assert health["jobs"]["inQueue"] == 1 and health["workers"]["running"] == 0
+    assert (await failing.client.status(job.id)).status is JobStatus.IN_QUEUE
+    h = await failing.client.health()
+    assert h.jobs.inQueue == 1 and h.workers.running == 0
 
 
 async def test_refresh_worker_restarts_the_worker_and_reruns_setup(endpoint_factory, setup_gate):
     setup_gate.touch()
     ep = await endpoint_factory("ep_setup.py")
-    _, first = await ep.post("runsync", {"input": {}})
-    assert first["output"] == {"setup_runs": 1, "state": {"loaded": 1}}
+    first = await ep.client.runsync({})
+    assert first.output == {"setup_runs": 1, "state": {"loaded": 1}}
     first_worker = ep.server.worker
-    _, refresh = await ep.post("runsync", {"input": {"refresh": True}})
-    assert refresh["status"] == "COMPLETED"
-    assert "refresh_worker" not in refresh["output"]  # the flag is for the runtime, not the client
+    refresh = await ep.client.runsync({"refresh": True})
+    assert refresh.status is JobStatus.COMPLETED
+    assert "refresh_worker" not in refresh.output  # the flag is for the runtime, not the client
     for _ in range(250):
         if ep.server.worker is not first_worker:
             break
         await asyncio.sleep(0.02)
-    _, after = await ep.post("runsync", {"input": {}})
-    assert after["status"] == "COMPLETED"
-    assert after["output"] == {"setup_runs": 2, "state": {"loaded": 2}}
+    after = await ep.client.runsync({})
+    assert after.status is JobStatus.COMPLETED
+    assert after.output == {"setup_runs": 2, "state": {"loaded": 2}}
 
 
 async def test_refresh_worker_from_a_runpod_style_handler(endpoint_factory):
@@ -88,10 +84,10 @@ async def test_a_job_queued_behind_a_refresh_runs_on_the_fresh_worker(endpoint_f
     ep = await endpoint_factory("ep_setup.py")
     try:
         # Both jobs queue while setup holds the worker, so the second is waiting when the first asks for a refresh.
-        _, first = await ep.post("run", {"input": {"refresh": True}})
-        _, second = await ep.post("run", {"input": {}})
+        first = await ep.client.run({"refresh": True})
+        second = await ep.client.run({})
     finally:
         setup_gate.touch()
-    assert (await ep.wait_status(first["id"], "COMPLETED"))["output"]["setup_runs"] == 1
-    done = await ep.wait_status(second["id"], "COMPLETED")
-    assert done["output"] == {"setup_runs": 2, "state": {"loaded": 2}}
+    assert (await ep.client.wait(first.id, timeout=10)).output["setup_runs"] == 1
+    done = await ep.client.wait(second.id, timeout=10)
+    assert done.output == {"setup_runs": 2, "state": {"loaded": 2}}
