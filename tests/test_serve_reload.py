@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import textwrap
 from pathlib import Path
 
@@ -50,7 +51,8 @@ async def reloaded_to(ep, path: Path, version: int, reloader: Reloader | None = 
 
 
 @pytest.fixture
-def handler_file(tmp_path: Path) -> Path:
+def handler_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)  # a Reloader sets it; put it back
     d = tmp_path / "proj"
     d.mkdir()
     path = d / "reload_me.py"

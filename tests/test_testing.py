@@ -72,11 +72,15 @@ async def test_progress_updates_are_recorded_in_order():
     def train(job):
         for i in range(3):
             job.progress({"step": i})
-            step.wait(0.05)  # slower than the worker sends them, so none coalesce
+            step.wait(0.2)  # slower than the worker sends them, so they normally arrive one by one
         return "done"
 
     result = await arun(train)
-    assert result.progress == [{"step": 0}, {"step": 1}, {"step": 2}] and result.output == "done"
+    assert result.output == "done"
+    # Updates faster than they are sent coalesce (latest wins), so under load one may be skipped, never reordered.
+    assert result.progress[-1] == {"step": 2}
+    assert result.progress == sorted(result.progress, key=lambda p: p["step"])
+    assert len(result.progress) >= 2
 
 
 async def test_timeout_ends_the_job_timed_out_and_cancel_after_ends_it_cancelled():
