@@ -168,3 +168,28 @@ def test_reload_without_a_target_is_refused(process_factory):
     p = process_factory("-m", "handler_sdk.serve", "--reload", "--port", "0", name="serve")
     assert p.proc.wait(30) == 2
     assert "--reload needs a TARGET" in p.output()
+
+
+async def test_a_change_to_a_module_beside_the_handler_reloads_it_too(endpoint_factory, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
+    d = tmp_path / "withhelper"
+    d.mkdir()
+    (d / "reload_helper.py").write_text("VALUE = 'first'\n")
+    target = d / "uses_helper.py"
+    target.write_text(
+        "from reload_helper import VALUE\nfrom handler_sdk import handler\n\n\n"
+        "@handler\ndef h(job):\n    return {'value': VALUE}\n"
+    )
+    ep = await endpoint_factory(load_handler(str(target)))
+    reloader = Reloader(ep.server, str(target))
+    watching = asyncio.create_task(reloader.run())
+    try:
+        assert (await ep.client.runsync({})).output == {"value": "first"}
+
+        async def second() -> bool:
+            (d / "reload_helper.py").write_text("VALUE = 'second, longer'\n")
+            return (await ep.client.runsync({})).output == {"value": "second, longer"}
+
+        await until(second, timeout=30)
+    finally:
+        watching.cancel()
