@@ -181,6 +181,8 @@ def example_runs() -> list[Any]:
     for path in EXAMPLES:
         text = path.read_text()
         found = _TEST_INPUT.findall(text) or [('{"input": {"hello": "world"}}', "")]
+        if "@handler" not in text:
+            continue  # not a handler: the client example, the examples' own tests
         if "handler_sdk.vllm" in text:
             continue  # starts vLLM (a minute or more): tests/vllm runs it on the session's shared engine
         for i, (payload, rest) in enumerate(found):
