@@ -2,7 +2,8 @@
 # CPU worker image: a slim Python, handler_sdk (no vLLM, no CUDA) and your handler, run as a non-root user.
 # For handlers that need no GPU (pre/post-processing, small CPU models, API glue); Dockerfile.gpu is the vLLM one.
 #
-# Build with your handler (HANDLER names the file inside the build context, which is copied to /app/handler):
+# Build with your handler (HANDLER names one file in the build context, copied to /app/handler/handler.py; a
+# handler with modules of its own: COPY its folder there instead and point CMD at it):
 #   docker build -t my-worker --build-arg HANDLER=examples/echo.py .
 # Run against an endpoint (or on the platform, which sets the RUNPOD_* variables):
 #   docker run -e HANDLER_SDK_ENDPOINT_URL=http://HOST:8000/v2/local my-worker

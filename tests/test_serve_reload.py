@@ -15,7 +15,7 @@ import pytest
 from handler_sdk.errors import ConfigError
 from handler_sdk.loader import load_handler
 from handler_sdk.models import JobStatus
-from handler_sdk.serve.reload import Reloader, watch_root
+from handler_sdk.serve.reload import Reloader, watch_root, watched_paths
 from tests.conftest import free_port, until, wait_for_line
 
 VERSION = """
@@ -193,3 +193,20 @@ async def test_a_change_to_a_module_beside_the_handler_reloads_it_too(endpoint_f
         await until(second, timeout=30)
     finally:
         watching.cancel()
+
+
+def test_only_the_folders_modules_were_loaded_from_are_watched(tmp_path: Path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "wpkg").mkdir()
+    (tmp_path / "wpkg" / "__init__.py").touch()
+    (tmp_path / "wpkg" / "used.py").write_text("X = 1\n")
+    (tmp_path / ".venv" / "lib").mkdir(parents=True)  # never imported from: not watched
+    target = tmp_path / "main_watch.py"
+    target.write_text("import wpkg.used\nfrom handler_sdk import handler\n\n\n@handler\ndef h(job):\n    return 1\n")
+    load_handler(str(target))
+    try:
+        assert watched_paths(tmp_path.resolve()) == {tmp_path.resolve(), (tmp_path / "wpkg").resolve()}
+    finally:
+        for name in ("wpkg", "wpkg.used", "main_watch"):
+            sys.modules.pop(name, None)
+    assert watched_paths(target.resolve()) == {target.resolve()}

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..loader import load_handler
 from .server import Server
 
-__all__ = ["Reloader", "watch_root"]
+__all__ = ["Reloader", "start_reloader", "watch_root", "watched_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,22 @@ def _forget_modules_under(root: Path) -> None:
     importlib.invalidate_caches()
 
 
+def watched_paths(root: Path) -> set[Path]:
+    """The folders to watch: ``root`` and the folders under it that loaded modules came from, each watched without
+    its subfolders, so a project folder's ``.venv`` or data (thousands of folders) costs no inotify watches.
+    (A module imported from a new folder is watched from the next reload on.)"""
+    if root.is_file():
+        return {root}
+    paths = {root}
+    for mod in list(sys.modules.values()):
+        file = getattr(mod, "__file__", None)
+        if file:
+            folder = Path(file).resolve().parent
+            if folder == root or root in folder.parents:
+                paths.add(folder)
+    return paths
+
+
 def _describe(e: BaseException) -> str:
     cause = e.__cause__
     if isinstance(cause, SyntaxError):
@@ -87,8 +103,14 @@ class Reloader:
         from watchfiles import PythonFilter, awatch
 
         log.info("--reload: watching %s", self.root)
-        async for changes in awatch(self.root, watch_filter=PythonFilter(), debounce=self.debounce_ms, step=50):
-            self.reload(changes)
+        while True:
+            paths = watched_paths(self.root)
+            async for changes in awatch(
+                *paths, watch_filter=PythonFilter(), debounce=self.debounce_ms, step=50, recursive=False
+            ):
+                self.reload(changes)
+                if watched_paths(self.root) != paths:
+                    break  # the new code imports from another folder: watch that one too
 
     def reload(self, changes: Any = ()) -> bool:
         """Load the target afresh; on success the worker restarts on it. False (logged) when it does not load."""
