@@ -175,7 +175,7 @@ class Server:
                 await transport.close()
             if not self.worker.refresh:
                 return
-            log.info("refresh_worker: starting a fresh worker (setup runs again)")
+            log.info("starting a fresh worker (refresh_worker or --reload; setup runs again)")
 
     def swap_handler(self, h: Handler) -> int:
         """Run ``h`` from now on (``--reload``): the in-process worker stops at once, handing its jobs back (they
