@@ -207,3 +207,18 @@ def test_the_client_imports_neither_the_endpoint_nor_the_worker():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+async def test_a_repeated_idempotency_key_returns_the_same_job_and_another_body_under_it_is_a_422(endpoint_factory):
+    ep = await endpoint_factory("kinds.py:async_echo")
+    c = ep.client
+    first = await c.run({"x": 1}, idempotency_key="k-1")
+    assert (await c.run({"x": 1}, idempotency_key="k-1")).id == first.id
+    with pytest.raises(HTTPError) as e:
+        await c.run({"x": 2}, idempotency_key="k-1")
+    assert e.value.status == 422
+    once = await c.runsync({"x": 3}, idempotency_key="k-2")
+    assert (await c.runsync({"x": 3}, idempotency_key="k-2")).id == once.id
+    assert (await c.health()).jobs.completed == 2
+    with pytest.raises(HTTPError, match="webhookEvents"):
+        await c.run({}, webhook_events=["start"])  # no webhook to send them to: the endpoint says so

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -122,11 +122,13 @@ class AsyncEndpoint:
         input: Mapping[str, Any],
         *,
         webhook: str | None = None,
+        webhook_events: Sequence[str] | None = None,
         policy: Policy | Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> RunReply:
-        """Queue a job; returns ``{id, status}`` at once."""
-        body = _request_body(input, webhook, policy)
+        """Queue a job; returns ``{id, status}`` at once. ``webhook_events``: which events the webhook gets
+        (``start``, ``progress``, ``output``, ``completed``; the endpoint's default is ``completed``)."""
+        body = _request_body(input, webhook, webhook_events, policy)
         key = idempotency_key or str(uuid.uuid4())
         return await self._call(RunReply, "POST", "run", body, key=key)
 
@@ -136,12 +138,13 @@ class AsyncEndpoint:
         *,
         wait_s: float | None = None,
         webhook: str | None = None,
+        webhook_events: Sequence[str] | None = None,
         policy: Policy | Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> JobReply:
         """Run a job and wait for it (up to ``wait_s``, the server's default 90 s when None). A job still running
         then comes back as ``{id, status}`` only: ``wait`` on its id for the rest."""
-        body = _request_body(input, webhook, policy)
+        body = _request_body(input, webhook, webhook_events, policy)
         key = idempotency_key or str(uuid.uuid4())
         params = None if wait_s is None else {"wait": str(int(wait_s * 1000))}
         hold = _MAX_WAIT_S if wait_s is None else min(max(wait_s, _MIN_WAIT_S), _MAX_WAIT_S)
@@ -279,11 +282,16 @@ def _retry_after(header: str | None, fallback: float) -> float:
 
 
 def _request_body(
-    input: Mapping[str, Any], webhook: str | None, policy: Policy | Mapping[str, Any] | None
+    input: Mapping[str, Any],
+    webhook: str | None,
+    webhook_events: Sequence[str] | None,
+    policy: Policy | Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"input": dict(input)}
     if webhook is not None:
         body["webhook"] = webhook
+    if webhook_events is not None:
+        body["webhookEvents"] = list(webhook_events)
     if isinstance(policy, Policy):
         body["policy"] = policy.model_dump(by_alias=True, exclude_defaults=True)
     elif policy is not None:

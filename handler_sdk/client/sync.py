@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -48,10 +48,14 @@ class Endpoint:
         input: Mapping[str, Any],
         *,
         webhook: str | None = None,
+        webhook_events: Sequence[str] | None = None,
         policy: Policy | Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> RunReply:
-        return self._lt.call(self.aio.run(input, webhook=webhook, policy=policy, idempotency_key=idempotency_key))
+        coro = self.aio.run(
+            input, webhook=webhook, webhook_events=webhook_events, policy=policy, idempotency_key=idempotency_key
+        )
+        return self._lt.call(coro)
 
     def runsync(
         self,
@@ -59,10 +63,14 @@ class Endpoint:
         *,
         wait_s: float | None = None,
         webhook: str | None = None,
+        webhook_events: Sequence[str] | None = None,
         policy: Policy | Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> JobReply:
-        coro = self.aio.runsync(input, wait_s=wait_s, webhook=webhook, policy=policy, idempotency_key=idempotency_key)
+        coro = self.aio.runsync(
+            input, wait_s=wait_s, webhook=webhook, webhook_events=webhook_events, policy=policy,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
         return self._lt.call(coro)
 
     def status(self, job_id: str) -> JobReply:
