@@ -161,3 +161,11 @@ async def test_a_failing_setup_hook_raises_setup_error():
         return job.state
 
     assert (await arun(uses_state)).output == {"model": "m"}
+
+
+def test_a_batched_handler_runs_as_a_batch_of_one():
+    @handler(batch_size=4, batch_wait_ms=0)
+    def double(jobs):
+        return [{"twice": j.input["n"] * 2, "batch": len(jobs)} for j in jobs]
+
+    assert run(double, {"n": 21}).output == {"twice": 42, "batch": 1}
