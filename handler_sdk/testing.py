@@ -113,7 +113,7 @@ class _Harness:
         while True:
             _, raw = self.broker.read_stream(r.id)
             for b in raw:
-                yield StreamItem.model_validate_json(b)
+                yield StreamItem.model_validate(codec.loads(b))
             if r.status.terminal:
                 if not raw:
                     return
@@ -126,9 +126,9 @@ class _Harness:
             await self._until_changed(r)
 
     def result(self, r: JobRecord) -> Result:
-        reply = JobReply.model_validate_json(codec.dumps(r.reply()))
+        reply = JobReply.model_validate(codec.loads(codec.dumps(r.reply())))
         _, raw = self.broker.read_stream(r.id, 0)
-        items = [StreamItem.model_validate_json(b) for b in raw]
+        items = [StreamItem.model_validate(codec.loads(b)) for b in raw]
         return Result(
             id=r.id, status=reply.status, output=reply.output, error=reply.error, error_details=reply.errorDetails,
             stream=[i.output for i in items], stream_items=items,

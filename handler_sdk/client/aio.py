@@ -219,7 +219,9 @@ class AsyncEndpoint:
         hold_s: float = 0.0,
     ) -> M:
         data = await self._request(method, op, body, key=key, params=params, hold_s=hold_s)
-        return model.model_validate_json(data)
+        # Parsed by orjson, not pydantic's JSON reader: that one stops at a nesting depth (about 200) that an output
+        # serve accepted can exceed; validating the parsed value does not descend into ``output: Any``.
+        return model.model_validate(codec.loads(data))
 
     async def _request(
         self,
