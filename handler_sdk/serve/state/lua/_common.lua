@@ -1,0 +1,123 @@
+-- Prepended to every script. ARGV[1] is the key prefix "hsdk:{endpoint}:" (the braces are a hash tag: every key
+-- of one endpoint lives in one cluster slot), ARGV[2] the caller's clock in ms. A transition never reads the
+-- server's clock, so a test can drive ttl, leases and retention with a fake one.
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local Q, QLOW, DL, COUNTS, IDS, WORKERS, CH = P .. 'q', P .. 'qlow', P .. 'dl', P .. 'counts', P .. 'ids',
+  P .. 'workers', P .. 'changed'
+local TERMINAL = { COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true }
+-- handler_sdk/lifecycle.py's table; a script refuses anything else rather than corrupt a record.
+local ALLOWED = {
+  IN_QUEUE = { IN_PROGRESS = true, CANCELLED = true, TIMED_OUT = true },
+  IN_PROGRESS = { COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true, IN_QUEUE = true },
+  FAILED = { IN_QUEUE = true },
+  TIMED_OUT = { IN_QUEUE = true },
+  COMPLETED = {},
+  CANCELLED = {},
+}
+
+local function jkey(id) return P .. 'job:' .. id end
+local function skey(id) return P .. 'stream:' .. id end
+local function wjobs(wid) return P .. 'wjobs:' .. wid end
+local function stopkey(wid) return P .. 'stops:' .. wid end
+
+local function set_status(k, old, new)
+  -- Raised before this transition's first write: a script that errors keeps what it already wrote.
+  if not ALLOWED[old][new] then error('illegal transition ' .. old .. ' -> ' .. new) end
+  redis.call('HSET', k, 'status', new)
+  redis.call('HINCRBY', COUNTS, old, -1)
+  redis.call('HINCRBY', COUNTS, new, 1)
+end
+
+-- The worker is alive until NOW + lease_ms; one member per worker in the deadline set, so a refresh moves it.
+local function seen(wid, lease_ms, init)
+  redis.call('ZADD', DL, NOW + lease_ms, 'lease|' .. wid)
+  if init ~= nil then
+    redis.call('HSET', WORKERS, wid, init)
+  else
+    redis.call('HSETNX', WORKERS, wid, '0')
+  end
+end
+
+-- "This job changed": one message per transition, '<id> <status>' (GONE once deleted), so a waiter that only
+-- cares about the end need not read the record to know it is not there yet.
+local function changed(id, status) redis.call('PUBLISH', CH, id .. ' ' .. status) end
+
+local function stop_remote(k, id)
+  local wid = redis.call('HGET', k, 'worker')
+  if wid then
+    redis.call('SADD', stopkey(wid), id)
+    redis.call('PUBLISH', CH, 'w:' .. wid)
+  end
+end
+
+-- Ends a job: status, times, result, retention deadline, and the one message every waiter on it wakes for.
+local function finish(id, k, old, new, output, err, details)
+  set_status(k, old, new)
+  redis.call('HSET', k, 'ended', NOW)
+  redis.call('HDEL', k, 'output', 'error', 'details')
+  if output and output ~= '' then redis.call('HSET', k, 'output', output) end
+  if err and err ~= '' then redis.call('HSET', k, 'error', err) end
+  if details and details ~= '' then redis.call('HSET', k, 'details', details) end
+  local f = redis.call('HMGET', k, 'sync', 'worker', 'retention')
+  if f[1] == '1' and (new == 'COMPLETED' or new == 'CANCELLED') then
+    redis.call('HDEL', k, 'input') -- only /retry (of FAILED or TIMED_OUT) reads it again
+  end
+  if f[2] then redis.call('SREM', wjobs(f[2]), id) end
+  redis.call('ZADD', DL, NOW + tonumber(f[3]), 'exp|' .. id)
+  changed(id, new)
+end
+
+local function fail_with(id, k, old, new, etype, message)
+  local details = cjson.encode({ error_type = etype, error_message = message, error_traceback = cjson.null })
+  return finish(id, k, old, new, nil, etype .. ': ' .. message, details)
+end
+
+-- An in-progress job back to the queue without its lease (lost worker, hand-back).
+local function queue_again(id, k, front)
+  set_status(k, 'IN_PROGRESS', 'IN_QUEUE')
+  local wid = redis.call('HGET', k, 'worker')
+  if wid then redis.call('SREM', wjobs(wid), id) end
+  redis.call('HDEL', k, 'worker', 'started', 'output')
+  if front then redis.call('LPUSH', Q, id) else redis.call('RPUSH', Q, id) end
+  changed(id, 'IN_QUEUE')
+  redis.call('PUBLISH', CH, 'q')
+end
+
+-- A worker that is gone (silent past its lease, or said so): each of its jobs is a lost lease, requeued once,
+-- or FAILED once it has been tried max_attempts times.
+local function lapse(wid, max_attempts)
+  redis.call('HDEL', WORKERS, wid)
+  redis.call('ZREM', DL, 'lease|' .. wid)
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', wjobs(wid))) do
+    local k = jkey(id)
+    local f = redis.call('HMGET', k, 'status', 'worker')
+    if f[1] == 'IN_PROGRESS' and f[2] == wid then
+      n = n + 1
+      local tries = redis.call('HINCRBY', k, 'retries', 1)
+      redis.call('HINCRBY', COUNTS, 'retried', 1)
+      if tries >= max_attempts then
+        fail_with(id, k, 'IN_PROGRESS', 'FAILED', 'WorkerLost',
+          'job was lost with its worker ' .. tries .. ' times (max_attempts=' .. max_attempts .. ')')
+      else
+        queue_again(id, k, true)
+      end
+    end
+  end
+  redis.call('DEL', wjobs(wid), stopkey(wid))
+  return n
+end
+
+local function time_out(id, k, old, message)
+  if old == 'IN_PROGRESS' then stop_remote(k, id) end
+  return fail_with(id, k, old, 'TIMED_OUT', 'TimeoutError', message)
+end
+
+-- The check every worker call makes: the job is in progress under this worker's lease.
+local function leased(k, wid)
+  local f = redis.call('HMGET', k, 'status', 'worker')
+  if not f[1] then return 'missing' end
+  if f[1] ~= 'IN_PROGRESS' or f[2] ~= wid then return f[1] end
+  return nil
+end

@@ -1,0 +1,18 @@
+-- ARGV: P NOW id input sync low ttl exec retention meta. Returns 1, or 0 when the id is taken.
+local id = ARGV[3]
+local k = jkey(id)
+if redis.call('EXISTS', k) == 1 then return 0 end
+redis.call('HSET', k, 'status', 'IN_QUEUE', 'created', NOW, 'input', ARGV[4], 'sync', ARGV[5], 'low', ARGV[6],
+  'retention', ARGV[9], 'retries', 0, 'cursor', 0)
+if ARGV[7] ~= '' then
+  redis.call('HSET', k, 'ttl', ARGV[7])
+  local due = NOW + tonumber(ARGV[7])
+  redis.call('ZADD', DL, due, 'ttl|' .. id .. '|' .. due)
+end
+if ARGV[8] ~= '' then redis.call('HSET', k, 'exec', ARGV[8]) end
+if ARGV[10] ~= '' then redis.call('HSET', k, 'meta', ARGV[10]) end
+redis.call('HINCRBY', COUNTS, 'IN_QUEUE', 1)
+redis.call('ZADD', IDS, NOW, id)
+redis.call('RPUSH', ARGV[6] == '1' and QLOW or Q, id)
+redis.call('PUBLISH', CH, 'q')
+return 1

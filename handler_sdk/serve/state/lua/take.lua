@@ -1,0 +1,26 @@
+-- ARGV: P NOW worker n lease_ms grace_ms. Leases up to n queued jobs (normal before lowPriority) to the worker.
+-- Returns {id, input, exec or '', meta or ''} per job. Queues hold stale ids (cancelled, timed out, purged or
+-- expired while queued): they are dropped here.
+local wid, n, grace = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
+seen(wid, tonumber(ARGV[5]), '0')
+local out = {}
+for _, q in ipairs({ Q, QLOW }) do
+  while #out < n do
+    local id = redis.call('LPOP', q)
+    if not id then break end
+    local k = jkey(id)
+    local f = redis.call('HMGET', k, 'status', 'input', 'exec', 'meta')
+    if f[1] == 'IN_QUEUE' then
+      set_status(k, 'IN_QUEUE', 'IN_PROGRESS')
+      redis.call('HSET', k, 'started', ARGV[2], 'worker', wid)
+      redis.call('SADD', wjobs(wid), id)
+      if f[3] then
+        local due = NOW + tonumber(f[3]) + grace
+        redis.call('ZADD', DL, due, 'exec|' .. id .. '|' .. ARGV[2])
+      end
+      out[#out + 1] = { id, f[2] or '', f[3] or '', f[4] or '' }
+      changed(id, 'IN_PROGRESS')
+    end
+  end
+end
+return out

@@ -1,0 +1,363 @@
+"""The job state of one endpoint in Redis, shared by any number of serve replicas.
+
+Each transition (submit, take, stream, progress, done, cancel, retry, purge, hand-back, a worker's lease lapse,
+the deadlines) is one Lua script (``lua/``), so replicas never race a read-modify-write, and the /health counts
+change in the same script as the records they count. Every key of an endpoint starts ``hsdk:{endpoint}:``; the
+braces are a cluster hash tag, so one endpoint's keys share a slot and two endpoints can share a Redis:
+
+======================  =====================================================================================
+``job:<id>``            hash: status, created, started, ended, input, output, error, details, retries, worker,
+                        ttl, exec, requeued, low, sync, retention, cursor, meta
+``stream:<id>``         list: the job's stream items, fully serialized
+``q``, ``qlow``         lists: queued ids (normal, lowPriority); stale ids are dropped when popped
+``dl``                  sorted set by due ms: ``ttl|<id>|<due>``, ``exec|<id>|<started>``, ``exp|<id>``,
+                        ``lease|<worker>``
+``counts``              hash: jobs per status, and ``retried``
+``ids``                 sorted set by created: every retained job (/requests)
+``workers``             hash: worker id -> "1" while it initializes, else "0"
+``wjobs:<worker>``      set: the jobs leased to it
+``stops:<worker>``      set: the jobs it must stop
+``rl:<group>``          list: the rate-limit window of a route group
+``changed``             pub/sub channel: ``<id> <status>``, ``q`` (work queued), ``w:<worker>`` (stops)
+======================  =====================================================================================
+
+Time is the caller's: each script gets ``now_ms`` from the engine's clock, never Redis's, and no key expires on
+its own; the deadlines are applied by ``tick``, which every replica calls, each due member applied once by
+whichever replica's tick removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...errors import Conflict, NotFound
+from ...models import JobStatus
+from .changes import LOST, ChangeFeed
+from .scripts import SCRIPTS
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["RedisJobs", "RedisJobsConfig", "StoredJob", "Taken", "key_prefix"]
+
+S = JobStatus
+# Changes after which a waiter for the end reads the record again: an end, a deletion, a lost feed.
+_FINAL = frozenset({*(s.value for s in S if s.terminal), "GONE", LOST})
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def key_prefix(endpoint: str) -> str:
+    if not endpoint or any(c in endpoint for c in "{}: "):
+        raise ValueError(f"endpoint id {endpoint!r} must be non-empty, without braces, colons or spaces")
+    return f"hsdk:{{{endpoint}}}:"
+
+
+@dataclass(slots=True)
+class RedisJobsConfig:
+    run_retention_ms: int = 30 * 60 * 1000
+    sync_retention_ms: int = 60 * 1000
+    lease_ms: int = 30_000
+    max_attempts: int = 3
+    execution_grace_ms: int = 5_000
+    tick_s: float = 0.05
+    # Deadlines applied per tick script: bounds how long one script holds redis-server.
+    tick_batch: int = 256
+
+
+@dataclass(slots=True)
+class Taken:
+    """A job as a take hands it to a worker."""
+
+    id: str
+    input: bytes
+    execution_timeout: int | None
+    meta: bytes | None
+
+
+@dataclass(slots=True)
+class StoredJob:
+    """One job's record as Redis holds it (input and outputs stay serialized JSON)."""
+
+    id: str
+    status: JobStatus
+    created: int
+    sync: bool
+    retention: int
+    retries: int = 0
+    started: int | None = None
+    ended: int | None = None
+    input: bytes | None = None
+    output: bytes | None = None
+    error: str | None = None
+    details: bytes | None = None
+    worker_id: str | None = None
+    ttl: int | None = None
+    execution_timeout: int | None = None
+    requeued: int | None = None
+    low_priority: bool = False
+    cursor: int = 0
+    stream_len: int = 0
+    meta: bytes | None = None
+
+    @classmethod
+    def parse(cls, job_id: str, flat: Sequence[bytes | int]) -> StoredJob:
+        h = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+        def num(k: bytes) -> int | None:
+            v = h.get(k)
+            return None if v is None else int(v)
+
+        def text(k: bytes) -> str | None:
+            v = h.get(k)
+            return None if v is None else bytes(v).decode() if not isinstance(v, int) else str(v)
+
+        def raw(k: bytes) -> bytes | None:
+            v = h.get(k)
+            return None if v is None or isinstance(v, int) else v
+
+        return cls(
+            id=job_id, status=S(str(text(b"status"))), created=int(h[b"created"]), sync=h.get(b"sync") == b"1",
+            retention=int(h[b"retention"]), retries=int(h.get(b"retries", 0)), started=num(b"started"),
+            ended=num(b"ended"), input=raw(b"input"), output=raw(b"output"), error=text(b"error"),
+            details=raw(b"details"), worker_id=text(b"worker"), ttl=num(b"ttl"), execution_timeout=num(b"exec"),
+            requeued=num(b"requeued"), low_priority=h.get(b"low") == b"1", cursor=int(h.get(b"cursor", 0)),
+            stream_len=int(h.get(b"nstream", 0)), meta=raw(b"meta"),
+        )  # fmt: skip
+
+
+def _conflict(job_id: str, worker_id: str, reply: Any) -> None:
+    if isinstance(reply, list) and reply and reply[0] == b"conflict":
+        status = reply[1].decode()
+        if status == "missing":
+            raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
+        raise Conflict(f"job {job_id} is {status} and not leased to worker {worker_id}; result ignored")
+
+
+def _opt(v: int | None) -> int | str:
+    return "" if v is None else v
+
+
+class RedisJobs:
+    """One replica's handle on an endpoint's job state in Redis. Every method is one round trip."""
+
+    def __init__(
+        self,
+        client: Redis,
+        endpoint: str,
+        config: RedisJobsConfig | None = None,
+        *,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.client = client
+        self.prefix = key_prefix(endpoint)
+        self.cfg = config or RedisJobsConfig()
+        self.clock = clock
+        self.feed = ChangeFeed(client, self.prefix + "changed")
+
+    async def open(self) -> None:
+        """Load the scripts and subscribe to the endpoint's change channel."""
+        await SCRIPTS.load(self.client)
+        await self.feed.start()
+
+    async def close(self) -> None:
+        await self.feed.stop()
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        return await SCRIPTS.call(self.client, name, self.prefix, self.clock(), *args)
+
+    # --- client side ---------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        job_id: str,
+        input: bytes,
+        *,
+        sync: bool = False,
+        low_priority: bool = False,
+        ttl: int | None = None,
+        execution_timeout: int | None = None,
+        meta: bytes | None = None,
+    ) -> None:
+        """Queue a new job (``meta``: opaque bytes the caller wants back, e.g. its webhook)."""
+        retention = self.cfg.sync_retention_ms if sync else self.cfg.run_retention_ms
+        ok = await self._call(
+            "submit", job_id, input, int(sync), int(low_priority), _opt(ttl), _opt(execution_timeout), retention,
+            meta or b"",
+        )  # fmt: skip
+        if not ok:
+            raise Conflict(f"job id {job_id} is taken")
+
+    async def status(self, job_id: str, ttl: int | None = None) -> StoredJob | None:
+        """The record, or None if unknown; a ``ttl`` below its retention shortens the retention."""
+        flat = await self._call("read", "status", job_id, _opt(ttl))
+        return None if flat is None else StoredJob.parse(job_id, flat)
+
+    async def read_stream(self, job_id: str, start: int | None = None) -> tuple[JobStatus, list[bytes]]:
+        """The job's status and its stream items: from ``start``, or those past the cursor (which moves on)."""
+        reply = await self._call("read", "stream", job_id, _opt(start))
+        if reply is None:
+            raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
+        return S(reply[0].decode()), list(reply[1:])
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        reply = await self._call("cancel", job_id)
+        if reply is None:
+            raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
+        return S(reply.decode())
+
+    async def retry(self, job_id: str) -> None:
+        reply = await self._call("retry", job_id)
+        if reply is None:
+            raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
+        if isinstance(reply, list):
+            status = reply[1].decode()
+            raise Conflict(f"job {job_id} is {status}; only FAILED or TIMED_OUT jobs can be retried")
+
+    async def purge(self) -> int:
+        return int(await self._call("purge"))
+
+    async def health(self) -> dict[str, Any]:
+        flat = await self._call("read", "health")
+        c = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+        idle, running, init = c.pop("workers")
+
+        def n(k: str) -> int:
+            return int(c.get(k, 0))
+
+        return {
+            "jobs": {
+                "completed": n("COMPLETED"),
+                "failed": n("FAILED") + n("TIMED_OUT"),
+                "inProgress": n("IN_PROGRESS"),
+                "inQueue": n("IN_QUEUE"),
+                "retried": n("retried"),
+            },
+            "workers": {"idle": idle, "running": running, "initializing": init},
+        }
+
+    async def counts(self) -> dict[str, int]:
+        """The raw per-status counters (and ``retried``), as the scripts keep them."""
+        flat: dict[bytes, bytes] = await self.client.hgetall(self.prefix + "counts")  # type: ignore[assignment]
+        return {k.decode(): int(v) for k, v in flat.items()}
+
+    async def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
+        reply = await self._call("read", "requests", limit, offset, "" if status is None else status.value)
+        rows = []
+        for job_id, st, created, started, ended in reply[1:]:
+            d: dict[str, Any] = {"id": job_id.decode(), "status": st.decode(), "createdAt": int(created)}
+            if started:
+                d["delayTime"] = int(started) - int(created)
+                if ended:
+                    d["executionTime"] = int(ended) - int(started)
+            rows.append(d)
+        return {"requests": rows, "total": int(reply[0]), "limit": limit, "offset": offset}
+
+    async def wait_terminal(self, job_id: str, timeout: float) -> StoredJob | None:
+        """Wait up to ``timeout`` s for the job to end (or vanish), then read it: no Redis call while waiting."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        w = self.feed.watch(job_id)
+        try:
+            r = await self.status(job_id)
+            while r is not None and not r.status.terminal:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return r
+                seen = await w.changes(remaining)
+                if any(s in _FINAL for s in seen):
+                    r = await self.status(job_id)
+            return r
+        finally:
+            self.feed.forget(w)
+
+    # --- worker side ---------------------------------------------------------------------------------------
+
+    async def take(self, worker_id: str, n: int, wait: float = 0.0) -> list[Taken]:
+        """Lease up to ``n`` queued jobs, holding an empty take open up to ``wait`` s for work queued anywhere."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        w = self.feed.watch("q")
+        try:
+            while True:
+                reply = await self._call("take", worker_id, n, self.cfg.lease_ms, self.cfg.execution_grace_ms)
+                remaining = deadline - loop.time()
+                if reply or remaining <= 0:
+                    return [Taken(i.decode(), inp, int(ex) if ex else None, meta or None) for i, inp, ex, meta in reply]
+                await w.changes(remaining)
+        finally:
+            self.feed.forget(w)
+
+    async def stream(
+        self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]
+    ) -> int:
+        """Append stream items (serialized outputs, and metrics objects or None); returns the item count."""
+        args: list[bytes] = []
+        for out, m in zip(outputs, metrics, strict=True):
+            args += (out, m or b"")
+        reply = await self._call("stream", worker_id, job_id, self.cfg.lease_ms, *args)
+        _conflict(job_id, worker_id, reply)
+        return int(reply)
+
+    async def progress(self, worker_id: str, job_id: str, output: bytes) -> None:
+        _conflict(job_id, worker_id, await self._call("progress", worker_id, job_id, self.cfg.lease_ms, output))
+
+    async def done(
+        self,
+        worker_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        output: bytes | None = None,
+        error: str | None = None,
+        details: bytes | None = None,
+    ) -> None:
+        """Record a result; Conflict unless the job is in progress under this worker's lease."""
+        reply = await self._call(
+            "done", worker_id, job_id, self.cfg.lease_ms, status.value, output or b"", error or "", details or b""
+        )
+        _conflict(job_id, worker_id, reply)
+
+    async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
+        await self._call("workers", "ping", worker_id, self.cfg.lease_ms, int(initializing), *job_ids)
+
+    async def stops(self, worker_id: str, wait: float = 0.0) -> list[str]:
+        """Jobs this worker must stop, holding an empty reply up to ``wait`` s."""
+        w = self.feed.watch(f"w:{worker_id}")
+        try:
+            ids = await self._call("workers", "stops", worker_id)
+            if not ids and wait > 0 and await w.changes(wait):
+                ids = await self._call("workers", "stops", worker_id)
+            return [i.decode() for i in ids]
+        finally:
+            self.feed.forget(w)
+
+    async def hand_back(self, worker_id: str, job_ids: Sequence[str]) -> int:
+        return int(await self._call("workers", "hand_back", worker_id, *job_ids))
+
+    async def leave(self, worker_id: str) -> int:
+        """A worker that is gone: its jobs are lost leases. Returns how many were in progress."""
+        return int(await self._call("workers", "leave", worker_id, self.cfg.max_attempts))
+
+    # --- time ----------------------------------------------------------------------------------------------
+
+    async def tick(self) -> tuple[int, int]:
+        """Apply the deadlines due by this replica's clock; returns (deadlines applied, leases lapsed)."""
+        applied = lapsed = 0
+        while True:
+            n, k = await self._call("tick", self.cfg.max_attempts, self.cfg.tick_batch)
+            applied, lapsed = applied + n, lapsed + k
+            if n < self.cfg.tick_batch:
+                return applied, lapsed
+
+    async def run_clock(self) -> None:
+        """The background ticker; every replica runs one."""
+        while True:
+            await asyncio.sleep(self.cfg.tick_s)
+            await self.tick()
