@@ -22,6 +22,9 @@ from handler_sdk.handler import Handler
 from handler_sdk.loader import load_handler
 from handler_sdk.serve.server import ServeConfig, Server
 
+# The real redis-server fixtures (redis_server, redis_url, redis_aof_server).
+pytest_plugins = ["redis_server"]
+
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = Path(__file__).resolve().parent / "handlers"
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig
+from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig, connect
 
 _endpoints = itertools.count()
 
@@ -40,15 +40,13 @@ async def replicas(
     **cfg: Any,
 ) -> AsyncIterator[list[RedisJobs]]:
     """``n`` engines on one endpoint, each with its own client (connections) like separate serve processes."""
-    import redis.asyncio as aioredis
-
     ep = endpoint or new_endpoint()
     config = RedisJobsConfig(**{"lease_ms": 1_000, "execution_grace_ms": 100, **cfg})
     engines: list[RedisJobs] = []
     try:
         for _ in range(n):
             kw = {} if connection_class is None else {"connection_class": connection_class}
-            client = aioredis.Redis.from_url(url, **kw)
+            client = connect(url, **kw)
             e = RedisJobs(client, ep, config, clock=clock or Clock())
             await e.open()
             engines.append(e)

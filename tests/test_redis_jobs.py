@@ -11,8 +11,6 @@ from handler_sdk.errors import Conflict, NotFound
 from handler_sdk.models import JobStatus as S
 from handler_sdk.serve.state.redis_jobs import RedisJobs
 
-pytest_plugins = ["redis_server"]
-
 
 async def submitted(e: RedisJobs, job_id: str, **kw: object) -> str:
     await e.submit(job_id, b'{"x":1}', **kw)  # type: ignore[arg-type]

@@ -71,6 +71,7 @@ class ChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.messages = 0
+        self.subscriptions = 0
 
     async def start(self) -> None:
         """Subscribe, and return once the subscription is confirmed (a change from now on is seen)."""
@@ -122,6 +123,7 @@ class ChangeFeed:
                     if msg is None:
                         continue
                     if msg["type"] == "subscribe":
+                        self.subscriptions += 1
                         self._ready.set()
                         # Changes during the gap before a re-subscription were not seen.
                         self._wake_all()

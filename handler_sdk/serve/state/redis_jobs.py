@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import Conflict, NotFound
 from ...models import JobStatus
-from .changes import LOST, ChangeFeed
+from .changes import LOST, ChangeFeed, Watch
 from .scripts import SCRIPTS
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["RedisJobs", "RedisJobsConfig", "StoredJob", "Taken", "key_prefix"]
+__all__ = ["RedisJobs", "RedisJobsConfig", "StoredJob", "Taken", "connect", "key_prefix"]
 
 S = JobStatus
 # Changes after which a waiter for the end reads the record again: an end, a deletion, a lost feed.
@@ -51,6 +51,28 @@ _FINAL = frozenset({*(s.value for s in S if s.terminal), "GONE", LOST})
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def connect(url: str, **kw: Any) -> Redis:
+    """An asyncio client for the engine: bytes in and out, and a command that meets a dropped connection (a
+    Redis restart, a pooled connection gone stale) is sent again on a new one, for up to about 2 s.
+
+    A resend can repeat a script whose reply was lost after it ran: a repeated submit answers "id taken", a
+    repeated done answers a conflict (the result is recorded), a repeated take leases jobs nobody runs, which
+    lapse back to the queue after lease_ms. None loses a job."""
+    try:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError as e:  # pragma: no cover - the extra is missing
+        from ...errors import ConfigError
+
+        raise ConfigError("the Redis store needs the redis extra: pip install 'handler-sdk[redis]'") from e
+    kw.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 8))
+    kw.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
+    return aioredis.Redis.from_url(url, **kw)
 
 
 def key_prefix(endpoint: str) -> str:
@@ -261,21 +283,34 @@ class RedisJobs:
 
     async def wait_terminal(self, job_id: str, timeout: float) -> StoredJob | None:
         """Wait up to ``timeout`` s for the job to end (or vanish), then read it: no Redis call while waiting."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         w = self.feed.watch(job_id)
         try:
-            r = await self.status(job_id)
-            while r is not None and not r.status.terminal:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return r
-                seen = await w.changes(remaining)
-                if any(s in _FINAL for s in seen):
-                    r = await self.status(job_id)
-            return r
+            return await self._until_final(w, await self.status(job_id), timeout)
         finally:
             self.feed.forget(w)
+
+    async def submit_and_wait(self, job_id: str, input: bytes, timeout: float, **kw: Any) -> StoredJob | None:
+        """/runsync: submit, then wait up to ``timeout`` s for the end. Two round trips when it ends in time: the
+        watch is in place before the submit, so the record need not be read until the end is announced."""
+        w = self.feed.watch(job_id)
+        try:
+            await self.submit(job_id, input, sync=True, **kw)
+            return await self._until_final(w, None, timeout)
+        finally:
+            self.feed.forget(w)
+
+    async def _until_final(self, w: Watch, r: StoredJob | None, timeout: float) -> StoredJob | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        fresh = r is None  # just submitted: known to be queued, not read yet
+        while fresh or (r is not None and not r.status.terminal):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return r if not fresh else await self.status(w.key)
+            seen = await w.changes(remaining)
+            if any(s in _FINAL for s in seen):
+                r, fresh = await self.status(w.key), False
+        return r
 
     # --- worker side ---------------------------------------------------------------------------------------
 
