@@ -352,9 +352,9 @@ async def test_two_endpoints_on_one_redis_keep_apart_in_one_hash_slot_each(redis
         assert "hsdk:{two}:job:x" not in keys
 
 
-async def test_scripts_are_loaded_again_after_redis_forgets_them(redis_url: str) -> None:
+async def test_the_library_is_loaded_again_after_redis_forgets_it(redis_url: str) -> None:
     async with replicas(redis_url) as [e]:
-        await e.client.script_flush()
+        await e.client.function_flush()
         await submitted(e, "a")
         assert await status(e, "a") is S.IN_QUEUE
 

@@ -1,10 +1,15 @@
--- Prepended to every script. ARGV[1] is the key prefix "hsdk:{endpoint}:" (the braces are a hash tag: every key
--- of one endpoint lives in one cluster slot), ARGV[2] the caller's clock in ms. A transition never reads the
--- server's clock, so a test can drive ttl, leases and retention with a fake one.
-local P = ARGV[1]
-local NOW = tonumber(ARGV[2])
-local Q, QLOW, DL, COUNTS, IDS, WORKERS, CH = P .. 'q', P .. 'qlow', P .. 'dl', P .. 'counts', P .. 'ids',
-  P .. 'workers', P .. 'changed'
+-- The library's shared part, defined once at FUNCTION LOAD. Each function starts with bind(ARGV): ARGV[1] is the
+-- key prefix "hsdk:{endpoint}:" (the braces are a hash tag: every key of one endpoint lives in one cluster slot),
+-- ARGV[2] the caller's clock in ms. A transition never reads the server's clock, so a test can drive ttl, leases
+-- and retention with a fake one. Rebinding these upvalues per call is safe: redis-server runs one call at a time.
+local P, NOW, Q, QLOW, DL, COUNTS, IDS, WORKERS, CH
+
+local function bind(argv)
+  P = argv[1]
+  NOW = tonumber(argv[2])
+  Q, QLOW, DL, COUNTS, IDS, WORKERS, CH = P .. 'q', P .. 'qlow', P .. 'dl', P .. 'counts', P .. 'ids',
+    P .. 'workers', P .. 'changed'
+end
 local TERMINAL = { COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true }
 -- handler_sdk/lifecycle.py's table; a script refuses anything else rather than corrupt a record.
 local ALLOWED = {
