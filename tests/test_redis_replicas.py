@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from redis_engine import Clock, replicas
 from redis_server import RedisServer
 
@@ -35,7 +34,20 @@ async def test_a_wait_that_times_out_returns_the_job_as_it_is(redis_url: str) ->
         await a.submit("s", b"1")
         r = await a.wait_terminal("s", 0.05)
         assert r is not None and r.status is S.IN_QUEUE
-        assert await a.wait_terminal("unknown", 1) is None
+        assert await asyncio.wait_for(a.wait_terminal("unknown", 60), 10) is None  # at once, not after 60 s
+        r = await a.submit_and_wait("t", b"1", 0.05)
+        assert r is not None and r.status is S.IN_QUEUE
+
+
+async def test_wait_change_wakes_on_a_stream_item_from_the_other_replica(redis_url: str) -> None:
+    async with replicas(redis_url, 2) as [a, b]:
+        await a.submit("j", b"1")
+        await b.take("w", 1)
+        waiter = asyncio.create_task(a.wait_change("j", 30))
+        await asyncio.sleep(0.05)
+        await b.stream("w", "j", [b"1"], [None])
+        assert await asyncio.wait_for(waiter, 10) == ["IN_PROGRESS"]
+        assert await a.wait_change("j", 0.01) == []
 
 
 async def test_a_wait_ends_when_the_job_is_purged_on_the_other_replica(redis_url: str) -> None:
@@ -106,8 +118,7 @@ async def test_the_change_feed_resubscribes_after_redis_restarts(redis_aof_serve
         assert r is not None and r.status is S.COMPLETED
 
 
-@pytest.mark.parametrize("n", [1])
-async def test_round_trips_per_job_stay_within_the_goal(redis_url: str, n: int) -> None:
+async def test_round_trips_per_job_stay_within_the_goal(redis_url: str) -> None:
     from benchmarks.redis_state import round_trips
 
     rt = await round_trips(redis_url, jobs=20)

@@ -285,7 +285,8 @@ class RedisJobs:
         """Wait up to ``timeout`` s for the job to end (or vanish), then read it: no Redis call while waiting."""
         w = self.feed.watch(job_id)
         try:
-            return await self._until_final(w, await self.status(job_id), timeout)
+            r = await self.status(job_id)
+            return r if r is None else await self._until_final(w, r, timeout)
         finally:
             self.feed.forget(w)
 
@@ -299,14 +300,24 @@ class RedisJobs:
         finally:
             self.feed.forget(w)
 
+    async def wait_change(self, job_id: str, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` s for anything to happen to the job (a stream item, progress, its end); returns
+        the statuses announced ([] if none). For relays that read the job again themselves (/stream, OpenAI)."""
+        w = self.feed.watch(job_id)
+        try:
+            return await w.changes(timeout)
+        finally:
+            self.feed.forget(w)
+
     async def _until_final(self, w: Watch, r: StoredJob | None, timeout: float) -> StoredJob | None:
+        """``r`` None: just submitted by us, so known to be queued and not read yet."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        fresh = r is None  # just submitted: known to be queued, not read yet
+        fresh = r is None
         while fresh or (r is not None and not r.status.terminal):
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return r if not fresh else await self.status(w.key)
+                return await self.status(w.key) if fresh else r
             seen = await w.changes(remaining)
             if any(s in _FINAL for s in seen):
                 r, fresh = await self.status(w.key), False
