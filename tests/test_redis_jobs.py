@@ -93,8 +93,8 @@ async def test_stream_items_are_numbered_in_order_and_the_cursor_moves_on(redis_
         st, items = await e.read_stream("a")
         assert st is S.IN_PROGRESS
         assert [json.loads(i) for i in items] == [
-            {"output": 1, "metrics": {"stream_index": 0, "scenario": "stream"}},
-            {"output": "two", "metrics": {"t": 5, "stream_index": 1, "scenario": "stream"}},
+            {"output": 1, "metrics": {"stream_index": 0, "scenario": "stream", "attempt": 1}},
+            {"output": "two", "metrics": {"t": 5, "stream_index": 1, "scenario": "stream", "attempt": 1}},
         ]
         assert (await e.read_stream("a"))[1] == []
         assert await e.stream("w", "a", [b"3"], [b"{}"]) == 3
@@ -371,3 +371,36 @@ async def test_the_state_package_imports_no_aiohttp() -> None:
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n.split(".")[0] == "aiohttp" for n in names), path
+
+
+async def test_a_requeued_job_keeps_its_stream_and_numbers_the_next_attempt_on(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, clock=clock) as [e]:
+        await submitted(e, "a")
+        await e.take("w1", 1)
+        await e.stream("w1", "a", [b"1"], [b'{"attempt":9,"stream_index":7,"t":1}'])  # our keys are ours
+        clock.advance(1_000)
+        await e.tick()
+        assert [t.id for t in await e.take("w2", 1)] == ["a"]
+        await e.stream("w2", "a", [b"2"], [None])
+        items = [json.loads(i) for i in (await e.read_stream("a"))[1]]
+        assert [i["metrics"] for i in items] == [
+            {"t": 1, "stream_index": 0, "scenario": "stream", "attempt": 1},
+            {"stream_index": 1, "scenario": "stream", "attempt": 2},
+        ]
+        r = await e.status("a")
+        assert r is not None and (r.attempt, r.retries) == (2, 1)
+
+
+async def test_a_streamed_openai_answer_fails_rather_than_runs_twice_when_its_worker_is_lost(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, clock=clock) as [e]:
+        await submitted(e, "sse", sse=True)
+        await submitted(e, "quiet", sse=True)
+        await e.take("w", 2)
+        await e.stream("w", "sse", [b'"tok"'], [None])
+        clock.advance(1_000)
+        await e.tick()
+        r = await e.status("sse")
+        assert r is not None and r.status is S.FAILED and r.error is not None and "cannot be resumed" in r.error
+        assert await status(e, "quiet") is S.IN_QUEUE  # nothing sent yet: it runs again

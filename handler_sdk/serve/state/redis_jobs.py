@@ -7,7 +7,7 @@ braces are a cluster hash tag, so one endpoint's keys share a slot and two endpo
 
 ======================  =====================================================================================
 ``job:<id>``            hash: status, created, started, ended, input, output, error, details, retries, worker,
-                        ttl, exec, requeued, low, sync, retention, cursor, meta
+                        ttl, exec, requeued, low, sync, retention, cursor, attempt, sse, meta
 ``stream:<id>``         list: the job's stream items, fully serialized
 ``q``, ``qlow``         lists: queued ids (normal, lowPriority); stale ids are dropped when popped
 ``dl``                  sorted set by due ms: ``ttl|<id>|<due>``, ``exec|<id>|<started>``, ``exp|<id>``,
@@ -29,11 +29,13 @@ whichever replica's tick removes it.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ... import codec
 from ...errors import Conflict, NotFound
 from ...models import JobStatus
 from .changes import LOST, ChangeFeed, Watch
@@ -113,6 +115,8 @@ class StoredJob:
     sync: bool
     retention: int
     retries: int = 0
+    # The number of the job's latest lease (1 for its first run): stream items carry it as metrics.attempt.
+    attempt: int = 0
     started: int | None = None
     ended: int | None = None
     input: bytes | None = None
@@ -146,12 +150,28 @@ class StoredJob:
 
         return cls(
             id=job_id, status=S(str(text(b"status"))), created=int(h[b"created"]), sync=h.get(b"sync") == b"1",
-            retention=int(h[b"retention"]), retries=int(h.get(b"retries", 0)), started=num(b"started"),
+            retention=int(h[b"retention"]), retries=int(h.get(b"retries", 0)), attempt=int(h.get(b"attempt", 0)),
+            started=num(b"started"),
             ended=num(b"ended"), input=raw(b"input"), output=raw(b"output"), error=text(b"error"),
             details=raw(b"details"), worker_id=text(b"worker"), ttl=num(b"ttl"), execution_timeout=num(b"exec"),
             requeued=num(b"requeued"), low_priority=h.get(b"low") == b"1", cursor=int(h.get(b"cursor", 0)),
             stream_len=int(h.get(b"nstream", 0)), meta=raw(b"meta"),
         )  # fmt: skip
+
+
+# A cheap pre-check on serialized metrics: only those that may hold a key of ours are decoded.
+_HAS_RESERVED = re.compile(rb'"(?:stream_index|scenario|attempt)"')
+_RESERVED_METRICS = ("stream_index", "scenario", "attempt")
+
+
+def _without_reserved(m: bytes) -> bytes | None:
+    try:
+        metrics = codec.loads(m)
+    except ValueError:
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    return codec.dumps({k: v for k, v in metrics.items() if k not in _RESERVED_METRICS})
 
 
 def _conflict(job_id: str, worker_id: str, reply: Any) -> None:
@@ -206,12 +226,14 @@ class RedisJobs:
         ttl: int | None = None,
         execution_timeout: int | None = None,
         meta: bytes | None = None,
+        sse: bool = False,
     ) -> None:
-        """Queue a new job (``meta``: opaque bytes the caller wants back, e.g. its webhook)."""
+        """Queue a new job (``meta``: opaque bytes the caller wants back, e.g. its webhook; ``sse``: an OpenAI
+        streamed answer, which a lost lease after its first item fails rather than runs again)."""
         retention = self.cfg.sync_retention_ms if sync else self.cfg.run_retention_ms
         ok = await self._call(
             "submit", job_id, input, int(sync), int(low_priority), _opt(ttl), _opt(execution_timeout), retention,
-            meta or b"",
+            meta or b"", int(sse),
         )  # fmt: skip
         if not ok:
             raise Conflict(f"job id {job_id} is taken")
@@ -346,6 +368,8 @@ class RedisJobs:
         """Append stream items (serialized outputs, and metrics objects or None); returns the item count."""
         args: list[bytes] = []
         for out, m in zip(outputs, metrics, strict=True):
+            if m is not None and _HAS_RESERVED.search(m) is not None:
+                m = _without_reserved(m)  # noqa: PLW2901 (a worker's values for our keys: dropped, not doubled)
             args += (out, m or b"")
         reply = await self._call("stream", worker_id, job_id, self.cfg.lease_ms, *args)
         _conflict(job_id, worker_id, reply)

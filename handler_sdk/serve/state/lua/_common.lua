@@ -104,7 +104,12 @@ local function lapse(wid, max_attempts)
       redis.call('HINCRBY', COUNTS, 'retried', 1)
       if tries >= max_attempts then
         fail_with(id, k, 'IN_PROGRESS', 'FAILED', 'WorkerLost',
-          'job was lost with its worker ' .. tries .. ' times (max_attempts=' .. max_attempts .. ')')
+          'job was lost with its worker ' .. tries .. ' times (max_attempts=' .. max_attempts .. '): '
+          .. 'the worker died, was killed, or lost its lease while running it')
+      elseif redis.call('HGET', k, 'sse') == '1' and redis.call('EXISTS', skey(id)) == 1 then
+        -- Its client already holds part of an SSE answer: a re-run would send a second answer after it.
+        fail_with(id, k, 'IN_PROGRESS', 'FAILED', 'WorkerLost',
+          'the worker was lost while streaming this answer; the partial answer cannot be resumed')
       else
         queue_again(id, k, true)
       end

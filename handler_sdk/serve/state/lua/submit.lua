@@ -1,4 +1,4 @@
--- ARGV: P NOW id input sync low ttl exec retention meta. Returns 1, or 0 when the id is taken.
+-- ARGV: P NOW id input sync low ttl exec retention meta sse. Returns 1, or 0 when the id is taken.
 local id = ARGV[3]
 local k = jkey(id)
 if redis.call('EXISTS', k) == 1 then return 0 end
@@ -11,6 +11,7 @@ if ARGV[7] ~= '' then
 end
 if ARGV[8] ~= '' then redis.call('HSET', k, 'exec', ARGV[8]) end
 if ARGV[10] ~= '' then redis.call('HSET', k, 'meta', ARGV[10]) end
+if ARGV[11] == '1' then redis.call('HSET', k, 'sse', '1') end
 redis.call('HINCRBY', COUNTS, 'IN_QUEUE', 1)
 redis.call('ZADD', IDS, NOW, id)
 redis.call('RPUSH', ARGV[6] == '1' and QLOW or Q, id)

@@ -13,6 +13,7 @@ for _, q in ipairs({ Q, QLOW }) do
     if f[1] == 'IN_QUEUE' then
       set_status(k, 'IN_QUEUE', 'IN_PROGRESS')
       redis.call('HSET', k, 'started', ARGV[2], 'worker', wid)
+      redis.call('HINCRBY', k, 'attempt', 1) -- stream items carry it as metrics.attempt
       redis.call('SADD', wjobs(wid), id)
       if f[3] then
         local due = NOW + tonumber(f[3]) + grace
