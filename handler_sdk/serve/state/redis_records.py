@@ -1,0 +1,113 @@
+"""The records of the Redis engine as Python sees them, and its settings."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ... import codec
+from ...models import JobStatus
+
+__all__ = ["RedisJobsConfig", "StoredJob", "Taken", "scrub_metrics"]
+
+S = JobStatus
+
+
+@dataclass(slots=True)
+class RedisJobsConfig:
+    run_retention_ms: int = 30 * 60 * 1000
+    sync_retention_ms: int = 60 * 1000
+    lease_ms: int = 30_000
+    max_attempts: int = 3
+    execution_grace_ms: int = 5_000
+    tick_s: float = 0.05
+    # Deadlines applied per tick script: bounds how long one script holds redis-server.
+    tick_batch: int = 256
+
+
+@dataclass(slots=True)
+class Taken:
+    """A job as a take hands it to a worker."""
+
+    id: str
+    input: bytes
+    execution_timeout: int | None
+    meta: bytes | None
+
+
+@dataclass(slots=True)
+class StoredJob:
+    """One job's record as Redis holds it (input and outputs stay serialized JSON)."""
+
+    id: str
+    status: JobStatus
+    created: int
+    sync: bool
+    retention: int
+    retries: int = 0
+    # The number of the job's latest lease (1 for its first run): stream items carry it as metrics.attempt.
+    attempt: int = 0
+    started: int | None = None
+    ended: int | None = None
+    input: bytes | None = None
+    output: bytes | None = None
+    error: str | None = None
+    details: bytes | None = None
+    worker_id: str | None = None
+    ttl: int | None = None
+    execution_timeout: int | None = None
+    requeued: int | None = None
+    low_priority: bool = False
+    cursor: int = 0
+    stream_len: int = 0
+    meta: bytes | None = None
+
+    @classmethod
+    def parse(cls, job_id: str, flat: Sequence[bytes | int]) -> StoredJob:
+        h = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+        def num(k: bytes) -> int | None:
+            v = h.get(k)
+            return None if v is None else int(v)
+
+        def text(k: bytes) -> str | None:
+            v = h.get(k)
+            return None if v is None else bytes(v).decode() if not isinstance(v, int) else str(v)
+
+        def raw(k: bytes) -> bytes | None:
+            v = h.get(k)
+            return None if v is None or isinstance(v, int) else v
+
+        return cls(
+            id=job_id, status=S(str(text(b"status"))), created=int(h[b"created"]), sync=h.get(b"sync") == b"1",
+            retention=int(h[b"retention"]), retries=int(h.get(b"retries", 0)), attempt=int(h.get(b"attempt", 0)),
+            started=num(b"started"),
+            ended=num(b"ended"), input=raw(b"input"), output=raw(b"output"), error=text(b"error"),
+            details=raw(b"details"), worker_id=text(b"worker"), ttl=num(b"ttl"), execution_timeout=num(b"exec"),
+            requeued=num(b"requeued"), low_priority=h.get(b"low") == b"1", cursor=int(h.get(b"cursor", 0)),
+            stream_len=int(h.get(b"nstream", 0)), meta=raw(b"meta"),
+        )  # fmt: skip
+
+
+# A cheap pre-check on serialized metrics: only those that may hold a key of ours are decoded.
+_HAS_RESERVED = re.compile(rb'"(?:stream_index|scenario|attempt)"')
+_RESERVED_METRICS = ("stream_index", "scenario", "attempt")
+
+
+def _without_reserved(m: bytes) -> bytes | None:
+    try:
+        metrics = codec.loads(m)
+    except ValueError:
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    return codec.dumps({k: v for k, v in metrics.items() if k not in _RESERVED_METRICS})
+
+
+def scrub_metrics(m: bytes | None) -> bytes | None:
+    """A worker's serialized metrics without its values for the keys the stream item sets (dropped, not
+    doubled); decoded only when the bytes may hold one of them."""
+    if m is not None and _HAS_RESERVED.search(m) is not None:
+        return _without_reserved(m)
+    return m
