@@ -17,6 +17,7 @@
     │       │   └── NestedTooDeep     a body nested deeper than codec.MAX_DEPTH
     │       ├── RequestTimeout (408) · PayloadTooLarge (413) · Unprocessable (422) · TooManyRequests (429)
     └── InfrastructureError            outside the user's control
+        ├── WorkerDead                 the process can serve no further job (its engine died): exit non-zero
         ├── TransportError             a worker could not reach the endpoint
         │   └── StaleResult            the endpoint refused a result (409): cancelled, re-leased or ended
         └── StoreError                 the job store failed (a request that needed it: 503, Retry-After)
@@ -51,6 +52,7 @@ __all__ = [
     "Unauthorized",
     "Unprocessable",
     "UserError",
+    "WorkerDead",
 ]
 
 
@@ -145,6 +147,14 @@ class TooManyRequests(HTTPError):
 
 class InfrastructureError(HandlerSDKError):
     pass
+
+
+class WorkerDead(InfrastructureError):
+    """This process can serve no further job (for example, its inference engine died).
+
+    The worker fails its running jobs with this message, takes nothing more, stops pinging and exits non-zero,
+    so that the platform restarts the container. A setup state announces it with ``until_dead()``.
+    """
 
 
 class TransportError(InfrastructureError):

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from ..errors import SetupError
+from ..errors import SetupError, WorkerDead
 from ..handler import Handler
 from ..runner import DEFAULT_RESULT_CAP
 from ..threads import ElasticPool
@@ -168,6 +168,11 @@ class Server:
                 await self.worker.run()
             except SetupError as e:
                 log.error("%s; the worker cannot start, exiting (queued jobs stay queued)", e)
+                self.exit_code = 1
+                self.stopped.set()
+                return
+            except WorkerDead as e:
+                log.error("the worker died (%s); exiting (its running jobs failed, queued jobs stay queued)", e)
                 self.exit_code = 1
                 self.stopped.set()
                 return

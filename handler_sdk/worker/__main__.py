@@ -2,7 +2,7 @@
 
 Configured from env vars (see handler_sdk.worker.config). SIGTERM drains: no new jobs, running ones get until the
 drain deadline, then the rest are handed back. Exit status: 0 after a drain or a ``refresh_worker``, 1 when the
-setup hook fails, 2 on bad configuration.
+setup hook fails or the process is declared dead (WorkerDead: its engine died), 2 on bad configuration.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import signal
 import sys
 
 from ..collector import tune_collector
-from ..errors import ConfigError, SetupError
+from ..errors import ConfigError, SetupError, WorkerDead
 from ..handler import Handler
 from ..loader import load_handler
 from ..logs import configure_logging
@@ -35,7 +35,7 @@ async def _run(h: Handler, *, handle_signals: bool = True) -> int:
     tune_collector()
     try:
         await worker.run()
-    except SetupError as e:
+    except (SetupError, WorkerDead) as e:
         log.error("%s", e)
         return 1
     finally:

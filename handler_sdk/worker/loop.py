@@ -3,6 +3,10 @@
 The same Worker runs inside ``serve`` (with the in-process transport) and in a container (over HTTP). It never
 lets a job's failure escape: every job ends in exactly one report, or, when it is cancelled or handed back at a
 drain deadline, in none (the endpoint already knows its fate).
+
+A setup state with an ``until_dead()`` coroutine (the vLLM engine has one) can declare the process dead: when it
+returns a reason, or a job raises WorkerDead, the worker takes nothing more, stops pinging, fails its running
+jobs with that reason, and ``run`` raises WorkerDead so that the process exits non-zero and is restarted.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from .. import codec
 from ..batching import Batcher, Ticket
 from ..checks import run_checks
 from ..collector import after_setup
-from ..errors import SetupError, StaleResult, TransportError
+from ..errors import SetupError, StaleResult, TransportError, WorkerDead
 from ..handler import Handler
 from ..job import Job
+from ..models import JobStatus
 from ..runner import DEFAULT_RESULT_CAP, Outcome, error_details, run_job
 from ..threads import ElasticPool
 from .sender import StreamSender
@@ -35,6 +40,10 @@ from .transport import Assignment, Pushing, Transport
 __all__ = ["Worker", "WorkerConfig", "WorkerState"]
 
 log = logging.getLogger(__name__)
+
+# Once the process is declared dead, running jobs get this long to fail on their own (with their own error,
+# which names the cause more precisely) before they are failed with the reason.
+DEAD_GRACE_S = 2.0
 
 
 class WorkerState(enum.Enum):
@@ -108,6 +117,8 @@ class Worker:
         self._batcher = (
             Batcher(h, self.pool, limit=lambda: self.limit, result_cap=self.cfg.result_cap) if h.batched else None
         )
+        self.dead: str | None = None
+        self._pinger: asyncio.Task[None] | None = None
 
     # --- public ----------------------------------------------------------------------------------------------
 
@@ -120,12 +131,25 @@ class Worker:
         self._stopping.set()
         self._slot.set()
 
+    def die(self, reason: str) -> None:
+        """The process can serve no further job: take nothing more, stop pinging, fail the running jobs with
+        ``reason`` (after DEAD_GRACE_S to fail on their own), and make ``run`` raise WorkerDead."""
+        if self.dead is not None:
+            return
+        log.error("worker %s cannot go on: %s; failing %d running job(s) and exiting", self.t.worker_id, reason,
+                  len(self.running))  # fmt: skip
+        self.dead = reason
+        if self._pinger is not None:
+            self._pinger.cancel()
+        self.stop()
+
     async def run(self) -> None:
         """Run until stopped (or a job asks for a refresh). Raises SetupError if the setup hook fails."""
         self._loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as tg:
-                background = [tg.create_task(self._ping_loop(), name="ping")]
+                self._pinger = tg.create_task(self._ping_loop(), name="ping")
+                background = [self._pinger]
                 await self._setup()
                 self.state = WorkerState.READY if self.state is WorkerState.INITIALIZING else self.state
                 background += [
@@ -134,6 +158,9 @@ class Worker:
                 ]
                 if self.spool is not None:
                     background.append(tg.create_task(self._spool_loop(), name="spool"))
+                until_dead = getattr(self.setup_state, "until_dead", None)
+                if callable(until_dead):
+                    background.append(tg.create_task(self._watch(until_dead), name="until-dead"))
                 self._tg = tg
                 if isinstance(self.t, Pushing):
                     await self._pushed(self.t)
@@ -150,6 +177,11 @@ class Worker:
         finally:
             self.state = WorkerState.STOPPED
             self.pool.shutdown()
+        if self.dead is not None:
+            raise WorkerDead(self.dead)
+
+    async def _watch(self, until_dead: Any) -> None:
+        self.die(str(await until_dead()))
 
     # --- setup -----------------------------------------------------------------------------------------------
 
@@ -219,8 +251,22 @@ class Worker:
                 delay = min(delay * 2, self.cfg.backoff_max_s, 1.0)
                 continue
             delay = self.cfg.backoff_base_s
+            if self.dead is not None:
+                await self._refuse(jobs)
+                return
             for a in jobs:
                 self._start(tg, a)
+
+    async def _refuse(self, jobs: list[Assignment]) -> None:
+        """Jobs a take brought back after the process was declared dead: hand them back, or fail them."""
+        if not jobs:
+            return
+        if self.t.can_hand_back:
+            with contextlib.suppress(TransportError):
+                await self.t.hand_back([a.id for a in jobs])
+                return
+        for a in jobs:
+            await self._report(a.id, self._dead_outcome())
 
     async def _pushed(self, pusher: Pushing) -> None:
         """Jobs arrive through ``_start_all`` while we are attached; nothing to do here but wait for the stop."""
@@ -299,12 +345,16 @@ class Worker:
                     return
                 outcome = flushed
             reporting = True
+            if outcome.error_details is not None and outcome.error_details.get("error_type") == "WorkerDead":
+                self.die(outcome.error or "WorkerDead")
         except asyncio.CancelledError:
-            # Stopped by the endpoint (cancel/timeout there) or handed back at a drain deadline: no report.
             if sender is not None:
                 sender.abort()
-            log.info("job %s stopped", a.id)
-            return
+            if self.dead is None:
+                # Stopped by the endpoint (cancel/timeout there) or handed back at a drain deadline: no report.
+                log.info("job %s stopped", a.id)
+                return
+            outcome, reporting = self._dead_outcome(), True
         finally:
             self.running.pop(a.id, None)
             self._progress.pop(a.id, None)
@@ -329,6 +379,10 @@ class Worker:
             log.exception("reporting the result of job %s failed", job_id)
         finally:
             self._reporting.discard(job_id)
+
+    def _dead_outcome(self) -> Outcome:
+        err = WorkerDead(self.dead or "the worker died")
+        return Outcome(JobStatus.FAILED, error=f"WorkerDead: {err}", error_details=error_details(err, tb=False))
 
     def _note(self, job_id: str, outcome: Outcome) -> None:
         if outcome.error_details is not None:
@@ -504,8 +558,13 @@ class Worker:
             self._batcher.flush()  # nothing more will be taken: a batch waiting to fill would wait in vain
         if self.running:
             tasks = [rj.task for rj in self.running.values() if rj.task is not None]
-            _, pending = await asyncio.wait(tasks, timeout=self.cfg.drain_timeout_s)
-            if pending:
+            timeout = self.cfg.drain_timeout_s if self.dead is None else DEAD_GRACE_S
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending and self.dead is not None:
+                for job_id in [job_id for job_id, rj in self.running.items() if rj.task in pending]:
+                    self.cancel(job_id)  # each reports FAILED with the reason
+                await asyncio.wait(pending)
+            elif pending:
                 ids = [job_id for job_id, rj in self.running.items() if rj.task in pending]
                 log.warning("drain deadline reached; handing back %d unfinished job(s): %s", len(ids), ids)
                 # Still ours until handed back: a ping without them would say they were lost.
