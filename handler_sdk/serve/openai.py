@@ -8,13 +8,19 @@ The worker's handler (e.g. the built-in vLLM one) answers in one of two ways, an
   as they land, in order, as ``text/event-stream``.
 
 A client that disconnects mid-stream cancels its job. A handler that is not OpenAI-aware simply has its output
-returned as the JSON body.
+returned as the JSON body. A stream whose job fails (its engine died) ends with an OpenAI-shaped error event and
+``[DONE]``, never by hanging. Any other path under ``/openai`` is answered here, 404 listing the routes served,
+without making a job.
+
+A body holding an integer beyond 64 bits (``"seed": -9223372036854775809``) travels as its JSON text: parsed into
+an object it would turn into a float on the way, and vLLM would answer a type error instead of its range error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any
 
 from aiohttp import web
@@ -30,9 +36,29 @@ from .web import read_json
 __all__ = ["add_openai_routes"]
 
 
+# (method, path under /openai, the job's openai_route): what the worker's OpenAI handler answers.
+ROUTES = (
+    ("POST", "/v1/chat/completions", "/v1/chat/completions"),
+    ("POST", "/v1/completions", "/v1/completions"),
+    ("POST", "/v1/responses", "/v1/responses"),
+    ("POST", "/v1/embeddings", "/v1/embeddings"),
+    ("GET", "/v1/models", "/v1/models"),
+    ("POST", "/tokenize", "/tokenize"),
+    ("POST", "/detokenize", "/detokenize"),
+    ("GET", "/version", "/version"),
+    ("GET", "/health", "/health"),
+)
+# 19 digits or more can be beyond 64 bits; orjson would read such a number as a float.
+_LONG_INT = re.compile(rb"\d{19,}")
+
+
+def _error_body(message: str, status: int, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "code": status, "param": None}}
+
+
 def _openai_error(message: str, status: int, kind: str = "invalid_request_error") -> web.Response:
-    body = {"error": {"message": message, "type": kind, "code": status}}
-    return web.Response(body=codec.dumps(body), status=status, content_type="application/json")
+    return web.Response(body=codec.dumps(_error_body(message, status, kind)), status=status,
+                        content_type="application/json")  # fmt: skip
 
 
 def _final(r: JobRecord) -> web.Response:
@@ -55,23 +81,38 @@ class OpenAIRoutes:
         self.body_cap = body_cap
         self.wait_s = wait_s
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(self, request: web.Request) -> tuple[dict[str, Any], Any]:
+        """The body as an object, and what the job carries: the object, or its JSON text if it must stay exact."""
         body = await read_json(request, self.body_cap)
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object")
-        return body
+        raw = await request.read()  # aiohttp keeps the body it read
+        return body, (raw.decode("utf-8", "replace") if _LONG_INT.search(raw) else body)
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self.relay(request, "/v1/chat/completions", await self._body(request))
+    def route(self, method: str, route: str) -> Any:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            if method == "GET":
+                return await self.relay(request, route, None, None)
+            body, carried = await self._body(request)
+            return await self.relay(request, route, body, carried)
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.relay(request, "/v1/completions", await self._body(request))
+        return answer
 
-    async def models(self, request: web.Request) -> web.StreamResponse:
-        return await self.relay(request, "/v1/models", None)
+    async def unknown(self, request: web.Request) -> web.StreamResponse:
+        """Any other /openai path: answered here, with the routes we serve, and no job made."""
+        tail = "/" + request.match_info.get("tail", "")
+        served = ", ".join(f"{m} /openai{p}" for m, p, _ in ROUTES)
+        allowed = [m for m, p, _ in ROUTES if p == tail]
+        if allowed:
+            return web.Response(body=codec.dumps(_error_body(f"{request.method} is not allowed on /openai{tail}",
+                                405, "MethodNotAllowed")), status=405, content_type="application/json",
+                                headers={"Allow": ",".join(allowed)})  # fmt: skip
+        return _openai_error(f"no OpenAI route /openai{tail}; served: {served}", 404, "NotFoundError")
 
-    async def relay(self, request: web.Request, route: str, body: dict[str, Any] | None) -> web.StreamResponse:
-        req = RunRequest(input={"openai_route": route, "openai_input": body})
+    async def relay(
+        self, request: web.Request, route: str, body: dict[str, Any] | None, carried: Any
+    ) -> web.StreamResponse:
+        req = RunRequest(input={"openai_route": route, "openai_input": carried})
         r = self.broker.submit(req, sync=True)
         streaming = body is not None and bool(body.get("stream"))
         resp: web.StreamResponse | None = None
@@ -112,17 +153,18 @@ async def _relay_sse(request: web.Request, r: JobRecord) -> web.StreamResponse |
                 await resp.write(out.encode() if isinstance(out, str) else b"data: " + codec.dumps(out) + b"\n\n")
             sent += len(items)
         if r.status.terminal and sent >= len(r.stream):
-            if resp is not None and r.status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
-                # Part of the answer is out: the failure (e.g. its worker was lost) ends the stream as an event.
-                kind = "timeout" if r.status is JobStatus.TIMED_OUT else "internal_error"
-                err = {"error": {"message": r.error or "the handler failed", "type": kind, "code": 500}}
-                await resp.write(b"data: " + codec.dumps(err) + b"\n\n")
+            if resp is not None and r.status is not JobStatus.COMPLETED:
+                # Part of the answer is out: the failure (the engine died, its worker was lost, a timeout, a cancel) ends
+                # the stream as an OpenAI-shaped error event and [DONE], as vLLM's server ends a failed stream.
+                kind = "timeout" if r.status is JobStatus.TIMED_OUT else "InternalServerError"
+                error = _error_body(r.error or f"the request ended {r.status.value}", 500, kind)
+                await resp.write(b"data: " + codec.dumps(error) + b"\n\ndata: [DONE]\n\n")
             return resp
         await r.watch().wait()
 
 
 def add_openai_routes(routes: Routes, broker: Broker, *, body_cap: int = 20 << 20, wait_s: float = 600.0) -> None:
     o = OpenAIRoutes(broker, body_cap, wait_s)
-    routes.post("/openai/v1/chat/completions", o.chat)
-    routes.post("/openai/v1/completions", o.completions)
-    routes.get("/openai/v1/models", o.models)
+    for method, path, route in ROUTES:
+        routes.add(method, "/openai" + path, o.route(method, route))
+    routes.add("*", "/openai/{tail:.*}", o.unknown)

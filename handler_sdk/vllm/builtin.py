@@ -12,13 +12,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import ConfigError
+from .. import codec
+from ..errors import ConfigError, InvalidInput
 from ..handler import Handler
 from ..job import Job
 from ..outputs import Chunk, Final
 from .config import env_int
 from .engine import Engine
-from .inputs import OpenAIRequest, parse_job_input
+from .inputs import GenerateRequest, OpenAIRequest, parse_job_input
 
 __all__ = ["handler", "respond"]
 
@@ -34,8 +35,41 @@ async def respond(engine: Engine, job_input: Any, request_id: str) -> AsyncItera
         async for event in engine.openai.handle(request.route, request.body):
             yield event
         return
+    if request.use_openai_format:
+        async for item in _in_openai_format(engine, request):
+            yield item
+        return
     async for item in engine.generate(request, f"{request_id}-{uuid.uuid4().hex[:8]}"):
         yield item
+
+
+async def _in_openai_format(engine: Engine, request: GenerateRequest) -> AsyncIterator[Chunk | Final | str]:
+    """worker-vllm's ``use_openai_format``: the job answered as the OpenAI chat (``messages``) or completion
+    (``prompt``) route would, by the same serving code; each stream item is one chunk object, and the final
+    output the whole response (not streaming) or nothing. An OpenAI error fails the job with its message."""
+    body: dict[str, Any] = {**request.sampling_params, "model": request.lora or engine.config.served_model_name}
+    body["stream"] = request.stream
+    if request.messages is not None:
+        route, body["messages"] = "/v1/chat/completions", request.messages
+    elif request.apply_chat_template:
+        route, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": request.prompt or ""}]
+    else:
+        route, body["prompt"] = "/v1/completions", request.prompt
+    async for event in engine.openai.handle(route, body):
+        if isinstance(event, Final):
+            answer = event.output
+            if answer["status_code"] != 200:
+                error = (answer.get("body") or {}).get("error") or {}
+                raise InvalidInput(f"{error.get('type', 'error')}: {error.get('message', answer)}")
+            if answer["body"] is not None:
+                yield Final(answer["body"])
+            return
+        payload = event.removeprefix("data: ").strip()
+        if payload and payload != "[DONE]":
+            chunk = codec.loads(payload)
+            if isinstance(chunk, dict) and "error" in chunk:
+                raise InvalidInput(str(chunk["error"].get("message", chunk["error"])))
+            yield Chunk(chunk)
 
 
 async def _start() -> Engine:

@@ -7,6 +7,9 @@
   fails start-up instead of being served with a default. An empty value counts as unset.
 * The handler's own knobs: ``MAX_CONCURRENCY`` (30), ``DEFAULT_BATCH_SIZE`` (50), ``MIN_BATCH_SIZE`` (1),
   ``BATCH_SIZE_GROWTH_FACTOR`` (3) and ``OPENAI_SERVED_MODEL_NAME_OVERRIDE``.
+* What vLLM's server reads as front-end flags (``ServingOptions``): ``ENABLE_AUTO_TOOL_CHOICE``,
+  ``TOOL_CALL_PARSER``, ``CHAT_TEMPLATE`` (a path or the template text; ``CUSTOM_CHAT_TEMPLATE`` is worker-vllm's
+  name for it), ``REASONING_PARSER`` (an engine field too) and ``LORA_MODULES``.
 
 Without ``MODEL_NAME`` the handler serves the tiny random-weight model (see ``tiny``) with CPU-friendly defaults.
 """
@@ -27,7 +30,7 @@ from .. import codec
 from ..errors import ConfigError
 from .tiny import TINY_MODEL_NAME, default_tiny_dir
 
-__all__ = ["BatchPolicy", "EngineConfig", "engine_kwargs_from_env"]
+__all__ = ["BatchPolicy", "EngineConfig", "ServingOptions", "engine_kwargs_from_env"]
 
 # Names that are engine fields but too generic to claim from the environment: MODEL and TOKENIZER come in as
 # MODEL_NAME and TOKENIZER_NAME; LOG_LEVEL is commonly set for other programs with other values.
@@ -74,6 +77,75 @@ class BatchPolicy:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class LoRAModule:
+    """One adapter of ``LORA_MODULES``: the name clients choose it by, and its path or hub id."""
+
+    name: str
+    path: str
+    base_model_name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServingOptions:
+    """The OpenAI front end's settings (vLLM's server flags of the same names)."""
+
+    enable_auto_tools: bool = False
+    tool_parser: str | None = None
+    chat_template: str | None = None
+    reasoning_parser: str | None = None
+    lora_modules: tuple[Any, ...] = ()  # vLLM's LoRAModulePath, built when the engine starts
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServingOptions:
+        auto = _get(env, "ENABLE_AUTO_TOOL_CHOICE")
+        try:
+            enable_auto = TypeAdapter(bool).validate_strings(auto) if auto is not None else False
+        except ValidationError:
+            raise ConfigError(f"ENABLE_AUTO_TOOL_CHOICE={auto!r} is not a boolean (true/false)") from None
+        parser = _get(env, "TOOL_CALL_PARSER")
+        if enable_auto and parser is None:
+            raise ConfigError("ENABLE_AUTO_TOOL_CHOICE=true needs TOOL_CALL_PARSER (for example hermes)")
+        return cls(
+            enable_auto_tools=enable_auto,
+            tool_parser=parser,
+            chat_template=_get(env, "CHAT_TEMPLATE") or _get(env, "CUSTOM_CHAT_TEMPLATE"),
+            reasoning_parser=_get(env, "REASONING_PARSER"),
+            lora_modules=tuple(lora_modules_from_env(env)),
+        )
+
+
+def lora_modules_from_env(env: Mapping[str, str]) -> list[LoRAModule]:
+    """``LORA_MODULES``: a JSON list of ``{"name", "path"[, "base_model_name"]}``, one such object, or
+    ``name=path`` pairs separated by spaces (vLLM's ``--lora-modules`` forms)."""
+    raw = _get(env, "LORA_MODULES")
+    if raw is None:
+        return []
+    if raw.lstrip()[:1] in ("[", "{"):
+        try:
+            value = codec.loads(raw)
+        except ValueError as e:
+            raise ConfigError(f"LORA_MODULES is not valid JSON: {e}") from None
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for item in items:
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("name"), str)
+                or not isinstance(item.get("path"), str)
+            ):
+                raise ConfigError(f'LORA_MODULES: each adapter needs a "name" and a "path", got {item!r}')
+            out.append(LoRAModule(item["name"], item["path"], item.get("base_model_name")))
+        return out
+    out = []
+    for pair in raw.split():
+        name, eq, path = pair.partition("=")
+        if not eq or not name or not path:
+            raise ConfigError(f"LORA_MODULES: {pair!r} is not name=path (or use the JSON form)")
+        out.append(LoRAModule(name, path))
+    return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything the engine and the ready-made handler read from the environment.
 
@@ -86,6 +158,7 @@ class EngineConfig:
     max_concurrency: int = 30
     batch: BatchPolicy = dataclasses.field(default_factory=BatchPolicy)
     tiny: bool = False
+    serving: ServingOptions = dataclasses.field(default_factory=ServingOptions)
 
     @property
     def model(self) -> str:
@@ -117,6 +190,7 @@ class EngineConfig:
             max_concurrency=env_int(env, "MAX_CONCURRENCY", 30),
             batch=batch,
             tiny=tiny,
+            serving=ServingOptions.from_env(env),
         )
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import gc
 import logging
+import signal
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -14,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from vllm import AsyncEngineArgs
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from ..errors import InfrastructureError
+from ..errors import InfrastructureError, InvalidInput, WorkerDead
 from . import stream
-from .config import EngineConfig
+from .config import EngineConfig, ServingOptions
 from .metrics import EngineStats
 from .openai import OpenAIServing
 from .tiny import ensure_tiny_model
@@ -28,6 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
+
+# How often the watchdog looks at the engine. vLLM notices a dead EngineCore at once (a monitor thread waits on
+# the process sentinel, and the core reports its own exceptions); this only bounds how soon we act on its flag.
+_WATCH_S = 0.2
 
 
 class Engine:
@@ -44,7 +50,12 @@ class Engine:
         self._llm: AsyncLLM | None = llm
         self.config = config
         self.stats = stats
-        self.openai = OpenAIServing(llm, config.served_model_name, config.model)
+        self.serving = _serving_options(config)
+        self.chat_template: str | None = self.serving.chat_template
+        self.openai = OpenAIServing(
+            llm, config.served_model_name, config.model, self.serving,
+            lambda: self.death() if self.dead else None,
+        )  # fmt: skip
         self._close_lock = threading.Lock()
         # The loop the engine's sockets live on, for closing them from another thread at shutdown.
         self._loop = asyncio.get_running_loop()
@@ -94,9 +105,56 @@ class Engine:
     def closed(self) -> bool:
         return self._llm is None
 
+    @property
+    def dead(self) -> bool:
+        """True once the engine has died (its EngineCore process exited or raised); it cannot recover."""
+        llm = self._llm
+        return llm is not None and bool(llm.errored)
+
+    def death(self) -> WorkerDead:
+        """The error that names how the engine died, for the jobs it takes with it."""
+        return WorkerDead(f"the vLLM engine died: {self._death_cause()}")
+
+    def _death_cause(self) -> str:
+        manager = getattr(getattr(self._llm, "engine_core", None), "resources", None)
+        manager = getattr(manager, "engine_manager", None)
+        codes = [p.exitcode for p in getattr(manager, "processes", ()) if p.exitcode not in (None, 0)]
+        if not codes:
+            return "the EngineCore raised an error (its traceback is in the worker's log)"
+        code = codes[0]
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (killed: out of memory, or by hand)" if -code == signal.SIGKILL else ""
+            return f"its EngineCore process was killed by {name}{hint}"
+        return f"its EngineCore process exited with status {code} (its traceback is in the worker's log)"
+
+    async def until_dead(self) -> str:
+        """Return once the engine has died, with the reason: the worker then fails its jobs and exits non-zero.
+
+        An engine shut down on purpose never counts as dead; this then waits forever (until cancelled).
+        """
+        while not self.dead:  # noqa: ASYNC110 (vLLM sets the flag from its monitor thread: nothing to await)
+            await asyncio.sleep(_WATCH_S)
+        reason = str(self.death())
+        log.error("%s", reason)
+        return reason
+
     def unfinished(self) -> int:
         """Requests the engine has accepted and not yet finished (aborted ones included once aborted)."""
         return int(self.llm.get_num_unfinished_requests())
+
+    async def lora_request(self, name: str | None) -> Any:
+        """vLLM's LoRARequest for the adapter named ``name`` (one of LORA_MODULES), None for the base model."""
+        if name is None:
+            return None
+        adapters = (await self.openai.servings()).models.lora_requests
+        if name not in adapters:
+            known = ", ".join(sorted(adapters)) or "none (set LORA_MODULES)"
+            raise InvalidInput(f"lora: no adapter named {name!r}; loaded: {known}")
+        return adapters[name]
 
     def metrics(self) -> dict[str, Any]:
         """The engine-wide stream-item metrics (throughput, KV cache usage, running and pending requests)."""
@@ -106,6 +164,17 @@ class Engine:
         """Run one generation request: ``Chunk`` items when it streams, then always one ``Final`` with
         ``{"text": [...], "input_tokens": n, "output_tokens": m}``. See ``stream.generate``."""
         return stream.generate(self, request, request_id)
+
+
+def _serving_options(config: EngineConfig) -> ServingOptions:
+    """The front-end options with vLLM's types: the chat template read (path or text), adapters as paths."""
+    from vllm.entrypoints.openai.models.protocol import LoRAModulePath
+    from vllm.renderers.chat_utils import load_chat_template
+
+    o = config.serving
+    template = load_chat_template(o.chat_template) if o.chat_template else None
+    loras = tuple(LoRAModulePath(m.name, m.path, m.base_model_name) for m in o.lora_modules)
+    return dataclasses.replace(o, chat_template=template, lora_modules=loras)
 
 
 def _shutdown_at_exit(ref: weakref.ref[Engine]) -> None:

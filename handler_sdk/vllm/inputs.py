@@ -3,7 +3,8 @@
 Two shapes:
 
 * generation: ``{"prompt": str}`` or ``{"messages": [...]}``, with optional ``"sampling_params"`` (any vLLM
-  ``SamplingParams`` field), ``"stream"`` (default false) and worker-vllm's per-job batch knobs
+  ``SamplingParams`` field, ``structured_outputs`` included), ``"stream"`` (default false), ``"lora"`` (an
+  adapter's name), and worker-vllm's ``apply_chat_template``, ``use_openai_format`` and per-job batch knobs
   (``max_batch_size``, ``min_batch_size``, ``batch_size_growth_factor``);
 * OpenAI: ``{"openai_route": "/v1/...", "openai_input": body_or_null}``, what the endpoint makes of a request to
   ``/openai/v1/...``.
@@ -72,6 +73,9 @@ class GenerateRequest(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1)
     min_batch_size: int | None = Field(default=None, ge=1)
     batch_size_growth_factor: float | None = Field(default=None, ge=1)
+    apply_chat_template: bool = False
+    use_openai_format: bool = False
+    lora: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:
@@ -100,7 +104,7 @@ class OpenAIRequest:
     """An OpenAI API request relayed as a job: ``route`` such as ``/v1/chat/completions``, and its JSON body."""
 
     route: str
-    body: dict[str, Any] | None
+    body: dict[str, Any] | str | None  # the JSON text when the endpoint had to keep long integers exact
 
 
 def _pydantic_message(e: ValidationError) -> str:
@@ -119,8 +123,8 @@ def parse_job_input(raw: Any) -> GenerateRequest | OpenAIRequest:
         route, body = raw["openai_route"], raw.get("openai_input")
         if not isinstance(route, str):
             raise InvalidInput("openai_route must be a string such as /v1/chat/completions")
-        if body is not None and not isinstance(body, dict):
-            raise InvalidInput("openai_input must be a JSON object or null")
+        if body is not None and not isinstance(body, dict | str):
+            raise InvalidInput("openai_input must be a JSON object (or its JSON text), or null")
         return OpenAIRequest(route, body)
     try:
         return GenerateRequest.model_validate(raw)

@@ -1,20 +1,29 @@
 """OpenAI-compatible routes answered in-process by vLLM's own serving classes (no vLLM HTTP server).
 
-A request to the endpoint's ``/openai/v1/X`` arrives as a job ``{"openai_route": "/v1/X", "openai_input": body}``.
-The job's items and final output carry the HTTP answer back to the endpoint:
+A request to the endpoint's ``/openai/v1/X`` arrives as a job ``{"openai_route": "/v1/X", "openai_input": body}``
+(vLLM's own ``/tokenize``, ``/detokenize``, ``/version`` and ``/health`` arrive without ``/v1``). The job's items
+and final output carry the HTTP answer back to the endpoint:
 
-* a non-streamed answer, ``/v1/models``, or any error: only ``Final({"status_code": int, "body": json})``; errors
+* a non-streamed answer, a GET route, or any error: only ``Final({"status_code": int, "body": json})``; errors
   are vLLM's ``ErrorResponse`` in OpenAI's shape ``{"error": {"message", "type", "code", "param"}}``;
 * a streamed answer: each SSE event string exactly as vLLM writes it (``"data: {...}\\n\\n"``, the last one
   ``"data: [DONE]\\n\\n"``) as its own stream item, then ``Final({"status_code": 200, "body": None})``.
+
+``openai_input`` may also be the body's JSON text: the endpoint sends it so when the body holds an integer beyond
+64 bits, which a JSON object would have turned into a float on the way (vLLM then answers its own range error).
+
+When the engine dies mid-stream, vLLM's generator writes an error event and ``[DONE]``; we drop both and raise
+WorkerDead instead, so the job FAILS (never COMPLETED) and the endpoint ends the stream with its own error event.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
+import vllm
 from pydantic import BaseModel, ValidationError
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
@@ -22,21 +31,30 @@ from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
 from vllm.entrypoints.serve import create_error_response
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest
+from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from ..errors import InfrastructureError
+from ..errors import InfrastructureError, WorkerDead
 from ..outputs import Final
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from .config import ServingOptions
+
 __all__ = ["OPENAI_ROUTES", "OpenAIServing"]
 
-CHAT, COMPLETIONS, MODELS = "/v1/chat/completions", "/v1/completions", "/v1/models"
-OPENAI_ROUTES = (CHAT, COMPLETIONS, MODELS)
+CHAT, COMPLETIONS, MODELS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses"
+TOKENIZE, DETOKENIZE, VERSION, HEALTH = "/tokenize", "/detokenize", "/version", "/health"
+# Every route this module answers (the endpoint lists the same ones in its 404 for any other /openai path).
+OPENAI_ROUTES = (CHAT, COMPLETIONS, MODELS, RESPONSES, TOKENIZE, DETOKENIZE, VERSION, HEALTH)
+_DONE = "data: [DONE]\n\n"
 
 
 def _answer(status: int, body: Any) -> Final:
@@ -63,53 +81,84 @@ def normalize_route(route: str) -> str:
     return route.removeprefix("/openai")
 
 
+def _parse(model: type[BaseModel], body: dict[str, Any] | str) -> Any:
+    return model.model_validate_json(body) if isinstance(body, str) else model.model_validate(body)
+
+
+def _tokenize_model(body: dict[str, Any] | str) -> type[BaseModel]:
+    # vLLM's /tokenize takes either a completion-style body (prompt) or a chat-style one (messages).
+    has_messages = '"messages"' in body if isinstance(body, str) else "messages" in body
+    return TokenizeChatRequest if has_messages else TokenizeCompletionRequest
+
+
+class _Servings:
+    """vLLM's serving objects for one engine."""
+
+    def __init__(self, llm: AsyncLLM, models: OpenAIServingModels, options: ServingOptions) -> None:
+        template: str | None = options.chat_template
+        fmt: Literal["auto"] = "auto"
+        tools: dict[str, Any] = {"enable_auto_tools": options.enable_auto_tools, "tool_parser": options.tool_parser}
+        reasoning = options.reasoning_parser or ""
+        renderer = OnlineRenderer(
+            llm.model_config, llm.renderer, request_logger=None, chat_template=template,
+            chat_template_content_format=fmt, reasoning_parser=options.reasoning_parser, **tools,
+        )  # fmt: skip
+        self.models = models
+        self.chat = OpenAIServingChat(
+            llm, models, "assistant", online_renderer=renderer, request_logger=None, chat_template=template,
+            chat_template_content_format=fmt, reasoning_parser=reasoning, **tools,
+        )  # fmt: skip
+        self.completion = OpenAIServingCompletion(llm, models, online_renderer=renderer, request_logger=None)
+        self.responses = OpenAIServingResponses(
+            llm, models, renderer, request_logger=None, chat_template=template, chat_template_content_format=fmt,
+            reasoning_parser=reasoning, **tools,
+        )  # fmt: skip
+        self.tokenization = ServingTokenization(
+            models, renderer, chat_template=template, chat_template_content_format=fmt
+        )
+
+
 class OpenAIServing:
-    """vLLM's chat, completion and models serving objects for one engine, created on first use.
+    """vLLM's OpenAI serving objects for one engine, created on first use.
 
     They must be created inside the running event loop (they capture it), hence lazily rather than at engine
-    start, which runs in a thread.
+    start, which runs in a thread. ``death`` returns the engine's death as an error, or None while it runs.
     """
 
-    def __init__(self, llm: AsyncLLM, served_model_name: str, model_path: str) -> None:
+    def __init__(
+        self,
+        llm: AsyncLLM,
+        served_model_name: str,
+        model_path: str,
+        options: ServingOptions,
+        death: Callable[[], WorkerDead | None],
+    ) -> None:
         self._llm: AsyncLLM | None = llm
         self._served = served_model_name
         self._model_path = model_path
-        self._models: OpenAIServingModels | None = None
-        self._chat: OpenAIServingChat | None = None
-        self._completion: OpenAIServingCompletion | None = None
+        self._options = options
+        self._death = death
+        self._servings: _Servings | None = None
+        self._lock = asyncio.Lock()
 
-    def _ensure(self) -> tuple[OpenAIServingModels, OpenAIServingChat, OpenAIServingCompletion]:
-        # No await in here, so two first jobs arriving together cannot both build.
-        if self._models is None or self._chat is None or self._completion is None:
-            llm = self._llm
-            if llm is None:
-                raise InfrastructureError("the vLLM engine is shut down")
-            models = OpenAIServingModels(llm, [BaseModelPath(name=self._served, model_path=self._model_path)])
-            renderer = OnlineRenderer(
-                llm.model_config,
-                llm.renderer,
-                request_logger=None,
-                chat_template=None,
-                chat_template_content_format="auto",
-            )
-            self._chat = OpenAIServingChat(
-                llm,
-                models,
-                "assistant",
-                online_renderer=renderer,
-                request_logger=None,
-                chat_template=None,
-                chat_template_content_format="auto",
-            )
-            self._completion = OpenAIServingCompletion(llm, models, online_renderer=renderer, request_logger=None)
-            self._models = models
-        return self._models, self._chat, self._completion
+    async def servings(self) -> _Servings:
+        """The serving objects, built (and the LORA_MODULES adapters loaded) on the first call."""
+        async with self._lock:
+            if self._servings is None:
+                llm = self._llm
+                if llm is None:
+                    raise InfrastructureError("the vLLM engine is shut down")
+                base = [BaseModelPath(name=self._served, model_path=self._model_path)]
+                models = OpenAIServingModels(llm, base, lora_modules=list(self._options.lora_modules) or None)
+                await models.init_static_loras()  # type: ignore[no-untyped-call]
+                self._servings = _Servings(llm, models, self._options)
+            return self._servings
 
     def close(self) -> None:
         """Drop every reference to the engine (the engine is shutting down)."""
-        self._llm = self._models = self._chat = self._completion = None
+        self._llm = self._servings = None
 
-    async def handle(self, route: str, body: dict[str, Any] | None) -> AsyncIterator[str | Final]:
+    async def handle(self, route: str, body: dict[str, Any] | str | None) -> AsyncIterator[str | Final]:
         """Answer one OpenAI request: SSE strings for a stream, then always one ``Final`` with the status."""
         answer = await self._dispatch(normalize_route(route), body)
         if isinstance(answer, Final):
@@ -117,19 +166,21 @@ class OpenAIServing:
             return
         try:
             async for event in answer:
+                if (event == _DONE or event.startswith('data: {"error"')) and (dead := self._death()) is not None:
+                    raise dead
                 yield event
         finally:
             # Closing vLLM's generator is what aborts the request when the job is cancelled mid-stream.
             await answer.aclose()
+        if (dead := self._death()) is not None:
+            raise dead
         yield _answer(HTTPStatus.OK, None)
 
-    async def _dispatch(self, route: str, body: dict[str, Any] | None) -> Final | AsyncGenerator[str, None]:
-        """The whole answer as a Final, or vLLM's SSE generator for a stream."""
-        models, chat, completion = self._ensure()
-        if route == MODELS:
-            listing = await models.show_available_models()
-            return _answer(HTTPStatus.OK, listing.model_dump(mode="json"))
-        if route not in (CHAT, COMPLETIONS):
+    async def _dispatch(self, route: str, body: dict[str, Any] | str | None) -> Final | AsyncGenerator[str, None]:
+        """The whole answer as a Final, or an SSE generator for a stream."""
+        if route in (VERSION, HEALTH, MODELS):
+            return await self._get(route)
+        if route not in (CHAT, COMPLETIONS, RESPONSES, TOKENIZE, DETOKENIZE):
             return _error(
                 create_error_response(
                     f"unknown OpenAI route {route!r}; served: {', '.join(OPENAI_ROUTES)}",
@@ -139,19 +190,51 @@ class OpenAIServing:
             )
         if body is None:
             return _error(create_error_response(f"{route} needs a JSON request body"))
+        s = await self.servings()
         try:
-            if route == CHAT:
-                result: Any = await chat.create_chat_completion(ChatCompletionRequest.model_validate(body))
-            else:
-                result = await completion.create_completion(CompletionRequest.model_validate(body))
+            result = await self._call(s, route, body)
         except ValidationError as e:
             return _error(_validation_error(e))
-        except EngineDeadError:
-            raise
+        except EngineDeadError as e:
+            raise self._death() or WorkerDead(f"the vLLM engine died: {e}") from e
         except Exception as e:  # vLLM raises some request errors (VLLMValidationError) rather than returning them
+            if (dead := self._death()) is not None:
+                raise dead from e
             return _error(create_error_response(e))
         if isinstance(result, ErrorResponse):
             return _error(result)
         if isinstance(result, BaseModel):
-            return _answer(HTTPStatus.OK, result.model_dump(mode="json"))
+            return _answer(HTTPStatus.OK, result.model_dump(mode="json", by_alias=True))
+        if route == RESPONSES:
+            return _responses_sse(result)
         return cast("AsyncGenerator[str, None]", result)
+
+    async def _get(self, route: str) -> Final:
+        if route == VERSION:
+            return _answer(HTTPStatus.OK, {"version": vllm.__version__})
+        if route == HEALTH:
+            # vLLM's own /health: 200 with an empty body while the engine runs, 503 once it is dead.
+            return _answer(HTTPStatus.SERVICE_UNAVAILABLE if self._death() is not None else HTTPStatus.OK, None)
+        listing = await (await self.servings()).models.show_available_models()
+        return _answer(HTTPStatus.OK, listing.model_dump(mode="json"))
+
+    async def _call(self, s: _Servings, route: str, body: dict[str, Any] | str) -> Any:
+        if route == CHAT:
+            return await s.chat.create_chat_completion(_parse(ChatCompletionRequest, body))
+        if route == COMPLETIONS:
+            return await s.completion.create_completion(_parse(CompletionRequest, body))
+        if route == RESPONSES:
+            return await s.responses.create_responses(_parse(ResponsesRequest, body))
+        if route == TOKENIZE:
+            return await s.tokenization.create_tokenize(_parse(_tokenize_model(body), body), None)  # type: ignore[arg-type]
+        return await s.tokenization.create_detokenize(_parse(DetokenizeRequest, body), None)  # type: ignore[arg-type]
+
+
+async def _responses_sse(events: AsyncGenerator[Any, None]) -> AsyncGenerator[str, None]:
+    """The Responses API streams typed events: written as vLLM's server writes them (``event:`` then ``data:``)."""
+    try:
+        async for event in events:
+            kind = getattr(event, "type", "unknown")
+            yield f"event: {kind}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
+    finally:
+        await events.aclose()

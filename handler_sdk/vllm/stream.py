@@ -11,12 +11,14 @@ outputs, because one merged output holds many tokens.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from jinja2 import TemplateError
 from vllm.exceptions import VLLMClientError
 from vllm.inputs import TextPrompt
 from vllm.renderers.params import ChatParams
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from ..errors import InvalidInput
 from ..outputs import Chunk, Final
@@ -34,12 +36,17 @@ __all__ = ["generate", "render"]
 _CHAT = ChatParams(chat_template_kwargs={"add_generation_prompt": True})
 
 
-async def render(llm: AsyncLLM, request: GenerateRequest) -> Any:
-    """The engine input for a prompt (tokenized as is) or for messages (the chat template applied first)."""
+async def render(llm: AsyncLLM, request: GenerateRequest, chat_template: str | None = None) -> Any:
+    """The engine input for a prompt (tokenized as is, or as one user message with ``apply_chat_template``) or
+    for messages (the chat template applied first: ``chat_template`` if given, else the model's)."""
     try:
-        if request.messages is not None:
-            messages = cast("list[ChatCompletionMessageParam]", request.messages)
-            _, prompts = await llm.renderer.render_chat_async([messages], _CHAT)
+        messages = request.messages
+        if messages is None and request.apply_chat_template:
+            messages = [{"role": "user", "content": request.prompt or ""}]
+        if messages is not None:
+            chat = _CHAT if chat_template is None else replace(_CHAT, chat_template=chat_template)
+            typed = cast("list[ChatCompletionMessageParam]", messages)
+            _, prompts = await llm.renderer.render_chat_async([typed], chat)
         else:
             prompts = await llm.renderer.render_cmpl_async([TextPrompt(prompt=request.prompt or "")])
     except (VLLMClientError, TemplateError, ValueError, TypeError, KeyError) as e:
@@ -49,16 +56,31 @@ async def render(llm: AsyncLLM, request: GenerateRequest) -> Any:
 
 
 class _Pending:
-    """Text and tokens gathered since the last stream item, one slot per choice."""
+    """Text, tokens and (when asked for) logprobs gathered since the last stream item, one slot per choice."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, logprobs: bool) -> None:
         self.text = [""] * n
         self.tokens = 0
+        self.logprobs: list[list[dict[str, Any]]] | None = [[] for _ in range(n)] if logprobs else None
 
-    def take(self) -> tuple[list[str], int]:
-        text, tokens = self.text, self.tokens
-        self.text, self.tokens = [""] * len(text), 0
-        return text, tokens
+    def take(self) -> tuple[dict[str, Any], int]:
+        out: dict[str, Any] = {"text": self.text}
+        if self.logprobs is not None:
+            out["logprobs"] = self.logprobs
+            self.logprobs = [[] for _ in range(len(self.text))]
+        tokens = self.tokens
+        self.text, self.tokens = [""] * len(self.text), 0
+        return out, tokens
+
+
+def _sampled(choice: Any) -> list[dict[str, Any]]:
+    """The sampled token's entry of each step's logprobs: ``{"token", "logprob"}``."""
+    entries = []
+    for token_id, step in zip(choice.token_ids, choice.logprobs or (), strict=False):
+        lp = step.get(token_id)
+        if lp is not None:
+            entries.append({"token": lp.decoded_token, "logprob": lp.logprob})
+    return entries
 
 
 async def generate(engine: Engine, request: GenerateRequest, request_id: str) -> AsyncIterator[Chunk | Final]:
@@ -71,13 +93,16 @@ async def generate(engine: Engine, request: GenerateRequest, request_id: str) ->
     """
     params = request.params()
     sizes = request.batch_policy(engine.config.batch).sizes()
-    prompt = await render(engine.llm, request)
+    lora = await engine.lora_request(request.lora)
+    prompt = await render(engine.llm, request, engine.chat_template)
     n = params.n
     full = [""] * n
-    pending = _Pending(n)
+    with_logprobs = params.logprobs is not None
+    pending = _Pending(n, with_logprobs)
+    all_logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     input_tokens = output_tokens = items = 0
     target = next(sizes)
-    outputs = engine.llm.generate(prompt, params, request_id)
+    outputs = engine.llm.generate(prompt, params, request_id, lora_request=lora)
     try:
         async for out in outputs:
             input_tokens = len(out.prompt_token_ids or ())
@@ -86,17 +111,28 @@ async def generate(engine: Engine, request: GenerateRequest, request_id: str) ->
                 full[choice.index] += choice.text
                 pending.text[choice.index] += choice.text
                 pending.tokens += len(choice.token_ids)
+                if pending.logprobs is not None:
+                    entries = _sampled(choice)
+                    pending.logprobs[choice.index] += entries
+                    all_logprobs[choice.index] += entries
             if request.stream and pending.tokens and (pending.tokens >= target or out.finished):
-                text, tokens = pending.take()
+                item, tokens = pending.take()
                 output_tokens += tokens
                 first = input_tokens if items == 0 else 0
                 items += 1
                 target = next(sizes)
                 metrics = {**engine.metrics(), "input_tokens": first, "output_tokens": tokens}
-                yield Chunk({"text": text, "input_tokens": first, "output_tokens": tokens}, metrics=metrics)
+                yield Chunk({**item, "input_tokens": first, "output_tokens": tokens}, metrics=metrics)
     except VLLMClientError as e:
         raise InvalidInput(str(e)) from e
+    except (EngineDeadError, EngineGenerateError) as e:
+        if engine.dead:
+            raise engine.death() from e
+        raise
     finally:
         await outputs.aclose()
     output_tokens += pending.tokens
-    yield Final({"text": full, "input_tokens": input_tokens, "output_tokens": output_tokens})
+    final: dict[str, Any] = {"text": full, "input_tokens": input_tokens, "output_tokens": output_tokens}
+    if with_logprobs:
+        final["logprobs"] = all_logprobs
+    yield Final(final)
