@@ -22,6 +22,7 @@ import os
 import sys
 import typing
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -35,7 +36,7 @@ __all__ = ["BatchPolicy", "EngineConfig", "ServingOptions", "engine_kwargs_from_
 # Names that are engine fields but too generic to claim from the environment: MODEL and TOKENIZER come in as
 # MODEL_NAME and TOKENIZER_NAME; LOG_LEVEL is commonly set for other programs with other values.
 _NOT_FROM_ENV = frozenset({"model", "tokenizer", "log_level"})
-_ALIASES = {"MODEL_NAME": "model", "TOKENIZER_NAME": "tokenizer"}
+_ALIASES = {"MODEL_NAME": "model", "TOKENIZER_NAME": "tokenizer", "MODEL_REVISION": "revision"}
 _NONE = frozenset({"none", "null"})
 
 # The tiny model on a CPU: fp32, no graph capture, and an explicit KV pool (without one vLLM reads
@@ -169,6 +170,9 @@ class EngineConfig:
         """Read the configuration from ``env`` (default ``os.environ``); raises ConfigError on a bad value."""
         env = os.environ if env is None else env
         user = engine_kwargs_from_env(env)
+        for key in ("model", "tokenizer"):
+            if key in user:
+                user[key] = resolve_cached(str(user[key]), env)
         tiny = "model" not in user
         kwargs = dict(user)
         if tiny:
@@ -192,6 +196,30 @@ class EngineConfig:
             tiny=tiny,
             serving=ServingOptions.from_env(env),
         )
+
+
+def runpod_hub_cache(env: Mapping[str, str]) -> Path:
+    """runpod's cache of hub models on a network volume: ``$BASE_PATH/huggingface-cache/hub``, BASE_PATH
+    defaulting to ``/runpod-volume`` as in worker-vllm."""
+    return Path(_get(env, "BASE_PATH") or "/runpod-volume") / "huggingface-cache" / "hub"
+
+
+def resolve_cached(name: str, env: Mapping[str, str]) -> str:
+    """A hub id found in runpod's cache becomes its local snapshot folder, so it loads with no network;
+    anything else (a local path, a model that cache lacks) is left for vLLM and Hugging Face to find."""
+    if name.count("/") != 1 or Path(name).exists():
+        return name
+    cache = runpod_hub_cache(env)
+    repo = cache / ("models--" + name.replace("/", "--"))
+    if not repo.is_dir():
+        return name
+    revision = _get(env, "MODEL_REVISION") or _get(env, "REVISION") or "main"
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = repo / "snapshots" / commit
+    if not snapshot.is_dir():
+        raise ConfigError(f"{name!r} is in the model cache {cache} but has no snapshot for revision {revision!r}")
+    return str(snapshot)
 
 
 def _policy(min_size: int, max_size: int, growth: float) -> BatchPolicy:

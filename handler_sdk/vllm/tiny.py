@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_MODEL_NAME", "build_tiny_model", "default_tiny_dir", "ensure_tiny_model", "main"]
+__all__ = ["TINY_MODEL_NAME", "build_tiny_lora", "build_tiny_model", "default_tiny_dir", "ensure_tiny_model", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,36 @@ def build_tiny_model(path: str | os.PathLike[str], *, seed: int = 0) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def build_tiny_lora(path: str | os.PathLike[str], *, rank: int = 8, seed: int = 1) -> Path:
+    """Build a LoRA adapter for the tiny model into ``path``: q_proj and v_proj of both layers, in peft's format.
+
+    Its B matrices are random, not zero as peft initialises them: a zero B changes nothing, and an adapter that
+    changes nothing cannot show that it was applied. ``rank`` must be one vLLM accepts (8, 16, 32, ...).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from .. import codec
+
+    dest = Path(path).expanduser().resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"q_proj": (128, 128), "v_proj": (64, 128)}  # (out, in) of the tiny model's projections
+    tensors = {}
+    for layer in range(2):
+        for name, (out_dim, in_dim) in shapes.items():
+            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, in_dim, generator=gen) * 0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_dim, rank, generator=gen) * 0.5
+    save_file(tensors, str(dest / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+        "target_modules": sorted(shapes), "bias": "none", "fan_in_fan_out": False, "base_model_name_or_path": None,
+    }  # fmt: skip
+    (dest / "adapter_config.json").write_bytes(codec.dumps(config))
     return dest
 
 
