@@ -305,7 +305,9 @@ def convert(name: str, raw: str, hint: Any) -> Any:
             return codec.loads(raw)
         except ValueError as e:
             raise ConfigError(f"{name}={raw!r} is not valid JSON: {e}") from None
-    attempts = [adapter.validate_json, adapter.validate_strings] if looks_json else [adapter.validate_strings]
+    # validate_json last: a Literal of ints (MAX_LORA_RANK) takes "8" only as JSON.
+    attempts = [adapter.validate_json, adapter.validate_strings] if looks_json else [adapter.validate_strings,
+                                                                                     adapter.validate_json]  # fmt: skip
     first: ValidationError | None = None
     for attempt in attempts:
         try:

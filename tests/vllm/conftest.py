@@ -32,6 +32,7 @@ from handler_sdk.job import Job  # noqa: E402
 from handler_sdk.runner import Outcome, run_job  # noqa: E402
 from handler_sdk.threads import ElasticPool  # noqa: E402
 from handler_sdk.vllm import Engine, handler  # noqa: E402
+from handler_sdk.vllm.tiny import build_tiny_lora  # noqa: E402
 
 ENGINE_START_TIMEOUT = 300
 
@@ -61,13 +62,29 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-async def engine(tiny_model_dir: Path) -> AsyncIterator[Engine]:
+def tiny_lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter for the tiny model with random (non-zero) B weights, so that it changes the output."""
+    return build_tiny_lora(tmp_path_factory.mktemp("lora") / "tiny-lora")
+
+
+# The session engine serves tool calls (hermes needs no special tokens) and one LoRA adapter, so that the
+# tests of both share the one engine start.
+SESSION_ENV = {"ENABLE_AUTO_TOOL_CHOICE": "true", "TOOL_CALL_PARSER": "hermes", "ENABLE_LORA": "true",
+               "MAX_LORAS": "1", "MAX_LORA_RANK": "8"}  # fmt: skip
+LORA_NAME = "tiny-lora"
+
+
+@pytest.fixture(scope="session")
+async def engine(tiny_model_dir: Path, tiny_lora_dir: Path) -> AsyncIterator[Engine]:
     """The session's engine, started by ``handler.setup`` as a worker would, on the tiny default."""
     assert handler.setup is not None
     with pytest.MonkeyPatch.context() as mp:
         for name in ("MODEL_NAME", "TOKENIZER_NAME", "OPENAI_SERVED_MODEL_NAME_OVERRIDE", "MAX_MODEL_LEN", "DTYPE"):
             mp.delenv(name, raising=False)
         mp.setenv("HANDLER_SDK_CACHE", str(tiny_model_dir.parent))
+        for name, value in SESSION_ENV.items():
+            mp.setenv(name, value)
+        mp.setenv("LORA_MODULES", codec.dumps_str([{"name": LORA_NAME, "path": str(tiny_lora_dir)}]))
         started = await handler.setup()
     assert isinstance(started, Engine)
     yield started
