@@ -29,6 +29,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from .. import codec
 from ..errors import ConfigError
+from .envtable import check_refused
 from .tiny import TINY_MODEL_NAME, default_tiny_dir
 
 __all__ = ["BatchPolicy", "EngineConfig", "ServingOptions", "engine_kwargs_from_env"]
@@ -95,14 +96,16 @@ class ServingOptions:
     chat_template: str | None = None
     reasoning_parser: str | None = None
     lora_modules: tuple[Any, ...] = ()  # vLLM's LoRAModulePath, built when the engine starts
+    response_role: str = "assistant"
+    trust_request_chat_template: bool = False
+    return_tokens_as_token_ids: bool = False
+    exclude_tools_when_tool_choice_none: bool = False
+    enable_prompt_tokens_details: bool = False
+    enable_force_include_usage: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServingOptions:
-        auto = _get(env, "ENABLE_AUTO_TOOL_CHOICE")
-        try:
-            enable_auto = TypeAdapter(bool).validate_strings(auto) if auto is not None else False
-        except ValidationError:
-            raise ConfigError(f"ENABLE_AUTO_TOOL_CHOICE={auto!r} is not a boolean (true/false)") from None
+        enable_auto = env_bool(env, "ENABLE_AUTO_TOOL_CHOICE")
         parser = _get(env, "TOOL_CALL_PARSER")
         if enable_auto and parser is None:
             raise ConfigError("ENABLE_AUTO_TOOL_CHOICE=true needs TOOL_CALL_PARSER (for example hermes)")
@@ -112,7 +115,24 @@ class ServingOptions:
             chat_template=_get(env, "CHAT_TEMPLATE") or _get(env, "CUSTOM_CHAT_TEMPLATE"),
             reasoning_parser=_get(env, "REASONING_PARSER"),
             lora_modules=tuple(lora_modules_from_env(env)),
+            response_role=_get(env, "OPENAI_RESPONSE_ROLE") or "assistant",
+            trust_request_chat_template=env_bool(env, "TRUST_REQUEST_CHAT_TEMPLATE"),
+            return_tokens_as_token_ids=env_bool(env, "RETURN_TOKENS_AS_TOKEN_IDS"),
+            exclude_tools_when_tool_choice_none=env_bool(env, "EXCLUDE_TOOLS_WHEN_TOOL_CHOICE_NONE"),
+            enable_prompt_tokens_details=env_bool(env, "ENABLE_PROMPT_TOKENS_DETAILS"),
+            enable_force_include_usage=env_bool(env, "ENABLE_FORCE_INCLUDE_USAGE"),
         )
+
+
+def env_bool(env: Mapping[str, str], name: str) -> bool:
+    """A boolean env var (true/false, 1/0, yes/no, on/off); unset is false; ConfigError naming it otherwise."""
+    raw = _get(env, name)
+    if raw is None:
+        return False
+    try:
+        return TypeAdapter(bool).validate_strings(raw)
+    except ValidationError:
+        raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)") from None
 
 
 def lora_modules_from_env(env: Mapping[str, str]) -> list[LoRAModule]:
@@ -169,6 +189,7 @@ class EngineConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineConfig:
         """Read the configuration from ``env`` (default ``os.environ``); raises ConfigError on a bad value."""
         env = os.environ if env is None else env
+        check_refused(env)
         user = engine_kwargs_from_env(env)
         for key in ("model", "tokenizer"):
             if key in user:
@@ -187,7 +208,12 @@ class EngineConfig:
         served = override or first or _get(env, "MODEL_NAME") or TINY_MODEL_NAME
         kwargs["served_model_name"] = served if override or not engine_names else engine_names
         max_size = env_int(env, "DEFAULT_BATCH_SIZE", 50)
-        batch = _policy(env_int(env, "MIN_BATCH_SIZE", 1), max_size, env_float(env, "BATCH_SIZE_GROWTH_FACTOR", 3.0))
+        # worker-vllm's names (DEFAULT_MIN_BATCH_SIZE, ...) and the shorter ones both work.
+        min_name = "MIN_BATCH_SIZE" if _get(env, "MIN_BATCH_SIZE") else "DEFAULT_MIN_BATCH_SIZE"
+        growth_name = (
+            "BATCH_SIZE_GROWTH_FACTOR" if _get(env, "BATCH_SIZE_GROWTH_FACTOR") else "DEFAULT_BATCH_SIZE_GROWTH_FACTOR"
+        )
+        batch = _policy(env_int(env, min_name, 1), max_size, env_float(env, growth_name, 3.0))
         return cls(
             engine_kwargs=kwargs,
             served_model_name=served,

@@ -97,24 +97,30 @@ class _Servings:
     def __init__(self, llm: AsyncLLM, models: OpenAIServingModels, options: ServingOptions) -> None:
         template: str | None = options.chat_template
         fmt: Literal["auto"] = "auto"
-        tools: dict[str, Any] = {"enable_auto_tools": options.enable_auto_tools, "tool_parser": options.tool_parser}
-        reasoning = options.reasoning_parser or ""
+        o = options
+        tools: dict[str, Any] = {"enable_auto_tools": o.enable_auto_tools, "tool_parser": o.tool_parser}
+        exclude: dict[str, Any] = {"exclude_tools_when_tool_choice_none": o.exclude_tools_when_tool_choice_none}
+        trust: dict[str, Any] = {"trust_request_chat_template": o.trust_request_chat_template}
+        usage: dict[str, Any] = {"enable_prompt_tokens_details": o.enable_prompt_tokens_details,
+                 "enable_force_include_usage": o.enable_force_include_usage,
+                 "return_tokens_as_token_ids": o.return_tokens_as_token_ids}  # fmt: skip
+        reasoning = o.reasoning_parser or ""
         renderer = OnlineRenderer(
             llm.model_config, llm.renderer, request_logger=None, chat_template=template,
-            chat_template_content_format=fmt, reasoning_parser=options.reasoning_parser, **tools,
+            chat_template_content_format=fmt, reasoning_parser=o.reasoning_parser, **tools, **exclude, **trust,
         )  # fmt: skip
         self.models = models
         self.chat = OpenAIServingChat(
-            llm, models, "assistant", online_renderer=renderer, request_logger=None, chat_template=template,
-            chat_template_content_format=fmt, reasoning_parser=reasoning, **tools,
+            llm, models, o.response_role, online_renderer=renderer, request_logger=None, chat_template=template,
+            chat_template_content_format=fmt, reasoning_parser=reasoning, **tools, **exclude, **trust, **usage,
         )  # fmt: skip
-        self.completion = OpenAIServingCompletion(llm, models, online_renderer=renderer, request_logger=None)
+        self.completion = OpenAIServingCompletion(llm, models, online_renderer=renderer, request_logger=None, **usage)
         self.responses = OpenAIServingResponses(
             llm, models, renderer, request_logger=None, chat_template=template, chat_template_content_format=fmt,
-            reasoning_parser=reasoning, **tools,
+            reasoning_parser=reasoning, **tools, **usage,
         )  # fmt: skip
         self.tokenization = ServingTokenization(
-            models, renderer, chat_template=template, chat_template_content_format=fmt
+            models, renderer, chat_template=template, chat_template_content_format=fmt, **trust
         )
 
 

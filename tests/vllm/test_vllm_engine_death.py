@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(420)]
 ROOT = Path(__file__).resolve().parents[2]
 HUB_ID = "handler-sdk/tiny-llama"
 # The tiny model's engine settings, spelled out: with MODEL_NAME set, the tiny defaults do not apply.
-ENGINE_ENV = {"DTYPE": "float32", "ENFORCE_EAGER": "true", "MAX_MODEL_LEN": "2048", "KV_CACHE_MEMORY_BYTES": str(64 << 20)}
+ENGINE_ENV = {"DTYPE": "float32", "ENFORCE_EAGER": "true", "MAX_MODEL_LEN": "2048",
+              "KV_CACHE_MEMORY_BYTES": str(64 << 20)}  # fmt: skip
 LONG = {"max_tokens": 1800, "ignore_eos": True}
 
 

@@ -83,12 +83,10 @@ async def test_tool_choice_required_or_named_returns_a_call_whose_arguments_fit_
     check_weather_call(*streamed_tool_call(items))
 
 
-@pytest.mark.parametrize(
-    "response_format",
-    [{"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA, "strict": True}},
-     {"type": "json_object"}],  # fmt: skip
-    ids=["json_schema", "json_object"],
-)
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA, "strict": True}}
+
+
+@pytest.mark.parametrize("response_format", [JSON_SCHEMA, {"type": "json_object"}], ids=["json_schema", "json_object"])
 async def test_response_format_gives_json_that_parses(jobs: Any, response_format: dict[str, Any]) -> None:
     body = {"model": "tiny-llama", "messages": MESSAGES, "response_format": response_format, "max_tokens": 600}
     status, out, _ = await answer(jobs, CHAT, body)
@@ -155,7 +153,7 @@ async def test_a_seed_beyond_64_bits_gets_vllms_range_error_not_a_parse_error(jo
 
 
 async def test_lora_adapter_is_listed_and_changes_greedy_output_by_model_and_by_lora(jobs: Any) -> None:
-    status, listing, _ = await answer(jobs, "/v1/models", None)
+    _, listing, _ = await answer(jobs, "/v1/models", None)
     assert [m["id"] for m in listing["data"]] == ["tiny-llama", LORA_NAME], listing
     body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
     base = (await answer(jobs, "/v1/completions", {**body, "model": "tiny-llama"}))[1]["choices"][0]["text"]
