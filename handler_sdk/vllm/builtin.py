@@ -19,7 +19,7 @@ from ..job import Job
 from ..outputs import Chunk, Final
 from .config import env_int
 from .engine import Engine
-from .inputs import GenerateRequest, OpenAIRequest, parse_job_input
+from .inputs import EmbedRequest, GenerateRequest, OpenAIRequest, parse_job_input
 
 __all__ = ["handler", "respond"]
 
@@ -35,12 +35,30 @@ async def respond(engine: Engine, job_input: Any, request_id: str) -> AsyncItera
         async for event in engine.openai.handle(request.route, request.body):
             yield event
         return
+    if isinstance(request, EmbedRequest):
+        yield await _embed(engine, request)
+        return
     if request.use_openai_format:
         async for item in _in_openai_format(engine, request):
             yield item
         return
     async for item in engine.generate(request, f"{request_id}-{uuid.uuid4().hex[:8]}"):
         yield item
+
+
+async def _embed(engine: Engine, request: EmbedRequest) -> Final:
+    """``{"embed": [...]}`` answered by vLLM's embeddings serving: one vector per text, and the prompt tokens."""
+    body = {"model": engine.config.served_model_name, "input": request.embed}
+    async for event in engine.openai.handle("/v1/embeddings", body):
+        if isinstance(event, Final):
+            answer = event.output
+            if answer["status_code"] != 200:
+                error = (answer.get("body") or {}).get("error") or {}
+                raise InvalidInput(f"embed: {error.get('message', answer)}")
+            data = sorted(answer["body"]["data"], key=lambda d: d["index"])
+            tokens = answer["body"]["usage"]["prompt_tokens"]
+            return Final({"embeddings": [d["embedding"] for d in data], "input_tokens": tokens})
+    raise InvalidInput("embed: no answer from the embeddings serving")
 
 
 async def _in_openai_format(engine: Engine, request: GenerateRequest) -> AsyncIterator[Chunk | Final | str]:

@@ -7,7 +7,8 @@ Two shapes:
   adapter's name), and worker-vllm's ``apply_chat_template``, ``use_openai_format`` and per-job batch knobs
   (``max_batch_size``, ``min_batch_size``, ``batch_size_growth_factor``);
 * OpenAI: ``{"openai_route": "/v1/...", "openai_input": body_or_null}``, what the endpoint makes of a request to
-  ``/openai/v1/...``.
+  ``/openai/v1/...``;
+* embeddings (a pooling model): ``{"embed": ["text", ...]}`` (or one string).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vllm.sampling_params import RequestOutputKind
 from ..errors import ConfigError, InvalidInput
 from .config import BatchPolicy
 
-__all__ = ["SAMPLING_FIELDS", "GenerateRequest", "OpenAIRequest", "parse_job_input", "sampling_params"]
+__all__ = ["SAMPLING_FIELDS", "EmbedRequest", "GenerateRequest", "OpenAIRequest", "parse_job_input", "sampling_params"]
 
 # SamplingParams fields a job may set. output_kind is ours (streaming needs deltas); the rest are vLLM internals.
 SAMPLING_FIELDS = frozenset(
@@ -99,6 +100,21 @@ class GenerateRequest(BaseModel):
             raise InvalidInput(f"batch sizes: {e}") from None
 
 
+class EmbedRequest(BaseModel):
+    """An embeddings job for a pooling model: the texts to embed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embed: list[str] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("embed"), str):
+            return {**data, "embed": [data["embed"]]}
+        return data
+
+
 @dataclass(frozen=True, slots=True)
 class OpenAIRequest:
     """An OpenAI API request relayed as a job: ``route`` such as ``/v1/chat/completions``, and its JSON body."""
@@ -115,7 +131,7 @@ def _pydantic_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_job_input(raw: Any) -> GenerateRequest | OpenAIRequest:
+def parse_job_input(raw: Any) -> GenerateRequest | OpenAIRequest | EmbedRequest:
     """Parse a job's input into one of the two request kinds; InvalidInput says what is wrong."""
     if not isinstance(raw, dict):
         raise InvalidInput(f"the job input must be an object, got {type(raw).__name__}")
@@ -127,6 +143,8 @@ def parse_job_input(raw: Any) -> GenerateRequest | OpenAIRequest:
             raise InvalidInput("openai_input must be a JSON object (or its JSON text), or null")
         return OpenAIRequest(route, body)
     try:
+        if "embed" in raw:
+            return EmbedRequest.model_validate(raw)
         return GenerateRequest.model_validate(raw)
     except ValidationError as e:
         raise InvalidInput(_pydantic_message(e)) from None

@@ -40,6 +40,7 @@ from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from .. import codec
 from ..errors import InfrastructureError, WorkerDead
 from ..outputs import Final
 
@@ -52,8 +53,10 @@ __all__ = ["OPENAI_ROUTES", "OpenAIServing"]
 
 CHAT, COMPLETIONS, MODELS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses"
 TOKENIZE, DETOKENIZE, VERSION, HEALTH = "/tokenize", "/detokenize", "/version", "/health"
+EMBEDDINGS = "/v1/embeddings"
 # Every route this module answers (the endpoint lists the same ones in its 404 for any other /openai path).
-OPENAI_ROUTES = (CHAT, COMPLETIONS, MODELS, RESPONSES, TOKENIZE, DETOKENIZE, VERSION, HEALTH)
+OPENAI_ROUTES = (CHAT, COMPLETIONS, MODELS, RESPONSES, EMBEDDINGS, TOKENIZE, DETOKENIZE, VERSION, HEALTH)
+_GENERATE = (CHAT, COMPLETIONS, RESPONSES)
 _DONE = "data: [DONE]\n\n"
 
 
@@ -92,9 +95,19 @@ def _tokenize_model(body: dict[str, Any] | str) -> type[BaseModel]:
 
 
 class _Servings:
-    """vLLM's serving objects for one engine."""
+    """vLLM's serving objects for one engine: generation ones, or embeddings for a pooling model."""
 
     def __init__(self, llm: AsyncLLM, models: OpenAIServingModels, options: ServingOptions) -> None:
+        self.pooling = llm.model_config.runner_type == "pooling"
+        self.embedding: Any = None
+        if self.pooling:
+            from vllm.entrypoints.pooling.embed.serving import ServingEmbedding
+            from vllm.renderers.chat_utils import ChatTemplateConfig
+
+            config = ChatTemplateConfig(chat_template=options.chat_template, chat_template_content_format="auto")
+            self.embedding = ServingEmbedding(  # type: ignore[no-untyped-call]
+                llm, models, request_logger=None, chat_template_config=config
+            )
         template: str | None = options.chat_template
         fmt: Literal["auto"] = "auto"
         o = options
@@ -186,7 +199,7 @@ class OpenAIServing:
         """The whole answer as a Final, or an SSE generator for a stream."""
         if route in (VERSION, HEALTH, MODELS):
             return await self._get(route)
-        if route not in (CHAT, COMPLETIONS, RESPONSES, TOKENIZE, DETOKENIZE):
+        if route not in (*_GENERATE, EMBEDDINGS, TOKENIZE, DETOKENIZE):
             return _error(
                 create_error_response(
                     f"unknown OpenAI route {route!r}; served: {', '.join(OPENAI_ROUTES)}",
@@ -197,6 +210,8 @@ class OpenAIServing:
         if body is None:
             return _error(create_error_response(f"{route} needs a JSON request body"))
         s = await self.servings()
+        if (refused := _wrong_runner(route, s.pooling)) is not None:
+            return refused
         try:
             result = await self._call(s, route, body)
         except ValidationError as e:
@@ -207,13 +222,7 @@ class OpenAIServing:
             if (dead := self._death()) is not None:
                 raise dead from e
             return _error(create_error_response(e))
-        if isinstance(result, ErrorResponse):
-            return _error(result)
-        if isinstance(result, BaseModel):
-            return _answer(HTTPStatus.OK, result.model_dump(mode="json", by_alias=True))
-        if route == RESPONSES:
-            return _responses_sse(result)
-        return cast("AsyncGenerator[str, None]", result)
+        return _to_answer(route, result)
 
     async def _get(self, route: str) -> Final:
         if route == VERSION:
@@ -231,9 +240,48 @@ class OpenAIServing:
             return await s.completion.create_completion(_parse(CompletionRequest, body))
         if route == RESPONSES:
             return await s.responses.create_responses(_parse(ResponsesRequest, body))
+        if route == EMBEDDINGS:
+            return _pooled(await s.embedding(_parse_embedding(body), None))
         if route == TOKENIZE:
             return await s.tokenization.create_tokenize(_parse(_tokenize_model(body), body), None)  # type: ignore[arg-type]
         return await s.tokenization.create_detokenize(_parse(DetokenizeRequest, body), None)  # type: ignore[arg-type]
+
+
+def _to_answer(route: str, result: Any) -> Final | AsyncGenerator[str, None]:
+    """What a serving method returned, as a Final (error or whole answer) or an SSE generator (a stream)."""
+    if isinstance(result, ErrorResponse):
+        return _error(result)
+    if isinstance(result, Final):
+        return result
+    if isinstance(result, BaseModel):
+        return _answer(HTTPStatus.OK, result.model_dump(mode="json", by_alias=True))
+    if route == RESPONSES:
+        return _responses_sse(result)
+    return cast("AsyncGenerator[str, None]", result)
+
+
+def _wrong_runner(route: str, pooling: bool) -> Final | None:
+    """Embeddings need a pooling model, generation a generating one: a 400 saying which this worker serves."""
+    if route not in (*_GENERATE, EMBEDDINGS) or (route == EMBEDDINGS) == pooling:
+        return None
+    what = "a pooling model (RUNNER=pooling)" if route == EMBEDDINGS else "a generating model"
+    serves = "a pooling" if pooling else "a generating"
+    return _error(create_error_response(f"{route} needs {what}; this worker serves {serves} model"))
+
+
+def _parse_embedding(body: dict[str, Any] | str) -> Any:
+    from pydantic import TypeAdapter
+    from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+
+    adapter: TypeAdapter[Any] = TypeAdapter(EmbeddingRequest)
+    return adapter.validate_json(body) if isinstance(body, str) else adapter.validate_python(body)
+
+
+def _pooled(response: Any) -> Final | ErrorResponse:
+    """vLLM's pooling serving answers with an HTTP response object: its status and JSON body."""
+    if isinstance(response, ErrorResponse):
+        return response
+    return _answer(response.status_code, codec.loads(bytes(response.body)))
 
 
 async def _responses_sse(events: AsyncGenerator[Any, None]) -> AsyncGenerator[str, None]:

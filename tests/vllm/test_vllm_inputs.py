@@ -62,7 +62,7 @@ def test_prompt_and_messages_inputs() -> None:
         ({"prompt": "a", "extra": 1}, "extra: Extra inputs are not permitted"),
         ([1, 2], "the job input must be an object"),
         ({"openai_route": 5}, "openai_route must be a string"),
-        ({"openai_route": "/v1/models", "openai_input": "body"}, "openai_input must be a JSON object or null"),
+        ({"openai_route": "/v1/models", "openai_input": 5}, "openai_input must be a JSON object (or its JSON text)"),
     ],
 )
 def test_malformed_inputs_raise_invalid_input_saying_what_is_wrong(raw: Any, message: str) -> None:

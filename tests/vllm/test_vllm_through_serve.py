@@ -21,7 +21,8 @@ KEY = "sk-test-key"
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def serving(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """The module's serve process and its base URL."""
     import subprocess
     import sys
 
@@ -46,7 +47,7 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             assert p.poll() is None, proc.output()
             assert time.monotonic() < deadline, proc.output()
             time.sleep(0.5)
-        yield base
+        yield base, p
     finally:
         p.terminate()
         try:
@@ -54,6 +55,16 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         except subprocess.TimeoutExpired:
             p.kill()
         assert p.returncode == 0, proc.output()[-3000:]
+
+
+@pytest.fixture
+def served(serving: tuple[str, Any]) -> str:
+    return serving[0]
+
+
+@pytest.fixture
+def serve_process(serving: tuple[str, Any]) -> Any:
+    return serving[1]
 
 
 @pytest.fixture
@@ -151,3 +162,27 @@ def test_runsync_prompt_returns_text_and_token_counts(served: str) -> None:
     r = httpx.post(f"{served}/runsync", json=body, headers=_auth(), timeout=60).json()
     assert r["status"] == "COMPLETED", r
     assert r["output"]["output_tokens"] == 4 and len(r["output"]["text"]) == 1
+
+
+def test_sigterm_drains_generations_in_flight_before_the_engine_stops(served: str, serve_process: Any) -> None:
+    """Last in this module: it stops the module's serve. SIGTERM lets the running generation finish (the drain
+    deadline is 30 s) and only then stops the engine; the process exits 0 (checked by the fixture)."""
+    body = {"input": {"prompt": "hello", "sampling_params": {"max_tokens": 400, "ignore_eos": True}}}
+    job_id = httpx.post(f"{served}/run", json=body, headers=_auth()).json()["id"]
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{served}/status/{job_id}", headers=_auth()).json()["status"] != "IN_PROGRESS":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    serve_process.terminate()
+    final: dict[str, Any] = {}
+    while time.monotonic() < deadline + 60:
+        try:
+            final = httpx.get(f"{served}/status/{job_id}", headers=_auth()).json()
+        except httpx.TransportError:
+            break  # serving stopped after the drain
+        if final["status"] not in ("IN_QUEUE", "IN_PROGRESS"):
+            break
+        time.sleep(0.05)
+    assert final["status"] == "COMPLETED", final
+    assert final["output"]["output_tokens"] == 400
+    assert serve_process.wait(60) == 0
