@@ -73,3 +73,24 @@ async def test_jobs_that_fail_on_their_own_keep_their_own_error(endpoint_factory
     await asyncio.wait_for(ep.server.stopped.wait(), 10)
     r = ep.server.broker.jobs[job["id"]]
     assert r.status.value == "FAILED" and r.error == "RuntimeError: engine gone"
+
+
+async def test_a_job_raising_worker_dead_stops_the_worker_with_its_message(endpoint_factory):
+    from handler_sdk.errors import WorkerDead
+
+    async def run(job: Job) -> Any:
+        if job.input.get("fatal"):
+            raise WorkerDead("the GPU fell off the bus")
+        return job.input
+
+    ep = await endpoint_factory(Handler(run, concurrency=1))
+    _, ok = await ep.post("runsync", {"input": {"n": 1}})
+    assert ok["status"] == "COMPLETED"
+    _, fatal = await ep.post("run", {"input": {"fatal": True}})
+    await asyncio.wait_for(ep.server.stopped.wait(), 10)
+    r = ep.server.broker.jobs[fatal["id"]]
+    assert r.status.value == "FAILED" and r.error == "WorkerDead: the GPU fell off the bus"
+    _, later = await ep.post("run", {"input": {"n": 2}})
+    await asyncio.sleep(0.2)
+    assert ep.server.broker.jobs[later["id"]].status.value == "IN_QUEUE"
+    assert ep.server.exit_code == 1

@@ -24,6 +24,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import vllm
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
@@ -108,6 +109,8 @@ class _Servings:
             self.embedding = ServingEmbedding(  # type: ignore[no-untyped-call]
                 llm, models, request_logger=None, chat_template_config=config
             )
+            # vLLM picks FastAPI's ORJSONResponse, deprecated (a warning per answer); the body is read back anyway.
+            self.embedding.json_response_cls = JSONResponse
         template: str | None = options.chat_template
         fmt: Literal["auto"] = "auto"
         o = options

@@ -181,7 +181,12 @@ class Worker:
             raise WorkerDead(self.dead)
 
     async def _watch(self, until_dead: Any) -> None:
-        self.die(str(await until_dead()))
+        try:
+            reason = await until_dead()
+        except Exception:  # a broken watch must not take the worker down with it
+            log.exception("the setup state's until_dead() raised; no longer watching it")
+            return
+        self.die(str(reason))
 
     # --- setup -----------------------------------------------------------------------------------------------
 
@@ -346,7 +351,7 @@ class Worker:
                 outcome = flushed
             reporting = True
             if outcome.error_details is not None and outcome.error_details.get("error_type") == "WorkerDead":
-                self.die(outcome.error or "WorkerDead")
+                self.die(str(outcome.error_details.get("error_message") or outcome.error))
         except asyncio.CancelledError:
             if sender is not None:
                 sender.abort()

@@ -4,6 +4,8 @@ default model, driven by the official ``openai`` client and by plain HTTP (/run 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +25,6 @@ KEY = "sk-test-key"
 @pytest.fixture(scope="module")
 def serving(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     """The module's serve process and its base URL."""
-    import subprocess
-    import sys
 
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -174,15 +174,23 @@ def test_sigterm_drains_generations_in_flight_before_the_engine_stops(served: st
         assert time.monotonic() < deadline
         time.sleep(0.05)
     serve_process.terminate()
-    final: dict[str, Any] = {}
-    while time.monotonic() < deadline + 60:
-        try:
-            final = httpx.get(f"{served}/status/{job_id}", headers=_auth()).json()
-        except httpx.TransportError:
-            break  # serving stopped after the drain
-        if final["status"] not in ("IN_QUEUE", "IN_PROGRESS"):
-            break
-        time.sleep(0.05)
+    assert serve_process.wait(90) == 0
+    # The journal outlives the process: a fresh serve on it (no handler, so no engine) shows how the job ended.
+    port = free_port()
+    data = Path(serve_process.args[serve_process.args.index("--data-dir") + 1])
+    again = subprocess.Popen([sys.executable, "-m", "handler_sdk.serve", "--port", str(port), "--data-dir", str(data)])
+    try:
+        base = f"http://127.0.0.1:{port}/v2/local"
+        until = time.monotonic() + 60
+        while True:
+            try:
+                final = httpx.get(f"{base}/status/{job_id}").json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < until and again.poll() is None
+                time.sleep(0.2)
+    finally:
+        again.terminate()
+        again.wait(30)
     assert final["status"] == "COMPLETED", final
     assert final["output"]["output_tokens"] == 400
-    assert serve_process.wait(60) == 0
