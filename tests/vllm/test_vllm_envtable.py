@@ -124,3 +124,8 @@ def test_a_hub_id_in_runpods_cache_resolves_to_its_snapshot(tmp_path: Path) -> N
     assert other.model == "org/other"  # not cached there: left for Hugging Face to find
     with pytest.raises(ConfigError, match="no snapshot for revision 'v2'"):
         EngineConfig.from_env({"MODEL_NAME": "org/model", "BASE_PATH": str(tmp_path), "MODEL_REVISION": "v2"})
+
+
+def test_reasoning_parser_reaches_the_engine_and_the_chat_serving() -> None:
+    cfg = EngineConfig.from_env({"REASONING_PARSER": "deepseek_r1"})
+    assert cfg.engine_kwargs["reasoning_parser"] == "deepseek_r1" and cfg.serving.reasoning_parser == "deepseek_r1"

@@ -169,3 +169,36 @@ async def test_unknown_lora_fails_the_job_naming_the_loaded_adapters(jobs: Any) 
     ran = await jobs.run({"prompt": "x", "lora": "nope"})
     assert ran.outcome.status is JobStatus.FAILED
     assert "no adapter named 'nope'" in (ran.outcome.error or "") and LORA_NAME in (ran.outcome.error or "")
+
+
+# --- serving options on the same engine ----------------------------------------------------------------------
+
+
+def serving_with(engine: Any, death: Any = None, **options: Any) -> Any:
+    import dataclasses
+
+    from handler_sdk.vllm.openai import OpenAIServing
+
+    opts = dataclasses.replace(engine.serving, **options)
+    return OpenAIServing(engine.llm, "tiny-llama", engine.config.model, opts, lambda: death)
+
+
+async def final_of(serving: Any, route: str, body: Any) -> Any:
+    events = [e async for e in serving.handle(route, body)]
+    return events[-1].output
+
+
+async def test_chat_template_text_is_used_for_chat_requests(engine: Any) -> None:
+    serving = serving_with(engine, chat_template="[[{{ messages[0]['content'] }}]]")
+    out = await final_of(serving, "/tokenize", {"model": "tiny-llama", "messages": MESSAGES})
+    tok = engine.llm.renderer.get_tokenizer()
+    assert out["body"]["tokens"] == tok.encode("[[" + MESSAGES[0]["content"] + "]]", add_special_tokens=False)
+
+
+async def test_health_is_503_once_the_engine_is_dead(engine: Any) -> None:
+    from handler_sdk.errors import WorkerDead
+
+    dead = serving_with(engine, death=WorkerDead("the vLLM engine died: test"))
+    assert await final_of(dead, "/health", None) == {"status_code": 503, "body": None}
+    with pytest.raises(WorkerDead, match="engine died"):
+        await final_of(dead, CHAT, {"model": "tiny-llama", "messages": MESSAGES, "max_tokens": 4, "stream": True})
