@@ -25,6 +25,7 @@ MODULES = {
     "chunker": "benchmarks.chunker",
     "footprint": "benchmarks.footprint",
     "batching": "benchmarks.batching",
+    "engine_death": "benchmarks.engine_death",
 }
 
 
