@@ -19,7 +19,7 @@ import signal
 import time
 from pathlib import Path
 
-from .common import PY, Proc, Run, Section, Target, free_port, http_json, serve_cmd, wait_until
+from .common import PY, Figure, Proc, Run, Section, Target, free_port, http_json, serve_cmd, wait_until
 
 __all__ = ["run"]
 
@@ -124,9 +124,22 @@ def run(run: Run) -> Section:
                 sec.figure(f"{label}: kill -> job FAILED", "s").values.append(failed)
     for f in [f for f in sec.figures if f.name.endswith("-> exit")]:
         sec.targets.append(Target(f"{f.name.split(':')[0]}: seconds from engine death to exit", f, EXIT_BOUND_S, "<="))
+    sec.plot = _plot(run, sec)
     sec.notes.append(
         "The running job ends FAILED with 'WorkerDead: the vLLM engine died: its EngineCore process was killed by "
         "SIGKILL ...'; the process exits 1. Most of the time to exit is the worker's 2 s grace for jobs to fail on "
         "their own plus vLLM's shutdown of what is left of the engine."
     )
     return sec
+
+
+def _plot(run: Run, sec: Section) -> str | None:
+    from .report import bar_plot
+
+    def fig(name: str) -> Figure | None:
+        return next((f for f in sec.figures if f.name == name), None)
+
+    w, s = "standalone worker", "serve, in-process worker"
+    series = {"kill -> exit": [fig(f"{w}: kill -> exit"), fig(f"{s}: kill -> exit")],
+              "kill -> job FAILED": [fig(f"{w}: kill -> job FAILED"), None]}  # fmt: skip
+    return bar_plot(run, "engine_death", sec.title, [("seconds", [w, s], series)])
