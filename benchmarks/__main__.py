@@ -26,6 +26,7 @@ MODULES = {
     "footprint": "benchmarks.footprint",
     "batching": "benchmarks.batching",
     "engine_death": "benchmarks.engine_death",
+    "vllm_runsync": "benchmarks.vllm_runsync",
 }
 
 
