@@ -1,4 +1,4 @@
-"""Benchmark 6: from the death of the engine to the exit of the process that runs it, in seconds.
+"""Benchmark 7: from the death of the engine to the exit of the process that runs it, in seconds.
 
 The tiny CPU model (``python -m handler_sdk.vllm.tiny DIR``) runs a streamed generation (``ignore_eos``, 1800
 tokens), then vLLM's EngineCore process is killed with SIGKILL (as the kernel's OOM killer would). Timed: kill ->
@@ -102,7 +102,7 @@ def _json(body: object) -> bytes:
 
 
 def run(run: Run) -> Section:
-    sec = Section("engine_death", "6. Engine death to process exit (SIGKILL of vLLM's EngineCore)")
+    sec = Section("engine_death", "7. Engine death to process exit (SIGKILL of vLLM's EngineCore)")
     rounds = 1 if run.quick else ROUNDS
     sec.params = {"rounds": rounds, "kill": "SIGKILL of the EngineCore process, 0.5 s into a streamed job"}
     env: dict[str, str | None] = {"MODEL_NAME": None, "HANDLER_SDK_LOG_FORMAT": "plain"}

@@ -1,4 +1,4 @@
-"""Benchmark 7: non-streamed generation through /runsync against raw ``AsyncLLM`` in one process.
+"""Benchmark 8: non-streamed generation through /runsync against raw ``AsyncLLM`` in one process.
 
 The tiny CPU model, the same engine settings on both sides (float32, eager, max_model_len 2048, a 64 MiB KV
 cache), the same requests: 16 concurrent prompts of 128 tokens each (``ignore_eos``), not streamed.
@@ -47,6 +47,15 @@ async def _wave(base: str, n: int, tokens: int) -> tuple[int, float]:
         return total, time.monotonic() - t0
 
 
+def _reply(raw: subprocess.Popen[str], prefix: str) -> str | None:
+    """The raw side's next line that starts with ``prefix``; vLLM logs to stdout too, and those lines are skipped."""
+    assert raw.stdout is not None
+    for line in raw.stdout:
+        if line.startswith(prefix):
+            return line
+    return None
+
+
 def _ready(base: str) -> bool:
     try:
         w = http_json(f"{base}/health")["workers"]
@@ -56,7 +65,7 @@ def _ready(base: str) -> bool:
 
 
 def run(run: Run) -> Section:
-    sec = Section("vllm_runsync", "7. Non-streamed generation: /runsync vs raw AsyncLLM")
+    sec = Section("vllm_runsync", "8. Non-streamed generation: /runsync vs raw AsyncLLM")
     rounds, n, tokens = (2, 4, 8) if run.quick else (ROUNDS, CONCURRENCY, TOKENS)
     sec.params = {"concurrency": n, "max_tokens": tokens, "rounds": rounds, "stream": False}
     d = run.dir("vllm_runsync")
@@ -78,19 +87,19 @@ def run(run: Run) -> Section:
     )  # fmt: skip
     try:
         assert raw.stdout is not None and raw.stdin is not None
-        if raw.stdout.readline().strip() != "ready":
+        if _reply(raw, "ready") is None:
             raise RuntimeError(f"raw AsyncLLM did not start:\n{(d / 'raw.log').read_text()[-3000:]}")
         wait_until(lambda: _ready(base), 600, "serve's engine to start", serve)
         asyncio.run(_wave(base, n, tokens))  # warm-up, both sides
         raw.stdin.write(f"{n} {tokens}\n")
         raw.stdin.flush()
-        raw.stdout.readline()
+        _reply(raw, "{")
         a, b = sec.figure("(a) raw AsyncLLM", "tokens/s"), sec.figure("(b) /runsync", "tokens/s")
         for i in range(rounds):
             run.log(f"vllm_runsync round {i + 1}/{rounds}")
             raw.stdin.write(f"{n} {tokens}\n")
             raw.stdin.flush()
-            got = json.loads(raw.stdout.readline())
+            got = json.loads(_reply(raw, "{") or "{}")
             a.values.append(got["tokens"] / got["seconds"])
             total, seconds = asyncio.run(_wave(base, n, tokens))
             b.values.append(total / seconds)
