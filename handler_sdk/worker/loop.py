@@ -350,16 +350,11 @@ class Worker:
                     return
                 outcome = flushed
             reporting = True
-            if outcome.error_details is not None and outcome.error_details.get("error_type") == "WorkerDead":
-                self.die(str(outcome.error_details.get("error_message") or outcome.error))
         except asyncio.CancelledError:
-            if sender is not None:
-                sender.abort()
-            if self.dead is None:
-                # Stopped by the endpoint (cancel/timeout there) or handed back at a drain deadline: no report.
-                log.info("job %s stopped", a.id)
+            stopped = self._stopped(a.id, sender)
+            if stopped is None:
                 return
-            outcome, reporting = self._dead_outcome(), True
+            outcome, reporting = stopped, True
         finally:
             self.running.pop(a.id, None)
             self._progress.pop(a.id, None)
@@ -385,11 +380,24 @@ class Worker:
         finally:
             self._reporting.discard(job_id)
 
+    def _stopped(self, job_id: str, sender: StreamSender | None) -> Outcome | None:
+        """A job's task was cancelled: no report (None), unless the worker died, which fails the job."""
+        if sender is not None:
+            sender.abort()
+        if self.dead is None:
+            # Stopped by the endpoint (cancel/timeout there) or handed back at a drain deadline: no report.
+            log.info("job %s stopped", job_id)
+            return None
+        return self._dead_outcome()
+
     def _dead_outcome(self) -> Outcome:
         err = WorkerDead(self.dead or "the worker died")
         return Outcome(JobStatus.FAILED, error=f"WorkerDead: {err}", error_details=error_details(err, tb=False))
 
     def _note(self, job_id: str, outcome: Outcome) -> None:
+        # A job that raised WorkerDead takes the worker with it (no await since its slot freed: nothing was taken).
+        if outcome.error_details is not None and outcome.error_details.get("error_type") == "WorkerDead":
+            self.die(str(outcome.error_details.get("error_message") or outcome.error))
         if outcome.error_details is not None:
             outcome.error_details["worker_id"] = self.t.worker_id
             outcome.error_details["hostname"] = self.cfg.hostname
