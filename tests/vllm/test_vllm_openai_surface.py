@@ -56,15 +56,17 @@ def check_weather_call(name: str, arguments: str) -> None:
     assert set(args) == {"city"} and args["city"] in ("Paris", "Oslo"), args
 
 
-def streamed_tool_call(items: list[Any]) -> tuple[str, str]:
-    name, arguments = "", ""
+def streamed_tool_calls(items: list[Any]) -> list[tuple[str, str]]:
+    """Each streamed call's name and arguments, put together from its deltas (``required`` may give several)."""
+    calls: dict[int, list[str]] = {}
     for chunk in sse(items):
         assert "error" not in chunk, chunk
         for choice in chunk["choices"]:
             for call in choice["delta"].get("tool_calls") or ():
-                name += call.get("function", {}).get("name") or ""
-                arguments += call.get("function", {}).get("arguments") or ""
-    return name, arguments
+                parts = calls.setdefault(call["index"], ["", ""])
+                parts[0] += call.get("function", {}).get("name") or ""
+                parts[1] += call.get("function", {}).get("arguments") or ""
+    return [(name, arguments) for name, arguments in calls.values()]
 
 
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
@@ -77,10 +79,14 @@ async def test_tool_choice_required_or_named_returns_a_call_whose_arguments_fit_
     assert status == 200, out
     calls = out["choices"][0]["message"]["tool_calls"]
     assert len(calls) >= 1
-    check_weather_call(calls[0]["function"]["name"], calls[0]["function"]["arguments"])
+    for call in calls:
+        check_weather_call(call["function"]["name"], call["function"]["arguments"])
     status, _, items = await answer(jobs, CHAT, {**body, "stream": True})
     assert status == 200
-    check_weather_call(*streamed_tool_call(items))
+    streamed = streamed_tool_calls(items)
+    assert len(streamed) >= 1
+    for name, arguments in streamed:
+        check_weather_call(name, arguments)
 
 
 JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA, "strict": True}}
