@@ -11,16 +11,12 @@ A client that disconnects mid-stream cancels its job. A handler that is not Open
 returned as the JSON body. A stream whose job fails (its engine died) ends with an OpenAI-shaped error event and
 ``[DONE]``, never by hanging. Any other path under ``/openai`` is answered here, 404 listing the routes served,
 without making a job.
-
-A body holding an integer beyond 64 bits (``"seed": -9223372036854775809``) travels as its JSON text: parsed into
-an object it would turn into a float on the way, and vLLM would answer a type error instead of its range error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from typing import Any
 
 from aiohttp import web
@@ -48,8 +44,6 @@ ROUTES = (
     ("GET", "/version", "/version"),
     ("GET", "/health", "/health"),
 )
-# 19 digits or more can be beyond 64 bits; orjson would read such a number as a float.
-_LONG_INT = re.compile(rb"\d{19,}")
 
 
 def _error_body(message: str, status: int, kind: str) -> dict[str, Any]:
@@ -81,20 +75,16 @@ class OpenAIRoutes:
         self.body_cap = body_cap
         self.wait_s = wait_s
 
-    async def _body(self, request: web.Request) -> tuple[dict[str, Any], Any]:
-        """The body as an object, and what the job carries: the object, or its JSON text if it must stay exact."""
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        # Integers beyond 64 bits stay exact on their way to the worker (codec): vLLM answers its own range error.
         body = await read_json(request, self.body_cap)
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object")
-        raw = await request.read()  # aiohttp keeps the body it read
-        return body, (raw.decode("utf-8", "replace") if _LONG_INT.search(raw) else body)
+        return body
 
     def route(self, method: str, route: str) -> Any:
         async def answer(request: web.Request) -> web.StreamResponse:
-            if method == "GET":
-                return await self.relay(request, route, None, None)
-            body, carried = await self._body(request)
-            return await self.relay(request, route, body, carried)
+            return await self.relay(request, route, None if method == "GET" else await self._body(request))
 
         return answer
 
@@ -109,10 +99,8 @@ class OpenAIRoutes:
                                 headers={"Allow": ",".join(allowed)})  # fmt: skip
         return _openai_error(f"no OpenAI route /openai{tail}; served: {served}", 404, "NotFoundError")
 
-    async def relay(
-        self, request: web.Request, route: str, body: dict[str, Any] | None, carried: Any
-    ) -> web.StreamResponse:
-        req = RunRequest(input={"openai_route": route, "openai_input": carried})
+    async def relay(self, request: web.Request, route: str, body: dict[str, Any] | None) -> web.StreamResponse:
+        req = RunRequest(input={"openai_route": route, "openai_input": body})
         r = self.broker.submit(req, sync=True)
         streaming = body is not None and bool(body.get("stream"))
         resp: web.StreamResponse | None = None
@@ -154,8 +142,8 @@ async def _relay_sse(request: web.Request, r: JobRecord) -> web.StreamResponse |
             sent += len(items)
         if r.status.terminal and sent >= len(r.stream):
             if resp is not None and r.status is not JobStatus.COMPLETED:
-                # Part of the answer is out: the failure (the engine died, its worker was lost, a timeout, a cancel) ends
-                # the stream as an OpenAI-shaped error event and [DONE], as vLLM's server ends a failed stream.
+                # Part of the answer is out: the failure (the engine died, its worker was lost, a timeout, a cancel)
+                # ends the stream as an OpenAI-shaped error event and [DONE], as vLLM's server ends a failed stream.
                 kind = "timeout" if r.status is JobStatus.TIMED_OUT else "InternalServerError"
                 error = _error_body(r.error or f"the request ended {r.status.value}", 500, kind)
                 await resp.write(b"data: " + codec.dumps(error) + b"\n\ndata: [DONE]\n\n")

@@ -120,7 +120,7 @@ class OpenAIRequest:
     """An OpenAI API request relayed as a job: ``route`` such as ``/v1/chat/completions``, and its JSON body."""
 
     route: str
-    body: dict[str, Any] | str | None  # the JSON text when the endpoint had to keep long integers exact
+    body: dict[str, Any] | str | None  # an object, or its JSON text
 
 
 def _pydantic_message(e: ValidationError) -> str:

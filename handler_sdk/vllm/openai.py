@@ -9,8 +9,8 @@ and final output carry the HTTP answer back to the endpoint:
 * a streamed answer: each SSE event string exactly as vLLM writes it (``"data: {...}\\n\\n"``, the last one
   ``"data: [DONE]\\n\\n"``) as its own stream item, then ``Final({"status_code": 200, "body": None})``.
 
-``openai_input`` may also be the body's JSON text: the endpoint sends it so when the body holds an integer beyond
-64 bits, which a JSON object would have turned into a float on the way (vLLM then answers its own range error).
+``openai_input`` may also be the body's JSON text, parsed by vLLM's request model as vLLM's server parses it.
+(Integers beyond 64 bits arrive exact either way, so vLLM answers its own range error for such a seed.)
 
 When the engine dies mid-stream, vLLM's generator writes an error event and ``[DONE]``; we drop both and raise
 WorkerDead instead, so the job FAILS (never COMPLETED) and the endpoint ends the stream with its own error event.
