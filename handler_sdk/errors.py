@@ -39,6 +39,7 @@ __all__ = [
     "InvalidInput",
     "JobFailure",
     "NestedTooDeep",
+    "NotEnabled",
     "NotFound",
     "OutputNotSerializable",
     "OutputTooLarge",
@@ -143,6 +144,12 @@ class Unprocessable(HTTPError):
 
 class TooManyRequests(HTTPError):
     status = 429
+
+
+class NotEnabled(HTTPError):
+    """A route whose feature is off or whose extra is not installed (e.g. /metrics without prometheus-client)."""
+
+    status = 501
 
 
 class InfrastructureError(HandlerSDKError):

@@ -54,6 +54,12 @@ class Job(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"Job(id={self.id!r})"
 
+    @property
+    def trace(self) -> str | None:
+        """The job's W3C ``traceparent`` (as the endpoint sent it in the job-take body), or None without one."""
+        value = self._raw.get("traceparent")
+        return value if isinstance(value, str) else None
+
     def progress(self, update: Any) -> None:
         """Publish a progress update; safe to call from a sync handler's thread. Updates coalesce: the latest
         one wins if several arrive faster than they are sent."""

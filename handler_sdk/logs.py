@@ -2,7 +2,8 @@
 
 ``HANDLER_SDK_LOG_FORMAT=json|plain`` forces one; by default JSON is used when stderr is not a terminal and the
 process looks like a container worker (``RUNPOD_POD_ID`` or ``HANDLER_SDK_WORKER_ID`` is set). JSON lines carry
-``worker_id`` and, where the message names one, ``job_id``.
+``worker_id`` and, where the message names one, ``job_id``; a line logged while a job runs carries its
+``traceparent`` (in plain lines too, at the end).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 import sys
 import time
 
-from . import codec
+from . import codec, trace
 
 __all__ = ["configure_logging"]
 
@@ -40,9 +41,18 @@ class JsonFormatter(logging.Formatter):
             job_id = m.group(1)
         if job_id is not None:
             d["job_id"] = job_id
+        if (tp := trace.current.get()) is not None:
+            d["traceparent"] = tp
         if record.exc_info:
             d["exc_info"] = self.formatException(record.exc_info)
         return codec.dumps_str(d)
+
+
+class PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        tp = trace.current.get()
+        return line if tp is None else f"{line} traceparent={tp}"
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -54,7 +64,7 @@ def configure_logging(level: str | None = None) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter(worker_id))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("HANDLER_SDK_LOG_LEVEL") or "INFO").upper())

@@ -14,28 +14,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 __all__ = [
     "MAX_STREAM_BYTES",
     "CancelReply",
+    "DashboardJob",
+    "DashboardJobDetail",
+    "DashboardPoint",
+    "DashboardState",
+    "DashboardWorker",
     "DoneBatchBody",
     "DoneBatchReply",
     "DoneBody",
     "DoneCode",
     "DoneItem",
     "ErrorDetails",
+    "ErrorReply",
     "FileRef",
+    "HandBackBody",
+    "HandBackReply",
     "HealthJobs",
     "HealthReply",
     "HealthWorkers",
     "InlineFile",
     "JobReply",
     "JobStatus",
+    "OkReply",
+    "OpenAIErrorBody",
+    "OpenAIErrorReply",
     "Policy",
     "PurgeReply",
     "RequestsEntry",
     "RequestsReply",
     "RunReply",
     "RunRequest",
+    "StreamAck",
     "StreamBody",
     "StreamItem",
     "StreamReply",
+    "TakeStopReply",
     "TakenJob",
     "WebhookBody",
     "WebhookEvent",
@@ -218,6 +231,8 @@ class TakenJob(_Lenient):
     id: str
     input: Any
     policy: Policy | None = None
+    # The job's W3C trace context: the client's traceparent header, or a new trace serve started.
+    traceparent: str | None = None
 
 
 class DoneBody(_Lenient):
@@ -256,6 +271,52 @@ class DoneBatchReply(_Lenient):
     results: list[DoneCode]
 
 
+class TakeStopReply(_Lenient):
+    """Reply of job-stop: the jobs this worker must stop."""
+
+    jobsToStop: list[str]
+
+
+class OkReply(_Lenient):
+    """Reply of job-done and ping."""
+
+    ok: bool
+
+
+class StreamAck(OkReply):
+    """Reply of job-stream: the job's stream item count so far."""
+
+    items: int
+
+
+class HandBackBody(_Lenient):
+    """Body of job-handback (our extension): the jobs a draining worker returns to the queue."""
+
+    ids: list[str]
+
+
+class HandBackReply(OkReply):
+    handedBack: int
+
+
+class ErrorReply(_Lenient):
+    """Every error reply but the OpenAI routes': 400, 401, 404, 405, 409, 413, 429, 501, 503."""
+
+    error: str
+
+
+class OpenAIErrorBody(_Lenient):
+    message: str
+    type: str
+    code: int
+
+
+class OpenAIErrorReply(_Lenient):
+    """An error reply of the OpenAI routes, in OpenAI's shape."""
+
+    error: OpenAIErrorBody
+
+
 class StreamBody(_Lenient):
     """Body of job-stream: one ``output`` (runpod), or several ``outputs`` (our batch extension).
 
@@ -265,3 +326,52 @@ class StreamBody(_Lenient):
     output: Any = None
     outputs: list[Any] | None = None
     metrics: dict[str, Any] | list[dict[str, Any] | None] | None = None
+
+
+# --- the dashboard's data routes -----------------------------------------------------------------------------
+
+
+class DashboardWorker(_Lenient):
+    id: str
+    state: Literal["idle", "running", "initializing"]
+    jobs: list[str]
+    lastPing: int  # when the endpoint last heard from it, ms since the epoch
+
+
+class DashboardPoint(_Lenient):
+    """One second of finished jobs: counts and mean latencies (ms), null when none started in it."""
+
+    t: int
+    completed: int
+    failed: int
+    cancelled: int
+    delayMs: float | None = None
+    executionMs: float | None = None
+
+
+class DashboardJob(RequestsEntry):
+    """A row of the dashboard's recent jobs."""
+
+    error: str | None = None
+
+
+class DashboardState(_Lenient):
+    """What the dashboard shows, as one snapshot (``/dashboard/state``, and each line of ``/dashboard/events``)."""
+
+    endpoint: str
+    now: int
+    health: HealthReply
+    workers: list[DashboardWorker]
+    series: list[DashboardPoint]
+    recent: list[DashboardJob]
+    submitted: dict[str, int]
+    streamItems: int
+
+
+class DashboardJobDetail(JobReply):
+    """One job in full for the dashboard: its input, and its stream items from ``from``."""
+
+    input: Any = None
+    createdAt: int
+    stream: list[StreamItem]
+    streamTotal: int

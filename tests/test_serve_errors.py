@@ -167,7 +167,7 @@ async def test_unknown_routes_endpoints_and_methods_are_json_errors(endpoint_fac
         ("GET", f"{base}/v2/other/health", 404),
         ("POST", f"{base}/v2/other/run", 404),
         ("GET", f"{base}/nothing/here", 404),
-        ("GET", f"{base}/", 404),
+        ("POST", f"{base}/", 405),  # GET / is the dashboard page
         ("GET", f"{ep.url}/run", 405),
         ("DELETE", f"{ep.url}/status/x", 405),
         ("GET", f"{ep.url}/cancel/x", 405),

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from handler_sdk import trace
 from handler_sdk.models import MAX_STREAM_BYTES
 from handler_sdk.serve.broker import BrokerConfig
 from handler_sdk.serve.workers import EXTENSIONS
@@ -145,7 +146,7 @@ async def test_held_take_answers_as_soon_as_a_job_is_queued(endpoint_factory: An
     code, headers, job = await asyncio.wait_for(taking, 5)
     assert code == 200
     assert headers["Content-Type"].startswith("application/json")
-    assert job == {"id": job_id, "input": {"i": 0}}
+    assert job == {"id": job_id, "input": {"i": 0}, "traceparent": trace.derived(job_id)}
 
 
 @pytest.mark.parametrize("op", ["job-take/gone", "job-take-batch/gone?batch_size=5"])
@@ -176,7 +177,8 @@ async def test_take_carries_the_execution_timeout_policy(pure: Any) -> None:
     [job_id] = await queue(pure, policy={"executionTimeout": 5000})
     code, _, job = await Raw(pure).take()
     assert code == 200
-    assert job == {"id": job_id, "input": {"i": 0}, "policy": {"executionTimeout": 5000}}
+    assert job == {"id": job_id, "input": {"i": 0}, "policy": {"executionTimeout": 5000},
+                   "traceparent": trace.derived(job_id)}  # fmt: skip
 
 
 async def test_take_batch_leases_up_to_batch_size_in_queue_order(pure: Any) -> None:

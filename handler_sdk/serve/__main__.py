@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="whsec_... base64 secret that signs webhooks (env HANDLER_SDK_WEBHOOK_SECRET)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=Path(".handler_sdk"), help="where the SQLite job journal lives")
     p.add_argument("--no-rate-limits", action="store_true", help="turn off the SEED.md rate limits")
+    p.add_argument("--no-metrics", action="store_true", help="turn off GET /metrics (Prometheus)")
     p.add_argument("--workers", type=int, default=0, help="run N worker subprocesses over HTTP instead of in-process")
     p.add_argument("--run-retention-ms", type=int, default=30 * 60 * 1000)
     p.add_argument("--sync-retention-ms", type=int, default=60 * 1000)
@@ -77,6 +78,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if not value > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a number of seconds > 0, not {value}")
         setattr(cfg, f"{name}_s", value)
+    cfg.metrics = not args.no_metrics
     if args.workers and h is None:
         raise ConfigError("--workers needs a TARGET for the workers to load")
     server = Server(cfg, None if args.workers else h)

@@ -130,6 +130,10 @@ class Broker:
         self.jobs: dict[str, JobRecord] = {}
         self.counts: dict[JobStatus, int] = dict.fromkeys(JobStatus, 0)
         self.retried = 0
+        # Per-process counters for /metrics and the dashboard (plain ints: nothing on the hot path to import).
+        self.submitted: dict[str, int] = {"run": 0, "runsync": 0, "openai": 0}
+        self.stream_items = 0
+        self.stream_bytes = 0
         self.workers: dict[str, WorkerSeen] = {}
         self.on_terminal: list[Callable[[JobRecord], None]] = []
         # Called with ("start" | "progress" | "output", record) for jobs that asked for those webhook events.
@@ -295,16 +299,19 @@ class Broker:
         sync: bool = False,
         idempotency: tuple[str, str] | None = None,
         queue: bool = True,
+        route: str | None = None,
+        trace: str | None = None,
     ) -> JobRecord:
         """A new job. ``queue=False``: it is recorded (and journaled) but not queued until ``enqueue``; see
-        ``submit_durable``. An input that cannot be encoded is refused (400) before the job exists."""
+        ``submit_durable``. An input that cannot be encoded is refused (400) before the job exists. ``route`` (run,
+        runsync or openai) is what /metrics counts it under; ``trace`` is the client's valid traceparent, if any."""
         now = self.clock()
         job_id = f"sync-{new_job_id()}" if sync else new_job_id()
         p = req.policy
         r = JobRecord(
             job_id, req.input, now, sync=sync, webhook=req.webhook, execution_timeout=p.execution_timeout,
             ttl=p.ttl, low_priority=p.low_priority,
-            retention=self.cfg.sync_retention_ms if sync else self.cfg.run_retention_ms,
+            retention=self.cfg.sync_retention_ms if sync else self.cfg.run_retention_ms, trace=trace,
         )  # fmt: skip
         if idempotency is not None or req.webhook_events is not None:
             self._submit_extras(r, req, idempotency)
@@ -313,6 +320,7 @@ class Broker:
                 self.store.insert(r)
             except OutputNotSerializable as e:
                 raise BadRequest(f"input cannot be stored: {e}") from None
+        self.submitted[route or ("runsync" if sync else "run")] += 1
         self.jobs[job_id] = r
         self.counts[S.IN_QUEUE] += 1
         if (due := r.ttl_due) is not None:
@@ -612,8 +620,10 @@ class Broker:
             else:
                 item = b'{"output":' + out + b',"metrics":' + m[:-1] + b"," + tail
             stream.append(item)
+            self.stream_bytes += len(out)
             if self.store is not None and not r.sync:
                 self.store.add_stream(r.id, idx, item)
+        self.stream_items += len(outputs)
         r.notify()
         if r.webhook_events is not None:
             self._event("output", r)

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from .. import codec
+from .. import codec, trace
 from ..errors import BadRequest
 from ..models import JobStatus, RunRequest
 from .broker import Broker
@@ -62,7 +62,7 @@ class ClientRoutes:
     async def run(self, request: web.Request) -> web.Response:
         key = parse_key(request.headers.get(KEY_HEADER))
         req = _run_request(await read_json(request, self.lim.run_body))
-        r, replayed = self.keys.submit(req, key, queue=False)
+        r, replayed = self.keys.submit(req, key, queue=False, trace=trace.parse(request.headers.get("traceparent")))
         if replayed:
             await self.broker.durable()  # journaled before we answer (the first may not be yet)
         else:
@@ -76,7 +76,7 @@ class ClientRoutes:
     async def runsync(self, request: web.Request) -> web.Response:
         key = parse_key(request.headers.get(KEY_HEADER))
         req = _run_request(await read_json(request, self.lim.runsync_body))
-        r, replayed = self.keys.submit(req, key, sync=True)
+        r, replayed = self.keys.submit(req, key, sync=True, trace=trace.parse(request.headers.get("traceparent")))
         await self.broker.wait_terminal(r, self._wait_s(request))
         headers = _REPLAYED if replayed else None
         if r.status.terminal:

@@ -48,6 +48,8 @@ class RateLimiter:
     def __init__(self, limits: dict[str, Limit] | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._buckets = {name: _Bucket(lim) for name, lim in (limits or DEFAULT_LIMITS).items()}
         self._clock = clock
+        # Requests refused, per group (read by /metrics).
+        self.limited: dict[str, int] = dict.fromkeys(self._buckets, 0)
 
     def acquire(self, group: str) -> bool:
         """Admit one request of ``group`` or raise TooManyRequests. Returns True when ``release`` is owed."""
@@ -58,11 +60,13 @@ class RateLimiter:
         lim = b.limit
         if len(b.stamps) == lim.per_window and now - b.stamps[0] < lim.window_s:
             wait = lim.window_s - (now - b.stamps[0])
+            self.limited[group] += 1
             raise TooManyRequests(
                 f"rate limit: {lim.per_window} requests per {lim.window_s:g} s on /{group}",
                 retry_after=max(1, math.ceil(wait)),
             )
         if lim.concurrent is not None and b.in_flight >= lim.concurrent:
+            self.limited[group] += 1
             raise TooManyRequests(f"rate limit: {lim.concurrent} concurrent requests on /{group}", retry_after=1)
         b.stamps.append(now)
         if lim.concurrent is None:

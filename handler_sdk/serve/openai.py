@@ -101,7 +101,7 @@ class OpenAIRoutes:
 
     async def relay(self, request: web.Request, route: str, body: dict[str, Any] | None) -> web.StreamResponse:
         req = RunRequest(input={"openai_route": route, "openai_input": body})
-        r = self.broker.submit(req, sync=True)
+        r = self.broker.submit(req, sync=True, route="openai")
         streaming = body is not None and bool(body.get("stream"))
         resp: web.StreamResponse | None = None
         try:

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from .. import codec
+from .. import codec, trace
 from ..models import JobStatus
 
 __all__ = ["JobRecord"]
@@ -47,6 +47,8 @@ class JobRecord:
     webhook_items: int = 0
     # (Idempotency-Key, request fingerprint) when submitted with one: journaled with the job, so it lives as long.
     idempotency: tuple[str, str] | None = None
+    # The client's W3C traceparent header; None: the job's trace is derived from its id (see ``traceparent``).
+    trace: str | None = None
     # Each stream item fully serialized:
     # {"output":...,"metrics":{...,"stream_index":i,"scenario":"stream","attempt":n}}.
     # A list from the first item on: most jobs never stream, and an empty list per record is one more object
@@ -61,6 +63,10 @@ class JobRecord:
     @property
     def ttl_due(self) -> int | None:
         return None if self.ttl is None else (self.created if self.requeued is None else self.requeued) + self.ttl
+
+    @property
+    def traceparent(self) -> str:
+        return self.trace if self.trace is not None else trace.derived(self.id)
 
     @property
     def expires(self) -> int | None:
@@ -144,6 +150,7 @@ class JobRecord:
             "cursor": self.cursor,
             "webhook_events": None if self.webhook_events is None else sorted(self.webhook_events),
             "idempotency": self.idempotency,
+            "trace": self.trace,
         }
 
     @classmethod
@@ -161,5 +168,6 @@ class JobRecord:
             r.webhook_events = frozenset(events)
         if (key := state.get("idempotency")) is not None:
             r.idempotency = (key[0], key[1])
+        r.trace = state.get("trace")
         r.output = output
         return r

@@ -53,14 +53,17 @@ class Routes:
         self.limiter = limiter
         self._fallback: web.AbstractResource | None = None
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
-        """``path`` is under the prefix, e.g. ``/status/{job_id}``; its first segment names the operation."""
+    def add(self, method: str, path: str, handler: Handler, *, root: bool = False, public: bool = False) -> None:
+        """``path`` is under the prefix, e.g. ``/status/{job_id}``; its first segment names the operation.
+        ``root``: the path is outside the prefix (``/metrics``); ``public``: no API key (static pages, the API
+        document)."""
         op = path.split("/")[1]
-        guarded = self._guard(handler, op)
+        guarded = self._guard(handler, op, public=public)
+        full = path if root else self.prefix + path
         if method == "GET":
-            self.app.router.add_get(self.prefix + path, guarded)  # HEAD too
+            self.app.router.add_get(full, guarded)  # HEAD too
         else:
-            self.app.router.add_route(method, self.prefix + path, guarded)
+            self.app.router.add_route(method, full, guarded)
 
     def get(self, path: str, handler: Handler) -> None:
         self.add("GET", path, handler)
@@ -74,10 +77,10 @@ class Routes:
 
     # --- around each request -------------------------------------------------------------------------------
 
-    def _guard(self, handler: Handler, op: str | None) -> Handler:
+    def _guard(self, handler: Handler, op: str | None, *, public: bool = False) -> Handler:
         """``handler`` behind the API key and its group's rate limit, with every error answered as JSON. ``op`` is
         None for the catch-all, which reads it from the path (a worker's bare key is checked as on its route)."""
-        api_key, limiter = self.api_key, self.limiter
+        api_key, limiter = None if public else self.api_key, self.limiter
         group = _GROUP.get(op, op) if op is not None and limiter is not None else None
         worker_route = op in WORKER_ROUTES
 

@@ -27,8 +27,11 @@ from ..worker.inprocess import InProcessTransport
 from ..worker.loop import Worker, WorkerConfig
 from .broker import Broker, BrokerConfig
 from .client import ClientLimits, add_client_routes
+from .dashboard import add_dashboard_routes
 from .limits import RateLimiter
+from .metrics import add_metrics_route
 from .openai import add_openai_routes
+from .openapi import add_openapi_routes
 from .routes import Routes
 from .store import JobStore
 from .web import BODY_TIMEOUT
@@ -64,6 +67,8 @@ class ServeConfig:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 75.0
+    metrics: bool = True  # /metrics, when prometheus-client is installed
+    dashboard_events_s: float = 300.0  # how long one /dashboard/events reply streams before the page reconnects
 
 
 class _HeaderDeadline:
@@ -132,6 +137,9 @@ class Server:
         add_client_routes(routes, self.broker, self.cfg.client)
         add_worker_routes(routes, self.broker, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
         add_openai_routes(routes, self.broker)
+        add_metrics_route(routes, self.broker, limiter, self.cfg.metrics)
+        add_openapi_routes(routes, self.h.input_model if self.h is not None else None, self.cfg.client)
+        add_dashboard_routes(routes, self.broker, events_s=self.cfg.dashboard_events_s)
         routes.finish()
         return app
 

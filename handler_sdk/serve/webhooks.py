@@ -189,9 +189,12 @@ class Webhooks:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         job_id = box.record.id
         delay = self.backoff_s
+        traceparent = box.record.traceparent
         for attempt in range(1, self.attempts + 1):
             try:
-                async with self._session.post(box.url, data=body, headers=self._headers(ev.id, body)) as resp:
+                headers = self._headers(ev.id, body)
+                headers["traceparent"] = traceparent  # the job's W3C trace context
+                async with self._session.post(box.url, data=body, headers=headers) as resp:
                     await resp.read()
                     if resp.status < 300:
                         self.delivered += 1

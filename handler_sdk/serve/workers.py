@@ -85,7 +85,7 @@ def normalize_error(value: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _job_payload(r: JobRecord) -> dict[str, Any]:
-    d: dict[str, Any] = {"id": r.id, "input": r.input}
+    d: dict[str, Any] = {"id": r.id, "input": r.input, "traceparent": r.traceparent}
     if r.execution_timeout is not None:
         d["policy"] = {"executionTimeout": r.execution_timeout}
     return d

@@ -22,6 +22,7 @@ out of the window, and the caller passes the engine's unfinished-request count t
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.v1.metrics.stats import IterationStats, MultiModalCacheStats, SchedulerStats
 
-__all__ = ["ENGINE_METRIC_FIELDS", "EngineStats"]
+__all__ = ["ENGINE_METRIC_FIELDS", "EngineStats", "live_stats"]
 
 ENGINE_METRIC_FIELDS = (
     "avg_gen_throughput",
@@ -72,6 +73,10 @@ class EngineStats:
         self._pending = 0
         self._kv_usage = 0.0
         self._scheduler_at = float("-inf")
+        # Totals since start, for /metrics (handler_sdk.metrics reads every live EngineStats at each scrape).
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        _LIVE.add(self)
 
     def record(self, scheduler: SchedulerStats | None, iteration: IterationStats | None) -> None:
         now = self._clock()
@@ -83,6 +88,8 @@ class EngineStats:
         if iteration is not None:
             prompt = iteration.prompt_token_stats.computed
             gen = iteration.num_generation_tokens
+            self.prompt_tokens_total += prompt
+            self.generation_tokens_total += gen
             if prompt or gen:
                 self._prune(now)
                 if not self._steps:
@@ -124,6 +131,14 @@ class EngineStats:
     def logger_factory(self, vllm_config: VllmConfig, engine_index: int = 0) -> StatLoggerBase:
         """A vLLM ``StatLoggerFactory``: pass ``stat_loggers=[stats.logger_factory]`` to the engine."""
         return _Recorder(vllm_config, engine_index, sink=self)
+
+
+_LIVE: weakref.WeakSet[EngineStats] = weakref.WeakSet()
+
+
+def live_stats() -> list[EngineStats]:
+    """Every EngineStats still in use in this process (one per engine)."""
+    return list(_LIVE)
 
 
 class _Recorder(StatLoggerBase):

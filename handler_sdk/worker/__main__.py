@@ -9,23 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from ..collector import tune_collector
-from ..errors import ConfigError, SetupError, WorkerDead
+from ..errors import ConfigError, NotEnabled, SetupError, WorkerDead
 from ..handler import Handler
 from ..loader import load_handler
 from ..logs import configure_logging
 from .config import endpoints_from_env, request_timeout_from_env, worker_config_from_env
 from .http import HttpTransport
 from .loop import Worker
+from .metrics import MeteredTransport, metrics_port_from_env, start_exporter
+from .transport import Transport
 
 log = logging.getLogger("handler_sdk.worker")
 
 
 async def _run(h: Handler, *, handle_signals: bool = True) -> int:
-    transport = HttpTransport(endpoints_from_env(), request_timeout_s=request_timeout_from_env())
+    endpoints = endpoints_from_env()
+    port = metrics_port_from_env(os.environ)
+    transport: Transport = HttpTransport(endpoints, request_timeout_s=request_timeout_from_env())
+    exporter = None
+    if port is not None:  # HANDLER_SDK_METRICS_PORT: Prometheus /metrics (the metrics extra)
+        try:
+            metered = MeteredTransport(transport)
+        except NotEnabled as e:
+            await transport.close()
+            raise ConfigError(f"HANDLER_SDK_METRICS_PORT is set but {e.message}") from None
+        exporter, _ = await start_exporter(metered.exporter, port, endpoints.api_key)
+        transport = metered
     worker = Worker(h, transport, worker_config_from_env())
     if handle_signals:
         loop = asyncio.get_running_loop()
@@ -40,6 +54,8 @@ async def _run(h: Handler, *, handle_signals: bool = True) -> int:
         return 1
     finally:
         await transport.close()
+        if exporter is not None:
+            await exporter.cleanup()
     log.info("worker %s stopped%s", transport.worker_id, " for refresh_worker" if worker.refresh else "")
     return 0
 

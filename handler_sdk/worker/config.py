@@ -24,6 +24,7 @@ HANDLER_SDK_TAKE_BACKOFF_MAX_S     -                                 longest job
 HANDLER_SDK_SPOOL_RETRY_S          -                                 how often spooled results are re-sent (2)
 HANDLER_SDK_REQUEST_TIMEOUT_S      -                                 one request's limit, holds included (30)
 HANDLER_SDK_LOG_FORMAT             -                                 ``json`` or ``plain`` (default: json unless a tty)
+HANDLER_SDK_METRICS_PORT           -                                 Prometheus ``/metrics`` on this port (default off)
 =================================  ================================  =============================================
 """
 

@@ -106,7 +106,9 @@ class InProcessTransport:
         self.broker.ping(self.worker_id, job_ids, initializing=initializing)
 
     async def stops(self) -> list[str]:
-        return await self.broker.stops(self.worker_id, self.hold_s, local=True)
+        # Never an unheld poll: the worker re-asks a direct transport at once, so a hold of 0 (serve --hold-s 0,
+        # meant for remote takers) would spin the event loop and starve every request.
+        return await self.broker.stops(self.worker_id, max(self.hold_s, 1.0), local=True)
 
     async def hand_back(self, job_ids: Sequence[str]) -> None:
         self.broker.hand_back(self.worker_id, job_ids)
@@ -119,4 +121,4 @@ class InProcessTransport:
 
 def _assignment(r: JobRecord) -> Assignment:
     timeout_s = None if r.execution_timeout is None else r.execution_timeout / 1000
-    return Assignment(r.id, r.input, {"id": r.id, "input": r.input}, timeout_s)
+    return Assignment(r.id, r.input, {"id": r.id, "input": r.input, "traceparent": r.traceparent}, timeout_s)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import codec
+from .. import codec, trace
 from ..batching import Batcher, Ticket
 from ..checks import run_checks
 from ..collector import after_setup
@@ -321,6 +321,9 @@ class Worker:
 
     async def _run_one(self, rj: _Running) -> None:
         a = rj.assignment
+        # Set in this job's own task context (a copy made for the task), so every line logged for the job, in its
+        # handler's threads too, carries its trace (if it has one), and no other job's does.
+        trace.current.set(rj.job.trace)
         log.debug("job %s started", a.id)
         sender = None
         if self._streams:  # the sender is only for yielded items; most handlers return

@@ -1,0 +1,165 @@
+"""The live dashboard: a static page at ``/`` and ``/v2/{endpoint_id}/dashboard``, and its data routes.
+
+The page (``static/dashboard.html``: no CDN, no build step) is served without the API key; its data comes from
+the routes below, behind the key, which sit outside every rate-limit group so that open tabs never starve a
+client of its /requests budget:
+
+* ``GET dashboard/state``: one snapshot (queue, jobs by status as /health counts them, workers, the last five
+  minutes of finished jobs per second, recent jobs);
+* ``GET dashboard/events``: the snapshot once a second as newline-delimited JSON, read by ``fetch`` (an
+  EventSource cannot send the Authorization header);
+* ``GET dashboard/jobs/{job_id}?from=N&wait=ms``: one job with its input, result and stream items from N.
+
+Everything is read through the broker's public state; the per-second history is kept by an ``on_terminal``
+hook, so it is this process's (with many replicas on one store each shows its own throughput).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import deque
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from .. import codec
+from ..models import JobStatus
+from .broker import Broker
+from .record import JobRecord
+from .routes import Routes
+from .web import json_reply, query_int
+
+__all__ = ["History", "add_dashboard_routes"]
+
+S = JobStatus
+RECENT = 50
+SERIES_S = 300
+
+
+class History:
+    """Finished jobs per second over the last ``span_s`` seconds: counts and latency sums (an on_terminal hook)."""
+
+    def __init__(self, span_s: int = SERIES_S) -> None:
+        self.span_s = span_s
+        # [second, completed, failed, cancelled, delay sum, delays, execution sum, executions]
+        self._buckets: deque[list[int]] = deque()
+
+    def on_terminal(self, r: JobRecord) -> None:
+        if r.ended is None:
+            return
+        sec = r.ended // 1000
+        b = self._buckets[-1] if self._buckets else None
+        if b is None or b[0] < sec:
+            b = [sec, 0, 0, 0, 0, 0, 0, 0]
+            self._buckets.append(b)
+            while self._buckets[0][0] <= sec - self.span_s:
+                self._buckets.popleft()
+        elif b[0] > sec:  # a clock that stepped back: count it in the latest second
+            pass
+        if r.status is S.COMPLETED:
+            b[1] += 1
+        elif r.status is S.CANCELLED:
+            b[3] += 1
+        else:
+            b[2] += 1
+        if r.started is not None:
+            b[4] += r.started - r.created
+            b[5] += 1
+            b[6] += r.ended - r.started
+            b[7] += 1
+
+    def series(self, now_ms: int) -> list[dict[str, Any]]:
+        since = now_ms // 1000 - self.span_s
+        return [
+            {"t": b[0] * 1000, "completed": b[1], "failed": b[2], "cancelled": b[3],
+             "delayMs": b[4] / b[5] if b[5] else None, "executionMs": b[6] / b[7] if b[7] else None}
+            for b in self._buckets if b[0] > since
+        ]  # fmt: skip
+
+
+def _row(r: JobRecord) -> dict[str, Any]:
+    d = r.summary()
+    if r.error is not None:
+        d["error"] = r.error
+    return d
+
+
+class Dashboard:
+    def __init__(self, broker: Broker, endpoint_id: str, events_s: float) -> None:
+        self.broker = broker
+        self.endpoint_id = endpoint_id
+        self.events_s = events_s
+        self.history = History()
+        broker.on_terminal.append(self.history.on_terminal)
+
+    def snapshot(self) -> dict[str, Any]:
+        b = self.broker
+        health = b.health()
+        now = b.clock()
+        workers = [
+            {"id": w.id, "state": "initializing" if w.initializing else "running" if w.jobs else "idle",
+             "jobs": sorted(w.jobs), "lastPing": w.last_seen}
+            for w in b.workers.values()
+        ]  # fmt: skip
+        recent = [_row(r) for r in itertools.islice(reversed(b.jobs.values()), RECENT)]
+        return {
+            "endpoint": self.endpoint_id, "now": now, "health": health, "workers": workers,
+            "series": self.history.series(now), "recent": recent, "submitted": dict(b.submitted),
+            "streamItems": b.stream_items,
+        }  # fmt: skip
+
+    async def state(self, request: web.Request) -> web.Response:
+        return json_reply(self.snapshot())
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.events_s
+        with contextlib.suppress(ConnectionResetError):
+            while True:
+                await resp.write(codec.dumps(self.snapshot()) + b"\n")
+                left = end - loop.time()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(1.0, left))
+            await resp.write_eof()
+        return resp
+
+    async def job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        start = query_int(request, "from", 0, 0, 2**62) or 0
+        wait_ms = query_int(request, "wait", 0, 0, 5000) or 0
+        r = self.broker.status(job_id)
+        if wait_ms and not r.status.terminal and len(r.stream) <= start:
+            await self.broker.wait_change(r, wait_ms / 1000)
+            r = self.broker.status(job_id)
+        d = r.reply()
+        d["input"] = r.input
+        d["createdAt"] = r.created
+        d["stream"] = [codec.Fragment(item) for item in r.stream[start:]]
+        d["streamTotal"] = len(r.stream)
+        return json_reply(d)
+
+
+def _page(prefix: str) -> bytes:
+    html = (resources.files("handler_sdk.serve") / "static" / "dashboard.html").read_bytes()
+    # The page's one setting: where the endpoint's API is (it is served at / too).
+    return html.replace(b"__ENDPOINT_PREFIX__", prefix.encode())
+
+
+def add_dashboard_routes(routes: Routes, broker: Broker, *, events_s: float = 300.0) -> None:
+    d = Dashboard(broker, routes.endpoint_id, events_s)
+    page = _page(routes.prefix)
+
+    async def show(request: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    routes.add("GET", "/", show, root=True, public=True)
+    routes.add("GET", "/dashboard", show, public=True)
+    routes.get("/dashboard/state", d.state)
+    routes.get("/dashboard/events", d.events)
+    routes.get("/dashboard/jobs/{job_id}", d.job)
