@@ -59,7 +59,7 @@ def test_error_replies_and_the_documented_5xx_are_in_the_document():
     assert {"500", "504"} <= set(chat)
     assert chat["500"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OpenAIErrorReply"}
     run = paths["/v2/local/run"]["post"]["responses"]
-    assert {"400", "401", "413", "429", "503"} <= set(run)
+    assert {"400", "401", "413", "422", "429", "503"} <= set(run)
     assert paths["/metrics"]["get"]["responses"]["501"]
 
 

@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from .. import __version__, codec, models
 from ..models import JobStatus
 from .client import ClientLimits
+from .idempotency import KEY_HEADER
 from .routes import Routes
 
 __all__ = ["add_openapi_routes", "build_document"]
@@ -40,6 +41,7 @@ _WHY = {
     404: "unknown job, route or endpoint",
     409: "the job is not in a state that allows this",
     413: "body over the route's limit",
+    422: "the Idempotency-Key names another request's job",
     429: "rate limit of the route's group (Retry-After says when to retry)",
     499: "the job was cancelled",
     500: "the handler failed",
@@ -90,6 +92,8 @@ def _operations(lim: ClientLimits) -> list[_Op]:
     job = _str_param("job_id", "the job's id", "path")
     wid = _str_param("worker_id", "the worker's id", "path")
     run_body = {"required": True, "content": {"application/json": {"schema": _ref("RunRequest")}}}
+    key = _str_param(KEY_HEADER, "the same key with the same request returns the same job (at most 255 characters)",
+                     "header")  # fmt: skip
 
     def body(m: type[BaseModel]) -> Schema:
         return {"required": True, "content": {"application/json": {"schema": _ref(m)}}}
@@ -102,11 +106,11 @@ def _operations(lim: ClientLimits) -> list[_Op]:
                                 "content": {"application/json": {"schema": {}}}})  # fmt: skip
     # fmt: off
     return [
-        _Op(("POST",), "/run", "queue a job", "client", _json(_ref(models.RunReply)), run_body,
-            errors=(400, 413, *_CLIENT)),
+        _Op(("POST",), "/run", "queue a job", "client", _json(_ref(models.RunReply)), run_body, (key,),
+            errors=(400, 413, 422, *_CLIENT)),
         _Op(("POST",), "/runsync", "run a job and wait for it", "client",
-            _json(_ref(models.JobReply), "the finished job, or its id and status to poll"), run_body, (wait,),
-            (400, 413, *_CLIENT)),
+            _json(_ref(models.JobReply), "the finished job, or its id and status to poll"), run_body, (wait, key),
+            (400, 413, 422, *_CLIENT)),
         _Op(("GET", "POST"), "/status/{job_id}", "a job's status and result", "client", _json(_ref(models.JobReply)),
             params=(job, ttl), errors=(400, 404, *_CLIENT)),
         _Op(("GET", "POST"), "/status-sync/{job_id}", "a job's status, waiting until it ends", "client",
