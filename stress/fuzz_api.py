@@ -1,10 +1,10 @@
 """``python -m stress.fuzz_api [--examples N] [--seed S]``: the long schemathesis run against serve.
 
 Every phase (examples, coverage, fuzzing, and stateful, which follows the document's links from /run's id to
-/status, /cancel, /retry...), with N examples per operation (default 200: about 3 minutes on two cores), the
-checks of the bounded CI run (tests/test_openapi.py). Serve runs in this process with the echo handler, the worker
-routes' hold at 0, ?wait= bounded to 1 s and the dashboard's events stream ending after half a second, so no
-request can hang. Exits with schemathesis's status.
+/status, /cancel, /retry...), with N examples per operation (default 200: 6,434 cases in about 7 minutes on a busy
+2-core machine), and the checks of the bounded CI run (tests/test_openapi.py). Serve runs in this process with the
+echo handler, the worker routes' hold at 0, ?wait= bounded to 1 s and the dashboard's events stream ending after
+half a second, so no request can hang. Exits with schemathesis's status.
 """
 
 from __future__ import annotations
