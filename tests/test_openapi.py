@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 
 import pytest
 from openapi_spec_validator import validate
@@ -139,14 +138,12 @@ async def test_fuzzing_the_api_from_its_document_finds_no_5xx_and_no_reply_off_t
     cfg = fuzz_config()
     ep = await endpoint_factory("echo_async.py", **{k: getattr(cfg, k) for k in (
         "take_hold_s", "api_key", "dashboard_events_s", "client")})  # fmt: skip
-    started = time.monotonic()
     code, out = await run_schemathesis(
         f"http://127.0.0.1:{ep.server.port}/openapi.json", "--max-examples", "25",
         "--phases", "examples,coverage,fuzzing", timeout=110,
     )  # fmt: skip
     assert code == 0, out[-6000:]
     assert " passed" in out and "failed" not in out.split("SUMMARY")[-1], out[-3000:]
-    assert time.monotonic() - started < 110
 
 
 @pytest.mark.parametrize("bad", ["/v2/local/status/%00", "/v2/local/dashboard/jobs/%2e%2e"])
