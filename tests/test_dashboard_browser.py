@@ -116,3 +116,18 @@ async def test_the_dashboard_submits_watches_streams_and_cancels_in_a_real_brows
 
     await page.screenshot(path=str(ARTIFACTS / "dashboard-end.png"), full_page=True)
     assert errors == []
+
+
+async def test_swagger_ui_at_docs_renders_every_operation_from_package_files(endpoint_factory, browser):
+    ep = await endpoint_factory(str(ROOT / "examples" / "typed.py"), api_key="k")
+    page = await browser.new_page()
+    errors: list[str] = []
+    outside: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    base = f"http://127.0.0.1:{ep.server.port}"
+    page.on("request", lambda r: None if r.url.startswith(base) or r.url.startswith("data:") else outside.append(r.url))
+    await page.goto(f"{base}/docs")
+    await page.wait_for_selector(".opblock", timeout=STEP_MS)
+    _, doc = await ep.get("openapi.json")
+    assert await page.locator(".opblock").count() == sum(len(item) for item in doc["paths"].values())
+    assert errors == [] and outside == []  # no CDN, nothing fetched from anywhere else
