@@ -58,7 +58,8 @@ async def test_one_job_in_full_with_its_input_output_and_stream_from_an_index(en
     detail = DashboardJobDetail.model_validate(d)
     assert detail.input == {"stream": 3} and detail.output["echo"] == {"stream": 3}
     assert detail.streamTotal == 3 and [i.output for i in detail.stream] == [{"token": f"t{i}"} for i in range(3)]
-    assert detail.stream[0].metrics == {"tokens": 1, "kv_cache_usage": 0.25, "stream_index": 0, "scenario": "stream"}
+    assert detail.stream[0].metrics == {"tokens": 1, "kv_cache_usage": 0.25, "stream_index": 0, "scenario": "stream",
+                                        "attempt": 1}  # fmt: skip
     _, d2 = await ep.get(f"dashboard/jobs/{job['id']}?from=2")
     assert [i["output"] for i in d2["stream"]] == [{"token": "t2"}] and d2["streamTotal"] == 3
     # Reading it moves no /stream cursor.
