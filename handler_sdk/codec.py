@@ -72,7 +72,13 @@ def _dumps_exact(obj: Any) -> bytes:
 
 def dumps_canonical(obj: Any) -> bytes:
     """JSON with sorted keys, so two requests that differ only in key order compare equal (Idempotency-Key)."""
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError as e:
+        if _INT_RANGE_ERROR not in str(e):
+            raise
+        # An integer beyond 64 bits (which loads keeps exact): the standard library writes it (found by fuzzing).
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
 
 
 def dumps_str(obj: Any) -> str:

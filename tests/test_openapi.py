@@ -105,6 +105,21 @@ async def test_a_held_in_process_worker_with_hold_0_does_not_spin(endpoint_facto
     assert code == 200 and body["status"] == "COMPLETED"
 
 
+async def test_an_idempotency_key_on_a_request_holding_an_integer_beyond_64_bits_is_not_a_500(endpoint_factory):
+    # Regression (found by the fuzz run below): the request's fingerprint was written by orjson, which refuses
+    # integers beyond 64 bits, so such a body with an Idempotency-Key answered 500.
+    ep = await endpoint_factory("echo_async.py")
+    body = {"input": {"n": 2**70}}
+    code, first = await ep.post("run", body, headers={"Idempotency-Key": "big"})
+    assert code == 200, first
+    code, again = await ep.post("run", body, headers={"Idempotency-Key": "big"})
+    assert code == 200 and again["id"] == first["id"]
+    code, other = await ep.post("run", {"input": {"n": 2**70 + 1}}, headers={"Idempotency-Key": "big"})
+    assert code == 422, other
+    code, sync = await ep.post("runsync", body, headers={"Idempotency-Key": "big-sync"})
+    assert code == 200 and sync["output"] == {"n": 2**70}
+
+
 FUZZ_CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
     "response_headers_conformance"
