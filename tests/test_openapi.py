@@ -28,7 +28,7 @@ def _served(server: Server) -> set[tuple[str, str]]:
     out = set()
     for resource in app.router.resources():
         path = resource.canonical
-        if path == "/{tail}" or path.startswith("/docs/"):  # the catch-all, Swagger UI's own files
+        if path.endswith("/{tail}") or path.startswith("/docs/"):  # the catch-alls, Swagger UI's own files
             continue
         out |= {(route.method, path) for route in resource if route.method != "HEAD"}
     return out

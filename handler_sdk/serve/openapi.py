@@ -22,6 +22,7 @@ from .. import __version__, codec, models
 from ..models import JobStatus
 from .client import ClientLimits
 from .idempotency import KEY_HEADER
+from .openai import ROUTES as OPENAI_ROUTES
 from .routes import Routes
 
 __all__ = ["add_openapi_routes", "build_document"]
@@ -131,14 +132,14 @@ def _operations(lim: ClientLimits) -> list[_Op]:
             params=(_int_param("limit", "page size (clamped to 1-500)"), _int_param("offset", "rows to skip"),
                     _str_param("status", "only jobs in this status", enum=[s.value for s in JobStatus])),
             errors=(400, *_CLIENT)),
-        _Op(("POST",), "/openai/v1/chat/completions", "OpenAI chat completions, served by the worker", "openai",
-            openai_ok, {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
-            errors=(400, 413, *_CLIENT, 499, 500, 504), extra=(openai_other,), openai=True),
-        _Op(("POST",), "/openai/v1/completions", "OpenAI completions, served by the worker", "openai",
-            openai_ok, {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
-            errors=(400, 413, *_CLIENT, 499, 500, 504), extra=(openai_other,), openai=True),
-        _Op(("GET",), "/openai/v1/models", "the models the worker serves", "openai", openai_ok,
-            errors=(*_CLIENT, 499, 500, 504), extra=(openai_other,), openai=True),
+        *(
+            _Op((method,), "/openai" + path, f"OpenAI-compatible {route}, served by the worker", "openai", openai_ok,
+                {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+                if method == "POST" else None,
+                errors=(400, 413, *_CLIENT, 499, 500, 504) if method == "POST" else (*_CLIENT, 499, 500, 504),
+                extra=(openai_other,), openai=True)
+            for method, path, route in OPENAI_ROUTES
+        ),
         # The worker protocol (docs/PROTOCOL.md).
         _Op(("GET",), "/job-take/{worker_id}", "take one job (held open while none is queued)", "worker",
             _json(_ref(models.TakenJob)), params=(wid, _str_param("job_in_progress", "runpod's busy flag")),
