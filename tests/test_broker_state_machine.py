@@ -91,6 +91,8 @@ class BrokerMachine(RuleBasedStateMachine):
         self.gone: set[str] = set()
         self.workers: dict[str, ModelWorker] = {}
         self.retried = 0
+        # Jobs the model ended ahead of the broker call that ends them (see take); None outside such a call.
+        self._deferred: list[ModelJob] | None = None
         self.statuses: dict[str, JobStatus] = {}
 
     def teardown(self) -> None:
@@ -128,6 +130,9 @@ class BrokerMachine(RuleBasedStateMachine):
             if stop:
                 mw.stops.add(m.id)
         m.status, m.ended = status, self.now[0]
+        if self._deferred is not None:
+            self._deferred.append(m)  # the broker acts on it in the call that follows: read its record after
+            return
         m.final = fingerprint(self.broker.jobs[m.id])
 
     def _requeue(self, m: ModelJob) -> None:
@@ -135,10 +140,15 @@ class BrokerMachine(RuleBasedStateMachine):
         self.retried += 1
         if m.retries >= MAX_ATTEMPTS:
             self._finish(m, S.FAILED)
-            r = self.broker.jobs[m.id]
-            assert r.error is not None and r.error.startswith("WorkerLost:")
+            if self._deferred is None:
+                self._check_lost(m)
             return
         m.status, m.worker, m.started, m.resumed = S.IN_QUEUE, None, None, True
+
+    def _check_lost(self, m: ModelJob) -> None:
+        r = self.broker.jobs[m.id]
+        assert r.error is not None and r.error.startswith("WorkerLost:")
+        m.final = fingerprint(r)
 
     def _leave(self, w: str) -> None:
         mw = self.workers.pop(w)
@@ -251,11 +261,16 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @rule(w=st.sampled_from(WORKERS), n=st.integers(1, 3), busy=st.sampled_from([None, True, False]))
     def take(self, w: str, n: int, busy: bool | None) -> None:
+        self._deferred = []
         if busy is False and w in self.workers:
             # "Nothing in progress" from a worker id that holds leases: a new process of it; they were lost.
+            # The broker gives them back inside the take below, so the model reads its records after it.
             self._lost(self.workers[w], list(self.workers[w].jobs))
         queued = self._queued()
         taken = self.loop.run_until_complete(self.broker.take(w, n, 0.0, busy=busy))
+        lost_for_good, self._deferred = self._deferred, None
+        for m in lost_for_good:
+            self._check_lost(m)
         ids = [r.id for r in taken]
         queued_ids = {m.id for m in queued}
         assert len(ids) == len(set(ids)) == min(n, len(queued))
@@ -625,3 +640,19 @@ async def test_stops_wait_returns_when_a_running_job_is_cancelled() -> None:
     await asyncio.sleep(0.01)
     b.cancel(job)
     assert await asyncio.wait_for(waiter, 5) == [job]
+
+
+def test_a_job_lost_by_same_id_restarts_fails_at_max_attempts_in_the_take_that_loses_it() -> None:
+    """The sequence hypothesis found: the model must read the record only after the take that ends the job."""
+    s = BrokerMachine()
+    s.submit(exec_timeout=None, low=False, sync=False, ttl=None)
+    s.take(busy=None, n=1, w="w1")
+    s.leave(w="w1")
+    s.take(busy=None, n=1, w="w1")
+    s.take(busy=False, n=1, w="w1")
+    s.take(busy=False, n=1, w="w1")
+    [r] = s.broker.jobs.values()
+    assert r.status is S.FAILED and r.retries == MAX_ATTEMPTS
+    s.counts_match_the_records()
+    s.finished_jobs_never_change()
+    s.teardown()
