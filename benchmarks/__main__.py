@@ -29,6 +29,7 @@ MODULES = {
     "engine_death": "benchmarks.engine_death",
     "vllm_runsync": "benchmarks.vllm_runsync",
     "stream_cpu": "benchmarks.stream_cpu",
+    "retention": "benchmarks.retention",
 }
 
 
