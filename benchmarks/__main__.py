@@ -30,6 +30,7 @@ MODULES = {
     "vllm_runsync": "benchmarks.vllm_runsync",
     "stream_cpu": "benchmarks.stream_cpu",
     "retention": "benchmarks.retention",
+    "soak": "benchmarks.soak",
 }
 
 
