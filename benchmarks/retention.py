@@ -1,4 +1,4 @@
-"""Benchmark 8: what one finished, retained job costs the endpoint in memory, at a million of them.
+"""Benchmark 10: what one finished, retained job costs the endpoint in memory, at a million of them.
 
 A /run job is kept 30 minutes after it ends (a /runsync one, a minute): at thousands of jobs a second that is
 millions of finished records. Each kind runs in a fresh process that fills a Broker through its own API (submit,
@@ -80,7 +80,7 @@ def _measure(kind: str, n: int) -> dict[str, float]:
 
 
 def run(run: Run) -> Section:
-    sec = Section("retention", "8. Memory per finished, retained job")
+    sec = Section("retention", "10. Memory per finished, retained job")
     n = 20_000 if run.quick else 1_000_000
     repeats = 1 if run.quick else 2
     sec.params = {
@@ -124,7 +124,7 @@ def run(run: Run) -> Section:
         "records (from the front of the retention FIFOs) leave memory and live only in the SQLite journal (a "
         "/runsync record is written there first), and /status, /stream and /retry read a job missing from memory "
         "back from the store (one indexed SELECT in the store's thread) until its retention ends. The soak "
-        "(benchmark 9) then shows RSS flat."
+        "(benchmark 11) then shows RSS flat."
     )
     sec.plot = _plot(run, sec)
     return sec

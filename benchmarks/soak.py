@@ -1,4 +1,4 @@
-"""Benchmark 9: serve's memory over a long run at a steady rate with the full /run retention (a soak).
+"""Benchmark 11: serve's memory over a long run at a steady rate with the full /run retention (a soak).
 
 ``python -m handler_sdk.serve benchmarks/noop_handler.py`` with 30-minute /run retention takes no-op /run jobs
 at a fixed rate (open loop: a client in a thread of its own posts on a schedule, whatever the replies) for the
@@ -61,7 +61,7 @@ async def _drive(url: str, rate: float, seconds: float, sent: list[int], errors:
 
 
 def run(run: Run) -> Section:
-    sec = Section("soak", "9. Soak: serve's RSS at a steady /run rate with 30-minute retention")
+    sec = Section("soak", "11. Soak: serve's RSS at a steady /run rate with 30-minute retention")
     seconds = 8.0 if run.quick else 600.0
     rate = 100.0 if run.quick else 2000.0
     every = 1.0 if run.quick else 10.0
