@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -27,6 +28,9 @@ MODULES = {
     "batching": "benchmarks.batching",
     "engine_death": "benchmarks.engine_death",
     "vllm_runsync": "benchmarks.vllm_runsync",
+    "stream_cpu": "benchmarks.stream_cpu",
+    "retention": "benchmarks.retention",
+    "soak": "benchmarks.soak",
 }
 
 
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         run.log(f"--- {name}")
         t0 = time.monotonic()
+        load_before = os.getloadavg()[0]
         try:
             sec = importlib.import_module(MODULES[name]).run(run)
         except Exception as e:  # one broken benchmark must not cost the others their results
@@ -73,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             sec = Section(name, f"{name} (failed)", available=False)
             sec.notes.append(f"the benchmark raised {type(e).__name__}: {e}")
         sec.seconds = time.monotonic() - t0
+        load = max(load_before, os.getloadavg()[0])
+        if load > 0.75 * (os.cpu_count() or 1):
+            sec.notes.append(
+                f"Taken under load: the 1-minute load average reached {load:.1f} on {os.cpu_count()} cores during this "
+                "benchmark (other processes shared the machine). Absolute figures are low and noisy; the ratios pair "
+                "runs within each round, and their [min, max] show the spread."
+            )
         sections.append(sec)
         for t in sec.targets:
             verdict = "PASS" if t.passed else "MISS"

@@ -29,6 +29,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from handler_sdk import loop as event_loop
+
 from .common import PY, Proc, Run, Section, Target, free_port, http_ok, ratios, serve_cmd, stop_all, wait_until
 from .loadgen import have_wrk, run_load
 from .profile import profile_pid, summarize
@@ -143,14 +145,15 @@ class _Drain:
     profile: str | None = None
 
 
-def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = False) -> _Drain:
-    """One drain of ``n`` jobs by ``workers`` processes on a fresh endpoint."""
+def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = False, loop: str = "uvloop") -> _Drain:
+    """One drain of ``n`` jobs by ``workers`` processes on a fresh endpoint, serve and workers on ``loop``."""
     port = free_port()
     base = f"http://127.0.0.1:{port}/v2/local"
-    tag = f"w{workers}-{time.monotonic_ns()}"
+    tag = f"w{workers}-{loop}-{time.monotonic_ns()}"
     serve = Proc(
         serve_cmd(None, port, work / f"serve-{tag}"),
         log=work / f"serve-{tag}.log",
+        env={"HANDLER_SDK_LOOP": loop},
     )
     procs: list[Proc] = []
     try:
@@ -165,6 +168,7 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
                 "HANDLER_SDK_SPOOL_DIR": str(work / f"spool-{tag}-{i}"),
                 "HANDLER_SDK_LOG_LEVEL": "WARNING",
                 "BENCH_CONCURRENCY": str(CONCURRENCY),
+                "HANDLER_SDK_LOOP": loop,
             }
             procs.append(
                 Proc(
@@ -289,10 +293,10 @@ async def _ceiling(path: Path, n: int, batch: int) -> tuple[float, float]:
     return take_done, full
 
 
-def store_ceiling(work: Path, n: int, batch: int = CONCURRENCY) -> tuple[float, float]:
+def store_ceiling(work: Path, n: int, batch: int = CONCURRENCY, loop: str = "uvloop") -> tuple[float, float]:
     d = work / f"ceiling-{time.monotonic_ns()}"
     d.mkdir(parents=True)
-    return asyncio.run(_ceiling(d, n, batch))
+    return event_loop.run(_ceiling(d, n, batch), loop)
 
 
 # --- the benchmark -------------------------------------------------------------------------------------------
@@ -322,6 +326,7 @@ def run(run: Run) -> Section:
     worker_counts = (1, 2)
     work = run.dir("drain")
     sec.params = {
+        "loops": "uvloop; 1 worker and the ceiling again on asyncio",
         "jobs": n,
         "repeats": repeats,
         "workers": list(worker_counts),
@@ -333,6 +338,8 @@ def run(run: Run) -> Section:
     cpu: dict[str, list[float]] = {}
     take_done: list[float] = []
     full: list[float] = []
+    plain_drain: list[float] = []
+    plain_ceiling: list[float] = []
     for r in range(repeats):
         ceil_a, ceil_b = store_ceiling(work, n)
         take_done.append(ceil_a)
@@ -343,6 +350,10 @@ def run(run: Run) -> Section:
             drains[w].append(d.rate)
             _note_cpu(cpu, w, d)
             run.log(f"drain {w} worker(s): {d.rate:,.0f} jobs/s{_cpu_text(d)}")
+        # The same drain and its ceiling on asyncio's own loop (HANDLER_SDK_LOOP=asyncio), 1 worker.
+        plain_ceiling.append(store_ceiling(work, n, loop="asyncio")[0])
+        plain_drain.append(_drain_once(run, work, n, 1, loop="asyncio").rate)
+        run.log(f"drain [asyncio] ceiling {plain_ceiling[-1]:,.0f} jobs/s, 1 worker {plain_drain[-1]:,.0f} jobs/s")
     bare = _bare_rate(run, work, repeats, 0.5 if run.quick else 3.0)
     sec.figure("store ceiling: take -> done, batched, no HTTP", "jobs/s").values = take_done
     sec.figure("store ceiling: submit -> take -> done, batched, no HTTP", "jobs/s").values = full
@@ -360,6 +371,17 @@ def run(run: Run) -> Section:
         t = Target(f"drain with {w} worker(s) / store ceiling", sec.figure(f"ratio drain {w}w / ceiling", "x"), 0.7)
         t.ratio.values = ratios(drains[w], take_done)
         sec.targets.append(t)
+    sec.figure("[asyncio] store ceiling: take -> done", "jobs/s").values = plain_ceiling
+    sec.figure("[asyncio] drain over HTTP, 1 worker process", "jobs/s").values = plain_drain
+    t = Target(
+        "drain with 1 worker(s) / store ceiling [asyncio]", sec.figure("ratio drain 1w / ceiling [asyncio]", "x"), 0.7
+    )
+    t.ratio.values = ratios(plain_drain, plain_ceiling)
+    sec.targets.append(t)
+    sec.notes.append(
+        "Serve, the workers and the store's ceiling run on uvloop (the default where installed) in every figure "
+        "not marked [asyncio]; the [asyncio] ones ran with HANDLER_SDK_LOOP=asyncio in the same rounds."
+    )
     if run.profile and not all(t.passed for t in sec.targets):
         # A timed drain ends in about a second, before py-spy has sampled much: the profiled one drains more jobs,
         # enough to outlast the sampling window.

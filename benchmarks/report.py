@@ -16,7 +16,19 @@ from .common import BENCH_DIR, Figure, Run, Section, fmt
 
 __all__ = ["Panel", "bar_plot", "render", "save"]
 
-ORDER = ["runsync", "drain", "streaming", "chunker", "footprint", "batching", "engine_death", "vllm_runsync"]
+ORDER = [
+    "runsync",
+    "drain",
+    "streaming",
+    "chunker",
+    "footprint",
+    "batching",
+    "engine_death",
+    "vllm_runsync",
+    "stream_cpu",
+    "retention",
+    "soak",
+]
 
 Panel = tuple[str, list[str], dict[str, list[Figure | None]]]  # y label, group names, series -> one figure per group
 

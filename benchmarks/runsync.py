@@ -1,13 +1,16 @@
 """Benchmark 1: the /runsync round trip with a no-op handler, which is pure dispatch overhead.
 
-Three servers run side by side and are measured in alternating rounds, at 1 and at 32 connections:
+Five servers run side by side and are measured in alternating rounds, at 1 and at 32 connections:
 
 * (a) ``python -m handler_sdk.serve benchmarks/noop_handler.py --no-rate-limits``, with an in-process worker;
 * (b) ``benchmarks/bare_server.py``, a bare aiohttp + orjson echo: the floor of any aiohttp server;
-* (c) runpod-python 1.12's local API server (``--rp_serve_api``) with the same no-op handler, from its own venv;
-* (d) (a) with ``--no-metrics``: the yardstick for what Prometheus metrics cost on the hot path.
+* (c) runpod-python 1.12's local API server (``--rp_serve_api``) with the same no-op handler, from its own venv,
+  as its users run it (uvicorn with its default loop);
+* (d) (a) on uvloop with ``--no-metrics``: the yardstick for what Prometheus metrics cost on the hot path.
 
-Targets at 32 connections: (a) >= 0.85 x (b), (a) >= 3 x (c) and (a) >= 0.95 x (d), in requests/s.
+(a) and (b) run twice, on uvloop (the default where installed) and on asyncio's own loop (HANDLER_SDK_LOOP=asyncio),
+so each yardstick runs on the same loop as ours. Targets at 32 connections, for each loop: (a) >= 0.85 x (b) and
+(a) >= 3 x (c), in requests/s; and (a) >= 0.95 x (d) on uvloop, in paired runs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ BODY = '{"input":{"prompt":"hello","n":1}}'
 CONNECTIONS = (1, 32)
 
 
+LOOPS = ("uvloop", "asyncio")
+
+
 @dataclass
 class _Server:
     key: str
@@ -46,18 +52,21 @@ class _Server:
     proc: Proc
 
 
-def _start(run: Run, work_dir_name: str) -> list[_Server]:
+def _start(run: Run, work_dir_name: str, loops: tuple[str, ...] = LOOPS) -> list[_Server]:
     work = run.dir(work_dir_name)
     servers: list[_Server] = []
-    p = free_port()
-    ours = Proc(
-        serve_cmd("benchmarks/noop_handler.py", p, work / "serve-data"),
-        log=work / "serve.log",
-    )
-    servers.append(_Server("ours", "(a) handler_sdk serve", f"http://127.0.0.1:{p}/v2/local/runsync", ours))
-    p = free_port()
-    bare = Proc([PY, "-m", "benchmarks.bare_server", "--port", str(p)], log=work / "bare.log")
-    servers.append(_Server("bare", "(b) bare aiohttp+orjson", f"http://127.0.0.1:{p}/v2/local/runsync", bare))
+    for lp in loops:
+        env: dict[str, str | None] = {"HANDLER_SDK_LOOP": lp}
+        p = free_port()
+        ours = Proc(
+            serve_cmd("benchmarks/noop_handler.py", p, work / f"serve-data-{lp}"), log=work / f"serve-{lp}.log", env=env
+        )
+        url = f"http://127.0.0.1:{p}/v2/local/runsync"
+        servers.append(_Server(f"ours-{lp}", f"(a) handler_sdk serve [{lp}]", url, ours))
+        p = free_port()
+        bare = Proc([PY, "-m", "benchmarks.bare_server", "--port", str(p)], log=work / f"bare-{lp}.log", env=env)
+        url = f"http://127.0.0.1:{p}/v2/local/runsync"
+        servers.append(_Server(f"bare-{lp}", f"(b) bare aiohttp+orjson [{lp}]", url, bare))
     peers = peers_python()
     if peers is not None:
         p = free_port()
@@ -86,13 +95,13 @@ def _start(run: Run, work_dir_name: str) -> list[_Server]:
             log=work / "runpod.log",
             env=env,
         )
-        servers.append(_Server("runpod", "(c) runpod-python 1.12 --rp_serve_api", f"http://127.0.0.1:{p}/runsync", rp))
+        label = "(c) runpod-python 1.12 --rp_serve_api [uvicorn default]"
+        servers.append(_Server("runpod", label, f"http://127.0.0.1:{p}/runsync", rp))
     p = free_port()
     plain = Proc([*serve_cmd("benchmarks/noop_handler.py", p, work / "serve-data-nometrics"), "--no-metrics"],
-                 log=work / "serve-nometrics.log")  # fmt: skip
-    servers.append(
-        _Server("nometrics", "(d) handler_sdk serve --no-metrics", f"http://127.0.0.1:{p}/v2/local/runsync", plain)
-    )
+                 log=work / "serve-nometrics.log", env={"HANDLER_SDK_LOOP": "uvloop"})  # fmt: skip
+    label = "(d) handler_sdk serve --no-metrics [uvloop]"
+    servers.append(_Server("nometrics", label, f"http://127.0.0.1:{p}/v2/local/runsync", plain))
     try:
         for s in servers:
             wait_until(lambda s=s: http_ok(s.url, BODY.encode()), 60, f"{s.label} ready", s.proc)  # type: ignore[misc]
@@ -116,6 +125,7 @@ def run(run: Run) -> Section:
         "load_generator": "wrk -t1 (Debian package)" if tool == "wrk" else "async aiohttp client process",
         "body": BODY,
         "handler": "benchmarks/noop_handler.py (async, returns its input, concurrency 100)",
+        "loops": "(a), (b) on uvloop and on asyncio (HANDLER_SDK_LOOP); (c) as uvicorn picks (uvloop if installed)",
     }
     if tool != "wrk":
         sec.notes.append(
@@ -146,7 +156,7 @@ def run(run: Run) -> Section:
         _metrics_pairs(run, by_key, results, tool)
         _figures(run, sec, servers, results)
         if run.profile and not all(t.passed for t in sec.targets):
-            sec.profile = _profile(run, by_key["ours"], tool, duration)
+            sec.profile = _profile(run, by_key["ours-uvloop"], tool, duration)
     finally:
         stop_all([s.proc for s in servers])
     sec.plot = _plot(run, sec, servers)
@@ -158,11 +168,11 @@ def _metrics_pairs(run: Run, by_key: dict[str, _Server], results: dict[tuple[str
     machine the load drifts within a round of four servers, and only adjacent runs see the same machine."""
     pairs, secs = (1, 0.5) if run.quick else (10, 2.0)
     for i in range(pairs):
-        pair = [by_key["ours"], by_key["nometrics"]]
+        pair = [by_key["ours-uvloop"], by_key["nometrics"]]
         for s in pair if i % 2 == 0 else pair[::-1]:
             load = run_load(s.url, BODY, 32, secs, tool)
             results.setdefault((f"pair-{s.key}", 32), []).append(load)
-        a, d = results[("pair-ours", 32)][-1].rps, results[("pair-nometrics", 32)][-1].rps
+        a, d = results[("pair-ours-uvloop", 32)][-1].rps, results[("pair-nometrics", 32)][-1].rps
         run.log(f"runsync metrics pair {i}: (a) {a:,.0f} req/s, (d) {d:,.0f} req/s, ratio {a / d:.3f}")
 
 
@@ -190,6 +200,7 @@ def _metrics_hook_us(n: int, repeats: int = 3) -> list[float]:
 
 
 def _figures(run: Run, sec: Section, servers: list[_Server], results: dict[tuple[str, int], list[Load]]) -> None:
+    by_key = {s.key: s for s in servers}
     for s in servers:
         for c in CONNECTIONS:
             loads = results[(s.key, c)]
@@ -199,22 +210,33 @@ def _figures(run: Run, sec: Section, servers: list[_Server], results: dict[tuple
             errors = sum(x.errors for x in loads)
             if errors:
                 sec.notes.append(f"{s.label} at {c} connections: {errors} failed requests.")
-    ours32 = [x.rps for x in results[("ours", 32)]]
-    bare32 = [x.rps for x in results[("bare", 32)]]
-    run.shared["bare_rps_32"] = bare32
-    t = Target("(a) / (b) requests/s at 32 connections", sec.figure("ratio (a)/(b) at 32 conn", "x"), 0.85)
-    t.ratio.values = ratios(ours32, bare32)
-    sec.targets.append(t)
-    ours1 = [x.rps for x in results[("ours", 1)]]
-    sec.figure("ratio (a)/(b) at 1 conn", "x").values = ratios(ours1, [x.rps for x in results[("bare", 1)]])
-    us = [1e6 / sec.figure(f"{s.label}, 32 conn: requests/s", "req/s").median for s in servers[:2]]
+
+    def rps(key: str, c: int) -> list[float]:
+        return [x.rps for x in results[(key, c)]]
+
+    run.shared["bare_rps_32"] = rps("bare-uvloop", 32)
+    for lp in LOOPS:
+        t = Target(
+            f"(a) / (b) requests/s at 32 connections [{lp}]", sec.figure(f"ratio (a)/(b) at 32 conn [{lp}]", "x"), 0.85
+        )
+        t.ratio.values = ratios(rps(f"ours-{lp}", 32), rps(f"bare-{lp}", 32))
+        sec.targets.append(t)
+        sec.figure(f"ratio (a)/(b) at 1 conn [{lp}]", "x").values = ratios(rps(f"ours-{lp}", 1), rps(f"bare-{lp}", 1))
+    for who in ("ours", "bare"):
+        sec.figure(f"{who} uvloop / asyncio at 32 conn", "x").values = ratios(
+            rps(f"{who}-uvloop", 32), rps(f"{who}-asyncio", 32)
+        )
+    us = [
+        1e6 / sec.figure(f"{by_key[k].label}, 32 conn: requests/s", "req/s").median
+        for k in ("ours-uvloop", "bare-uvloop")
+    ]
     sec.notes.append(
-        f"At 32 connections one /runsync takes (a) {us[0]:.0f} µs of server time (1 / throughput; the server is one "
-        f"Python process) against {us[1]:.0f} µs for the bare echo (b): the difference is the job's trip through "
-        "the broker and the in-process worker."
+        f"At 32 connections on uvloop one /runsync takes (a) {us[0]:.0f} µs of server time (1 / throughput; the "
+        f"server is one Python process) against {us[1]:.0f} µs for the bare echo (b): the difference is the job's "
+        "trip through the broker and the in-process worker."
     )
-    p99_ours = sec.figure(f"{servers[0].label}, 32 conn: p99 latency", "ms").median
-    p99_bare = sec.figure(f"{servers[1].label}, 32 conn: p99 latency", "ms").median
+    p99_ours = sec.figure(f"{by_key['ours-uvloop'].label}, 32 conn: p99 latency", "ms").median
+    p99_bare = sec.figure(f"{by_key['bare-uvloop'].label}, 32 conn: p99 latency", "ms").median
     if p99_ours > 5 * p99_bare:
         sec.notes.append(
             "Why (a)'s p99 at 32 connections is high: serve keeps every /runsync result for its 1-minute retention "
@@ -222,16 +244,26 @@ def _figures(run: Run, sec: Section, servers: list[_Server], results: dict[tuple
             "collection walks them all (measured separately with gc.callbacks: gen-2 pauses of 100-230 ms, growing "
             "with the records held)."
         )
-    t = Target("(a) / (d) requests/s at 32 connections, paired runs (metrics on / off)",
+    if "runpod" in by_key:
+        for lp in LOOPS:
+            t = Target(
+                f"(a) / (c) requests/s at 32 connections [{lp}]",
+                sec.figure(f"ratio (a)/(c) at 32 conn [{lp}]", "x"),
+                3.0,
+            )
+            t.ratio.values = ratios(rps(f"ours-{lp}", 32), rps("runpod", 32))
+            sec.targets.append(t)
+            sec.figure(f"ratio (a)/(c) at 1 conn [{lp}]", "x").values = ratios(rps(f"ours-{lp}", 1), rps("runpod", 1))
+    t = Target("(a) / (d) requests/s at 32 connections, paired runs (metrics on / off) [uvloop]",
                sec.figure("ratio (a)/(d) at 32 conn, paired", "x"), 0.95)  # fmt: skip
     t.ratio.values = ratios(
-        [x.rps for x in results[("pair-ours", 32)]], [x.rps for x in results[("pair-nometrics", 32)]]
+        [x.rps for x in results[("pair-ours-uvloop", 32)]], [x.rps for x in results[("pair-nometrics", 32)]]
     )
     sec.targets.append(t)
     sec.figure("ratio (a)/(d) at 32 conn, in the rounds", "x").values = ratios(
-        ours32, [x.rps for x in results[("nometrics", 32)]]
+        rps("ours-uvloop", 32), rps("nometrics", 32)
     )
-    sec.figure("ratio (a)/(d) at 1 conn", "x").values = ratios(ours1, [x.rps for x in results[("nometrics", 1)]])
+    sec.figure("ratio (a)/(d) at 1 conn", "x").values = ratios(rps("ours-uvloop", 1), rps("nometrics", 1))
     hook_us = _metrics_hook_us(20_000 if run.quick else 200_000)
     sec.figure("metrics' per-job work (the on_terminal hook)", "µs").values = hook_us
     per_job = us[0]
@@ -242,12 +274,6 @@ def _figures(run: Run, sec: Section, servers: list[_Server], results: dict[tuple
         f"{100 * (1 - per_job / (per_job + sorted(hook_us)[len(hook_us) // 2])):.1f} %. Everything else /metrics "
         "shows is read at scrape time. The paired ratio's spread is the machine's noise, not the metrics'."
     )
-    if any(s.key == "runpod" for s in servers):
-        rp32 = [x.rps for x in results[("runpod", 32)]]
-        t = Target("(a) / (c) requests/s at 32 connections", sec.figure("ratio (a)/(c) at 32 conn", "x"), 3.0)
-        t.ratio.values = ratios(ours32, rp32)
-        sec.targets.append(t)
-        sec.figure("ratio (a)/(c) at 1 conn", "x").values = ratios(ours1, [x.rps for x in results[("runpod", 1)]])
 
 
 def _profile(run: Run, ours: _Server, tool: str, duration: float) -> str:

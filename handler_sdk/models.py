@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
+    "MAX_STREAM_BATCH_BYTES",
     "MAX_STREAM_BYTES",
     "CancelReply",
     "DashboardJob",
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 MAX_STREAM_BYTES = 1 << 20
+# A job-stream-batch request (many jobs' items) carries at most this much.
+MAX_STREAM_BATCH_BYTES = 8 << 20
 """The platform's 1 MB stream limit, read as 1 MiB of serialized JSON."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from handler_sdk import loop as event_loop
 from handler_sdk.client import AsyncEndpoint
 from handler_sdk.handler import Handler
 from handler_sdk.loader import load_handler
@@ -27,6 +28,12 @@ pytest_plugins = ["redis_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = Path(__file__).resolve().parent / "handlers"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """The tests run on the loop serve and the worker would pick (HANDLER_SDK_LOOP): uvloop where installed,
+    asyncio's own with HANDLER_SDK_LOOP=asyncio."""
+    return {event_loop.loop_name(): event_loop.loop_factory() or asyncio.new_event_loop}
 
 
 def free_port() -> int:

@@ -67,6 +67,17 @@ class Proxy:
     def ops(self, op: str) -> list[Seen]:
         return [s for s in self.seen if s.op == op]
 
+    def stream_parts(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """Stream posts as per-job bodies, in the order sent: a job-stream body, or one job's part of a
+        job-stream-batch (once serve announces stream-multi), with ``"id"`` added to the former."""
+        out = []
+        for s in self.seen:
+            if s.op == "job-stream":
+                out.append({"id": s.path.split("/")[5], **s.json()})
+            elif s.op == "job-stream-batch":
+                out.extend(s.json()["streams"])
+        return [p for p in out if job_id is None or p["id"] == job_id]
+
     def done_ops(self) -> list[Seen]:
         """Result posts, one per job (job-done) or batched (job-done-batch, once serve announces it)."""
         return [s for s in self.seen if s.op in ("job-done", "job-done-batch")]
@@ -82,7 +93,7 @@ class Proxy:
         if op in self.at_once:
             self.seen.append(Seen(request.method, op, request.path, dict(request.query), body, self.at_once[op], b""))
             return web.Response(status=self.at_once[op])
-        if op == "job-stream" and self.stream_delay_s:
+        if op in ("job-stream", "job-stream-batch") and self.stream_delay_s:
             await asyncio.sleep(self.stream_delay_s)
         headers = {k: request.headers[k] for k in ("Authorization", "Content-Type") if k in request.headers}
         async with self.http.request(
@@ -303,8 +314,9 @@ async def test_a_worker_configured_by_runpod_variables_alone_runs_against_serve(
     assert await stream_outputs(ep, job_id) == [0, 1, 2]
     await until(lambda: px.ops("job-stop"), "a job-stop poll answered (it is held open)", proc=w)
     ops = {s.op for s in px.seen}
-    assert ops >= {"job-take", "job-stream", "ping", "job-stop"}
+    assert ops >= {"job-take", "ping", "job-stop"}
     assert ops & {"job-done", "job-done-batch"}  # results batch once serve announces done-batch
+    assert ops & {"job-stream", "job-stream-batch"}  # and streams once it announces stream-multi
     assert all(s.path.split("/")[4] == "pod-7" for s in px.seen)
     assert all(s.auth == "wkey" for s in px.seen)  # the bare key, as runpod's platform expects
     assert all(s.status < 400 for s in px.seen)
@@ -348,12 +360,30 @@ async def test_stream_items_arrive_in_order_batched_when_the_server_announces_it
     job_id = await submit(ep, {"n": 200})
     await reaches(ep, job_id, "COMPLETED", proc=w)
     assert await stream_outputs(ep, job_id) == list(range(200))
-    posts = px.ops("job-stream")
+    posts = px.stream_parts(job_id)
     assert len(posts) < 200
-    batches = [s.json()["outputs"] for s in posts if "outputs" in s.json()]
+    batches = [p["outputs"] for p in posts if "outputs" in p]
     assert any(len(b) > 1 for b in batches)
-    sent = [x for s in posts for x in (s.json()["outputs"] if "outputs" in s.json() else [s.json()["output"]])]
+    sent = [x for p in posts for x in (p["outputs"] if "outputs" in p else [p["output"]])]
     assert sent == list(range(200))  # each item once, in order, across requests
+
+
+async def test_many_jobs_stream_items_share_requests_each_in_order_once_serve_announces_stream_multi(rig: Rig) -> None:
+    ep = await rig.endpoint()
+    px = await rig.proxy(ep, stream_delay_s=0.02)
+    w = rig.worker("wk_jobs.py:stream_many", px.url())
+    ids = [await submit(ep, {"n": 60}) for _ in range(6)]
+    for job_id in ids:
+        await reaches(ep, job_id, "COMPLETED", proc=w)
+    for job_id in ids:
+        assert await stream_outputs(ep, job_id) == list(range(60))
+        sent = [x for p in px.stream_parts(job_id) for x in p["outputs"]]
+        assert sent == list(range(60))  # each item once, in order, across shared requests
+    multi = px.ops("job-stream-batch")
+    assert multi, "the worker never used job-stream-batch"
+    assert any(len({p["id"] for p in s.json()["streams"]}) > 1 for s in multi)  # several jobs in one request
+    assert sum(len(s.json()["streams"]) for s in multi) > len(multi)
+    assert len(multi) + len(px.ops("job-stream")) < 6 * 60 / 4
 
 
 async def test_stream_items_go_one_per_request_to_a_server_that_does_not_announce_batching(rig: Rig) -> None:
@@ -375,9 +405,11 @@ async def test_batched_stream_bodies_stay_within_1_mib(rig: Rig) -> None:
     w = rig.worker("wk_jobs.py:stream_big", px.url())
     job_id = await submit(ep, {"n": 24, "size": 300_000})
     await reaches(ep, job_id, "COMPLETED", proc=w)
-    posts = px.ops("job-stream")
-    assert all(len(s.body) <= 1 << 20 for s in posts)
-    assert any(len(s.json().get("outputs", [])) > 1 for s in posts)  # batched, yet under the limit
+    posts = px.stream_parts(job_id)
+    assert posts
+    # One job's items in one body (or one job's part of a job-stream-batch) stay under the 1 MiB item limit.
+    assert all(len(json.dumps({k: v for k, v in p.items() if k != "id"})) <= 1 << 20 for p in posts)
+    assert any(len(p.get("outputs", [])) > 1 for p in posts)  # batched, yet under the limit
     _, body = await ep.get(f"stream/{job_id}")
     assert [c["output"][:4] for c in body["stream"]] == [f"{i:04d}" for i in range(24)]
 

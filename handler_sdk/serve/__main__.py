@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from .. import codec
+from .. import codec, loop
 from ..collector import tune_collector
 from ..errors import BadRequest, ConfigError, StoreError
 from ..loader import load_handler
@@ -82,12 +82,13 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.workers and h is None:
         raise ConfigError("--workers needs a TARGET for the workers to load")
     server = Server(cfg, None if args.workers else h)
-    loop = asyncio.get_running_loop()
+    running = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.stopped.set)
+        running.add_signal_handler(sig, server.stopped.set)
     tune_collector()
     reloader = start_reloader(server, args.target) if args.reload else None
     await server.start()
+    log.info("event loop: %s", type(running).__module__.partition(".")[0])
     print(f"handler_sdk endpoint ready: {server.url}", flush=True)
     try:
         await server.stopped.wait()
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--test-input needs a TARGET")
             raw = args.test_input or _test_input_file(args.target).read_text()
             out = _stdout_for_the_result()
-            return asyncio.run(run_once(load_handler(args.target), codec.loads_request(raw.encode()), out))
-        return asyncio.run(_serve(args))
+            return loop.run(run_once(load_handler(args.target), codec.loads_request(raw.encode()), out))
+        return loop.run(_serve(args))
     except (ConfigError, BadRequest, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -142,6 +142,9 @@ class Broker:
         self._low: deque[str] = deque()
         self._takers: deque[asyncio.Future[None]] = deque()
         self._deadlines: list[tuple[int, int, str, str, int]] = []
+        # Finished records by retention, in the order they ended: one retention's records expire in that order, so
+        # a FIFO holds each at 8 bytes where a deadline heap entry cost ~170 (a 5-tuple and its ints).
+        self._ending: dict[int, deque[JobRecord]] = {}
         self._seq = itertools.count()
         self._last_reap = 0
         self._local: LocalWorker | None = None
@@ -260,17 +263,51 @@ class Broker:
         self._set(r, status)
         r.ended = self.clock()
         r.output, r.error, r.error_details = output, error, details
-        if r.sync and status in (S.COMPLETED, S.CANCELLED):
-            # Only /retry (of FAILED or TIMED_OUT) reads it again; runsync records pile up under load, and the
-            # collector scans every dict they hold.
+        if status in (S.COMPLETED, S.CANCELLED):
+            # Only /retry (of FAILED or TIMED_OUT) reads it again (the journal has its own copy of a /run job's);
+            # finished records pile up for their retention, and the collector scans every dict they hold.
             r.input = None
         if r.worker_id is not None and (w := self.workers.get(r.worker_id)) is not None:
             w.jobs.discard(r.id)
         self._journal(r)
-        self._at(r.expires or r.ended, "expire", r)
+        self._retain(r)
         r.notify()
         for hook in self.on_terminal:
             hook(r)
+
+    def _retain(self, r: JobRecord) -> None:
+        """Queue a finished record for its expiry."""
+        assert r.ended is not None
+        q = self._ending.get(r.retention)
+        if q is None:
+            q = self._ending[r.retention] = deque()
+        elif q and (last := q[-1].ended) is not None and r.ended < last:
+            self._at(r.ended + r.retention, "expire", r)  # the clock stepped back: out of order, so the heap
+            return
+        q.append(r)
+        r.retained_in += 1
+
+    def _expire(self, r: JobRecord) -> None:
+        if self.jobs.get(r.id) is not r:
+            return  # gone already (an earlier deadline)
+        del self.jobs[r.id]
+        self.counts[r.status] -= 1
+        if self.store is not None and not r.sync:
+            self.store.delete([r.id])
+
+    def _expire_retained(self, now: int) -> None:
+        for q in self._ending.values():
+            while q:
+                r = q[0]
+                due = r.expires
+                live = r.retained_in == 1 and r.status.terminal and due is not None
+                if live and due is not None and due > now:
+                    break  # the oldest record of this retention is not due yet
+                q.popleft()
+                r.retained_in -= 1
+                # An entry from before a /retry (a later one exists, or the job runs again) is only dropped.
+                if live and due is not None and due <= now:
+                    self._expire(r)
 
     def _stop_remote(self, r: JobRecord) -> None:
         if r.worker_id is not None and (w := self.workers.get(r.worker_id)) is not None:
@@ -733,6 +770,7 @@ class Broker:
     def expire_due(self) -> None:
         """Apply every deadline that has passed: ttl, the execution backstop, and retention."""
         now = self.clock()
+        self._expire_retained(now)
         while self._deadlines and self._deadlines[0][0] <= now:
             when, _, kind, job_id, started = heapq.heappop(self._deadlines)
             r = self.jobs.get(job_id)
@@ -740,10 +778,7 @@ class Broker:
                 continue
             if kind == "expire":
                 if r.expires is not None and r.expires <= now:
-                    del self.jobs[job_id]
-                    self.counts[r.status] -= 1
-                    if self.store is not None and not r.sync:
-                        self.store.delete([job_id])
+                    self._expire(r)
             elif r.status.terminal:
                 continue
             elif kind == "ttl" and r.ttl_due == when:  # not a deadline from before a /retry

@@ -59,6 +59,8 @@ class JobRecord:
     changed: asyncio.Event | None = None
     # Resolved when the job ends or is purged (runsync, status-sync).
     enders: list[asyncio.Future[None]] | None = None
+    # How many entries of the broker's retention queues point at this record (more than one after a /retry).
+    retained_in: int = 0
 
     @property
     def ttl_due(self) -> int | None:

@@ -29,8 +29,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Operations of the worker protocol (bare-key auth allowed, never rate limited).
 WORKER_ROUTES = frozenset(
-    {"job-take", "job-take-batch", "job-stop", "job-done", "job-done-batch", "job-stream", "ping", "job-handback"}
-)
+    {"job-take", "job-take-batch", "job-stop", "job-done", "job-done-batch", "job-stream", "job-stream-batch", "ping",
+     "job-handback"}
+)  # fmt: skip
 # A request the job store could not take (a full or unwritable disk) is answered 503, to be retried this much later.
 STORE_RETRY_AFTER_S = 5
 # Client operations that share a rate-limit budget (SEED.md groups /status, /status-sync and /stream).

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from .. import loop as event_loop
 from ..collector import tune_collector
 from ..errors import ConfigError, NotEnabled, SetupError, WorkerDead
 from ..handler import Handler
@@ -45,7 +46,10 @@ async def _run(h: Handler, *, handle_signals: bool = True) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-    log.info("worker %s starting (%s, concurrency %d)", transport.worker_id, h.name, h.concurrency)
+    loop_module = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+    log.info(
+        "worker %s starting (%s, concurrency %d, %s loop)", transport.worker_id, h.name, h.concurrency, loop_module
+    )
     tune_collector()
     try:
         await worker.run()
@@ -70,7 +74,7 @@ def run_worker(target: object = None, *, handle_signals: bool = True) -> int:
             h = load_handler(target)
         else:
             raise ConfigError("usage: python -m handler_sdk.worker TARGET  (path/to/file.py, module, module:function)")
-        return asyncio.run(_run(h, handle_signals=handle_signals))
+        return event_loop.run(_run(h, handle_signals=handle_signals))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

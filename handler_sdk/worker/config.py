@@ -111,6 +111,10 @@ class Endpoints:
         return self._fill(self.take.replace("/job-take/", "/job-done-batch/"))
 
     @property
+    def stream_batch_url(self) -> URL:
+        return self._fill(self.take.replace("/job-take/", "/job-stream-batch/"))
+
+    @property
     def hand_back_url(self) -> URL:
         return self._fill(self.take.replace("/job-take/", "/job-handback/"))
 

@@ -14,8 +14,9 @@ from yarl import URL
 from .. import __version__, codec
 from ..chunker import EncodedItem, batch_body, single_body
 from ..errors import StaleResult, TransportError
-from ..models import JobStatus
+from ..models import MAX_STREAM_BATCH_BYTES, JobStatus
 from ..runner import Outcome
+from .coalesce import Coalescer
 from .config import Endpoints
 from .transport import Assignment
 
@@ -37,6 +38,9 @@ class HttpTransport:
         self.batch_stream = False
         self.can_hand_back = False
         self.batch_done = False
+        # stream-multi: every job's stream items that queue while one request is in flight leave in the next.
+        self.multi_stream = False
+        self._streams = Coalescer(self._send_streams, MAX_STREAM_BATCH_BYTES)
         # Results waiting for the next job-done-batch request: the job id, its {"id":...} item, and the future
         # its reporter awaits; and the items' bytes in all.
         self._results: list[tuple[str, bytes, asyncio.Future[None]]] = []
@@ -44,6 +48,7 @@ class HttpTransport:
         self._results_task: asyncio.Task[None] | None = None
         # The endpoints' URLs are parsed once, not per request; a take URL per (batch size, busy) asked.
         self._done_batch_url = endpoints.done_batch_url
+        self._stream_batch_url = endpoints.stream_batch_url
         self._stop_url = endpoints.stop_url
         self._take_urls: dict[tuple[int, bool], URL] = {}
         headers = {"User-Agent": f"handler-sdk/{__version__}"}
@@ -63,6 +68,7 @@ class HttpTransport:
             self.batch_stream = "stream-batch" in names
             self.can_hand_back = "hand-back" in names
             self.batch_done = "done-batch" in names
+            self.multi_stream = "stream-multi" in names
 
     async def _request(
         self, method: str, url: URL, *, body: bytes | None = None, params: Mapping[str, str] | None = None
@@ -113,8 +119,21 @@ class HttpTransport:
         return Assignment(str(j["id"]), j.get("input"), j, timeout)
 
     async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
+        if self.multi_stream:
+            # {"id":...,"outputs":[...]}: the batch body with the job's id put in front of its fields.
+            fields = memoryview(batch_body(list(items)))[1:]
+            await self._streams.put(job_id, b"".join((b'{"id":', codec.dumps(job_id), b",", fields)))
+            return
         body = single_body(items[0]) if len(items) == 1 else batch_body(list(items))
         await self._request("POST", self.ep.stream_url(job_id), body=body, params={"isStream": "false"})
+
+    async def _send_streams(self, pieces: list[bytes]) -> dict[str, int]:
+        body = b"".join((b'{"streams":[', b",".join(pieces), b"]}"))
+        _, data = await self._request("POST", self._stream_batch_url, body=body)
+        try:
+            return {r["id"]: r["code"] for r in codec.loads(data)["results"]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise TransportError(f"job-stream-batch answered malformed JSON: {e}") from e
 
     async def progress(self, job_id: str, output: bytes) -> None:
         body = b'{"status":"IN_PROGRESS","output":' + output + b"}"

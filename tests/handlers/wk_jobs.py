@@ -72,3 +72,11 @@ async def stream_gated(job):
     while not gate.exists():
         await asyncio.sleep(0.02)
     yield "after the gate"
+
+
+@handler(concurrency=8)
+async def stream_many(job):
+    # Several jobs at once, each yielding an item a millisecond: their items interleave at the worker.
+    for i in range(job.input["n"]):
+        yield i
+        await asyncio.sleep(0.001)
