@@ -46,8 +46,12 @@ __all__ = [
     "RunReply",
     "RunRequest",
     "StreamAck",
+    "StreamBatchBody",
+    "StreamBatchReply",
     "StreamBody",
+    "StreamCode",
     "StreamItem",
+    "StreamPart",
     "StreamReply",
     "TakeStopReply",
     "TakenJob",
@@ -329,6 +333,34 @@ class StreamBody(_Lenient):
     output: Any = None
     outputs: list[Any] | None = None
     metrics: dict[str, Any] | list[dict[str, Any] | None] | None = None
+
+
+class StreamPart(StreamBody):
+    """One job's items in a job-stream-batch body (our stream-multi extension): a job-stream body plus its id."""
+
+    id: str
+
+
+class StreamBatchBody(_Lenient):
+    """Body of job-stream-batch: ``{"streams": [{"id": ..., ...a job-stream body...}, ...]}``."""
+
+    streams: list[StreamPart]
+
+
+class StreamCode(_Lenient):
+    """How one part of a job-stream-batch was judged: the status job-stream would have answered, and on 200 the
+    job's item count."""
+
+    id: str
+    code: int
+    items: int | None = None
+
+
+class StreamBatchReply(_Lenient):
+    """Reply of job-stream-batch: one code per part, in the order posted."""
+
+    ok: bool
+    results: list[StreamCode]
 
 
 # --- the dashboard's data routes -----------------------------------------------------------------------------

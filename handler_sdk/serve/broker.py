@@ -405,6 +405,12 @@ class Broker:
             raise
         self.enqueue(r)
 
+    async def input_of(self, r: JobRecord) -> Any:
+        """A job's input: a finished /run record drops it, and the journal still has it (None for /runsync)."""
+        if r.input is None and not r.sync and self.store is not None:
+            return await self.store.read_input(r.id)
+        return r.input
+
     async def durable(self) -> None:
         """Wait until every change so far is journaled."""
         if self.store is not None:

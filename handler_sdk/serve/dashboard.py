@@ -138,7 +138,7 @@ class Dashboard:
             await self.broker.wait_change(r, wait_ms / 1000)
             r = self.broker.status(job_id)
         d = r.reply()
-        d["input"] = r.input
+        d["input"] = await self.broker.input_of(r)
         d["createdAt"] = r.created
         d["stream"] = [codec.Fragment(item) for item in r.stream[start:]]
         d["streamTotal"] = len(r.stream)

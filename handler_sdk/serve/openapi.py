@@ -29,11 +29,14 @@ __all__ = ["add_openapi_routes", "build_document"]
 
 Schema = dict[str, Any]
 
-_REQUESTS = (models.RunRequest, models.DoneBody, models.DoneBatchBody, models.StreamBody, models.HandBackBody)
+_REQUESTS = (
+    models.RunRequest, models.DoneBody, models.DoneBatchBody, models.StreamBody, models.StreamBatchBody,
+    models.HandBackBody,
+)  # fmt: skip
 _REPLIES = (
     models.RunReply, models.JobReply, models.CancelReply, models.StreamReply, models.PurgeReply, models.HealthReply,
     models.RequestsReply, models.TakenJob, models.TakeStopReply, models.OkReply, models.StreamAck,
-    models.HandBackReply, models.DoneBatchReply, models.ErrorReply, models.OpenAIErrorReply,
+    models.HandBackReply, models.DoneBatchReply, models.StreamBatchReply, models.ErrorReply, models.OpenAIErrorReply,
     models.DashboardState, models.DashboardJobDetail,
 )  # fmt: skip
 _WHY = {
@@ -158,6 +161,8 @@ def _operations(lim: ClientLimits) -> list[_Op]:
             _json(_ref(models.DoneBatchReply)), body(models.DoneBatchBody), (wid,), (400, 413, *_WORKER)),
         _Op(("POST",), "/job-stream/{worker_id}/{job_id}", "stream items of a running job", "worker",
             _json(_ref(models.StreamAck)), body(models.StreamBody), (wid, job), (400, 409, 413, *_WORKER)),
+        _Op(("POST",), "/job-stream-batch/{worker_id}", "stream items of several running jobs", "worker",
+            _json(_ref(models.StreamBatchReply)), body(models.StreamBatchBody), (wid,), (400, 413, *_WORKER)),
         _Op(("GET",), "/ping/{worker_id}", "heartbeat, with the jobs the worker runs", "worker",
             _json(_ref(models.OkReply)),
             params=(wid, _str_param("job_id", "comma-separated ids of running jobs"),

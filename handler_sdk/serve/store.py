@@ -140,6 +140,21 @@ class JobStore:
                 legacy[k] = codec.loads(v)
         return records, {**legacy, **meta}
 
+    async def read_input(self, job_id: str) -> Any:
+        """A journaled job's input, which its finished record no longer holds (None when there is no row)."""
+
+        def read() -> Any:
+            assert self._conn is not None
+            row = self._conn.execute(
+                "SELECT input FROM jobs WHERE id = ? AND endpoint = ?", (job_id, self.endpoint_id)
+            ).fetchone()
+            return None if row is None else codec.loads(row[0])
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._exec, read)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"the job store cannot read job {job_id} ({e}); retry shortly") from e
+
     async def close(self) -> None:
         self._closing = True
         self._urgent.set()
