@@ -15,6 +15,7 @@ what their Python work per item costs: the hot paths make one object per item an
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
@@ -145,6 +146,23 @@ def _oversized(value: Any, data: bytes, limit: int) -> list[bytes]:
 
 
 _RESERVED = frozenset(("stream_index", "scenario", "attempt"))
+# A cheap pre-check on serialized metrics: only those that may hold a reserved key are decoded.
+_HAS_RESERVED = re.compile(b'"(?:' + b"|".join(k.encode() for k in sorted(_RESERVED)) + b')"')
+
+
+def scrub_metrics(m: bytes | None) -> bytes | None:
+    """A worker's serialized metrics without its own values for the keys the endpoint sets on each stream item
+    (dropped, never doubled); decoded only when the bytes may hold one of them. None for metrics that are not
+    a JSON object."""
+    if m is None or _HAS_RESERVED.search(m) is None:
+        return m
+    try:
+        metrics = codec.loads(m)
+    except ValueError:
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    return codec.dumps({k: v for k, v in metrics.items() if k not in _RESERVED})
 
 
 def _metrics(metrics: dict[str, Any]) -> bytes:

@@ -12,14 +12,14 @@ import copy
 import heapq
 import itertools
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import codec, lifecycle
+from .. import lifecycle
+from ..chunker import scrub_metrics
 from ..errors import BadRequest, Conflict, NotFound, OutputNotSerializable, StoreError
 from ..models import JobStatus, RunRequest
 from .record import JobRecord
@@ -59,21 +59,6 @@ class BrokerConfig:
     # Server-side backstop for executionTimeout, on top of the worker's own enforcement.
     execution_grace_ms: int = 5_000
     tick_s: float = 0.05
-
-
-# A cheap pre-check on serialized metrics: only those that may hold a key of ours are decoded.
-_HAS_RESERVED = re.compile(rb'"(?:stream_index|scenario|attempt)"')
-_RESERVED_METRICS = ("stream_index", "scenario", "attempt")
-
-
-def _without_reserved(m: bytes) -> bytes | None:
-    try:
-        metrics = codec.loads(m)
-    except ValueError:
-        return None
-    if not isinstance(metrics, dict):
-        return None
-    return codec.dumps({k: v for k, v in metrics.items() if k not in _RESERVED_METRICS})
 
 
 # What /retry changes on a record, so that a retry the journal refused can be undone field by field.
@@ -656,8 +641,7 @@ class Broker:
             idx = len(stream)
             # Splice our two fields into the serialized metrics rather than decode and re-encode them.
             tail = b'"stream_index":%d,"scenario":"stream","attempt":%d}}' % (idx, r.attempt)
-            if m is not None and _HAS_RESERVED.search(m) is not None:
-                m = _without_reserved(m)  # noqa: PLW2901 (a remote worker's values for our keys: dropped, not doubled)
+            m = scrub_metrics(m)  # noqa: PLW2901 (a remote worker's values for our keys: dropped, not doubled)
             if m is None or m == b"{}":
                 item = b'{"output":' + out + b',"metrics":{' + tail
             else:

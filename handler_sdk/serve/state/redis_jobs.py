@@ -33,10 +33,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ...chunker import scrub_metrics
 from ...errors import Conflict, NotFound
 from ...models import JobStatus
 from .changes import LOST, ChangeFeed, Watch
-from .redis_records import RedisJobsConfig, StoredJob, Taken, scrub_metrics
+from .redis_records import RedisJobsConfig, StoredJob, Taken
 from .scripts import SCRIPTS
 
 if TYPE_CHECKING:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ... import codec
 from ...models import JobStatus
 
-__all__ = ["RedisJobsConfig", "StoredJob", "Taken", "scrub_metrics"]
+__all__ = ["RedisJobsConfig", "StoredJob", "Taken"]
 
 S = JobStatus
 
@@ -88,26 +86,3 @@ class StoredJob:
             requeued=num(b"requeued"), low_priority=h.get(b"low") == b"1", cursor=int(h.get(b"cursor", 0)),
             stream_len=int(h.get(b"nstream", 0)), meta=raw(b"meta"),
         )  # fmt: skip
-
-
-# A cheap pre-check on serialized metrics: only those that may hold a key of ours are decoded.
-_HAS_RESERVED = re.compile(rb'"(?:stream_index|scenario|attempt)"')
-_RESERVED_METRICS = ("stream_index", "scenario", "attempt")
-
-
-def _without_reserved(m: bytes) -> bytes | None:
-    try:
-        metrics = codec.loads(m)
-    except ValueError:
-        return None
-    if not isinstance(metrics, dict):
-        return None
-    return codec.dumps({k: v for k, v in metrics.items() if k not in _RESERVED_METRICS})
-
-
-def scrub_metrics(m: bytes | None) -> bytes | None:
-    """A worker's serialized metrics without its values for the keys the stream item sets (dropped, not
-    doubled); decoded only when the bytes may hold one of them."""
-    if m is not None and _HAS_RESERVED.search(m) is not None:
-        return _without_reserved(m)
-    return m
