@@ -28,8 +28,8 @@ from .handler import Handler, handler
 from .loopthread import LoopThread
 from .models import ErrorDetails, JobReply, JobStatus, Policy, RunRequest, StreamItem
 from .serve.broker import Broker, BrokerConfig
+from .serve.inprocess import InProcessTransport
 from .serve.record import JobRecord
-from .worker.inprocess import InProcessTransport
 from .worker.loop import Worker, WorkerConfig
 
 __all__ = ["Result", "Stream", "arun", "astream", "run", "stream"]

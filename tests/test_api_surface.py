@@ -139,3 +139,19 @@ def test_every_public_module_declares_all_with_names_it_defines(path: Path) -> N
 def test_every_importable_module_exports_only_attributes_it_has(path: Path) -> None:
     mod: ModuleType = importlib.import_module(_module_name(path))
     assert [n for n in mod.__all__ if not hasattr(mod, n)] == []
+
+
+def test_the_worker_package_imports_nothing_from_serve() -> None:
+    """A worker runs alone in a container: worker/ may not reach up into serve/ (its in-process adapter lives
+    on the serve side)."""
+    root = Path(__file__).resolve().parents[1] / "handler_sdk" / "worker"
+    offenders = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                if target.startswith("..serve") or target.startswith("handler_sdk.serve"):
+                    offenders.append(f"{path.name}: {target}")
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.name}: {a.name}" for a in node.names if a.name.startswith("handler_sdk.serve")]
+    assert offenders == []

@@ -12,9 +12,9 @@ from .. import codec
 from ..errors import BadRequest
 from ..handler import Handler
 from ..models import JobStatus, RunRequest
-from ..worker.inprocess import InProcessTransport
 from ..worker.loop import Worker
 from .broker import Broker
+from .inprocess import InProcessTransport
 
 __all__ = ["run_once"]
 

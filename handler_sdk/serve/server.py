@@ -23,11 +23,11 @@ from ..errors import SetupError, WorkerDead
 from ..handler import Handler
 from ..runner import DEFAULT_RESULT_CAP
 from ..threads import ElasticPool
-from ..worker.inprocess import InProcessTransport
 from ..worker.loop import Worker, WorkerConfig
 from .broker import Broker, BrokerConfig
 from .client import ClientLimits, add_client_routes
 from .dashboard import add_dashboard_routes
+from .inprocess import InProcessTransport
 from .limits import RateLimiter
 from .metrics import add_metrics_route
 from .openai import add_openai_routes

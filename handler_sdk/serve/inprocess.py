@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from ..chunker import EncodedItem
 from ..errors import Conflict, NotFound, StaleResult, StoreError
 from ..runner import Outcome
-from ..serve.broker import Broker
-from ..serve.record import JobRecord
-from .transport import Assignment
+from ..worker.transport import Assignment
+from .broker import Broker
+from .record import JobRecord
 
 __all__ = ["InProcessTransport"]
 
