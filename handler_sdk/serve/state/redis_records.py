@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...models import JobStatus
+from ..broker import BrokerConfig
 
 __all__ = ["RedisJobsConfig", "StoredJob", "Taken"]
 
@@ -13,13 +14,9 @@ S = JobStatus
 
 
 @dataclass(slots=True)
-class RedisJobsConfig:
-    run_retention_ms: int = 30 * 60 * 1000
-    sync_retention_ms: int = 60 * 1000
-    lease_ms: int = 30_000
-    max_attempts: int = 3
-    execution_grace_ms: int = 5_000
-    tick_s: float = 0.05
+class RedisJobsConfig(BrokerConfig):
+    """The broker's settings (one set of defaults for both stores), plus the Redis engine's own."""
+
     # Deadlines applied per tick script: bounds how long one script holds redis-server.
     tick_batch: int = 256
 
