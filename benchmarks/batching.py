@@ -87,8 +87,8 @@ def _pct(xs: list[float], q: float) -> float:
 
 async def _measure(v: Variant, rate: int, duration: float) -> Result:
     from handler_sdk.models import RunRequest
-    from handler_sdk.serve.broker import Broker
     from handler_sdk.serve.inprocess import InProcessTransport
+    from handler_sdk.serve.state.broker import Broker
     from handler_sdk.worker.loop import Worker, WorkerConfig
 
     sizes: list[int] = []

@@ -251,8 +251,8 @@ def _profile(work: Path, tag: str, serve: Proc, worker: Proc, workers: int) -> s
 async def _ceiling(path: Path, n: int, batch: int) -> tuple[float, float]:
     """(take->done jobs/s, submit->take->done jobs/s) straight through Broker + JobStore, batched, no HTTP."""
     from handler_sdk.models import JobStatus, RunRequest
-    from handler_sdk.serve.broker import Broker
-    from handler_sdk.serve.store import JobStore
+    from handler_sdk.serve.state.broker import Broker
+    from handler_sdk.serve.state.store import JobStore
 
     output = orjson.dumps(INPUT)
 

@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio.connection import Connection
 
 from handler_sdk.models import JobStatus
-from handler_sdk.serve.limits import Limit
+from handler_sdk.serve.state.limits import Limit
 from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig, connect
 from handler_sdk.serve.state.redis_limits import RedisRateLimiter
 from handler_sdk.serve.state.scripts import SCRIPTS

@@ -45,7 +45,7 @@ def _rss() -> int:
 async def _fill(kind: str, n: int) -> dict[str, float]:
     from handler_sdk import codec
     from handler_sdk.models import JobStatus, RunRequest
-    from handler_sdk.serve.broker import Broker, BrokerConfig
+    from handler_sdk.serve.state.broker import Broker, BrokerConfig
 
     hour = 3_600_000  # nothing expires during the fill
     broker = Broker(None, BrokerConfig(run_retention_ms=hour, sync_retention_ms=hour))

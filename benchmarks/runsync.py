@@ -179,9 +179,9 @@ def _metrics_pairs(run: Run, by_key: dict[str, _Server], results: dict[tuple[str
 def _metrics_hook_us(n: int, repeats: int = 3) -> list[float]:
     """µs per job of ServeMetrics' on_terminal hook, the only per-job work that metrics add."""
     from handler_sdk.models import JobStatus
-    from handler_sdk.serve.broker import Broker
-    from handler_sdk.serve.metrics import ServeMetrics
-    from handler_sdk.serve.record import JobRecord
+    from handler_sdk.serve.http.metrics import ServeMetrics
+    from handler_sdk.serve.state.broker import Broker
+    from handler_sdk.serve.state.record import JobRecord
 
     broker = Broker()
     m = ServeMetrics(broker, replica="bench")

@@ -27,9 +27,9 @@ from . import codec
 from .handler import Handler, handler
 from .loopthread import LoopThread
 from .models import ErrorDetails, JobReply, JobStatus, Policy, RunRequest, StreamItem
-from .serve.broker import Broker, BrokerConfig
 from .serve.inprocess import InProcessTransport
-from .serve.record import JobRecord
+from .serve.state.broker import Broker, BrokerConfig
+from .serve.state.record import JobRecord
 from .worker.loop import Worker, WorkerConfig
 
 __all__ = ["Result", "Stream", "arun", "astream", "run", "stream"]

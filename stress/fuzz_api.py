@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from handler_sdk.loader import load_handler
-from handler_sdk.serve.client import ClientLimits
+from handler_sdk.serve.http.client import ClientLimits
 from handler_sdk.serve.server import ServeConfig, Server
 
 ROOT = Path(__file__).resolve().parent.parent

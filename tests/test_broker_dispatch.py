@@ -18,9 +18,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from handler_sdk import handler
 from handler_sdk.models import JobStatus, Policy, RunRequest
-from handler_sdk.serve.broker import Broker, new_job_id
 from handler_sdk.serve.inprocess import InProcessTransport
-from handler_sdk.serve.record import JobRecord
+from handler_sdk.serve.state.broker import Broker, new_job_id
+from handler_sdk.serve.state.record import JobRecord
 from handler_sdk.worker.loop import Worker, WorkerConfig
 
 S = JobStatus

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handler_sdk.models import JobStatus, RunRequest
-from handler_sdk.serve.broker import Broker, BrokerConfig
+from handler_sdk.serve.state.broker import Broker, BrokerConfig
 
 RUN_MS, SYNC_MS = 1000, 300
 

@@ -20,7 +20,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 from handler_sdk.errors import Conflict, NotFound
 from handler_sdk.lifecycle import TRANSITIONS, IllegalTransition
 from handler_sdk.models import JobStatus, RunRequest
-from handler_sdk.serve.broker import Broker, BrokerConfig
+from handler_sdk.serve.state.broker import Broker, BrokerConfig
 
 S = JobStatus
 WORKERS = ("w1", "w2", "w3")

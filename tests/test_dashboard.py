@@ -7,8 +7,8 @@ import asyncio
 
 from handler_sdk import codec
 from handler_sdk.models import DashboardJobDetail, DashboardState, JobStatus
-from handler_sdk.serve.dashboard import History
-from handler_sdk.serve.record import JobRecord
+from handler_sdk.serve.http.dashboard import History
+from handler_sdk.serve.state.record import JobRecord
 
 SCRIPT = "obs_script.py"
 

@@ -10,8 +10,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from handler_sdk.loader import load_handler
-from handler_sdk.serve.client import ClientLimits
-from handler_sdk.serve.openapi import build_document
+from handler_sdk.serve.http.client import ClientLimits
+from handler_sdk.serve.http.openapi import build_document
 from handler_sdk.serve.server import ServeConfig, Server
 from tests.conftest import ROOT
 
@@ -91,9 +91,9 @@ async def test_both_paths_serve_the_document_and_docs_without_the_key(endpoint_f
 
 def test_the_static_files_are_package_data():
     text = (ROOT / "pyproject.toml").read_text()
-    assert '"handler_sdk.serve" = ["static/*.html", "static/swagger-ui/*"]' in text
+    assert '"handler_sdk.serve.http" = ["static/*.html", "static/swagger-ui/*"]' in text
     for f in ("dashboard.html", "swagger-ui/swagger-ui-bundle.js", "swagger-ui/swagger-ui.css", "swagger-ui/LICENSE"):
-        assert (ROOT / "handler_sdk" / "serve" / "static" / f).is_file()
+        assert (ROOT / "handler_sdk" / "serve" / "http" / "static" / f).is_file()
 
 
 async def test_a_held_in_process_worker_with_hold_0_does_not_spin(endpoint_factory):

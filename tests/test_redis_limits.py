@@ -1,4 +1,4 @@
-"""The rate-limit window shared in Redis: serve/limits.py's semantics, held across replicas."""
+"""The rate-limit window shared in Redis: serve/state/limits.py's semantics, held across replicas."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from redis_engine import Clock, new_endpoint
 
 from handler_sdk.errors import TooManyRequests
-from handler_sdk.serve.limits import Limit, RateLimiter
+from handler_sdk.serve.state.limits import Limit, RateLimiter
 from handler_sdk.serve.state.redis_jobs import connect
 from handler_sdk.serve.state.redis_limits import RedisRateLimiter
 

@@ -16,8 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from handler_sdk.errors import BadRequest, Unprocessable
 from handler_sdk.models import JobReply, RunRequest
-from handler_sdk.serve.broker import Broker, BrokerConfig
-from handler_sdk.serve.idempotency import MAX_KEY, IdempotencyKeys, parse_key
+from handler_sdk.serve.state.broker import Broker, BrokerConfig
+from handler_sdk.serve.state.idempotency import MAX_KEY, IdempotencyKeys, parse_key
 
 
 def key(k: str) -> dict[str, str]:

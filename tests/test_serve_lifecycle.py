@@ -11,7 +11,7 @@ import pytest
 
 from handler_sdk.errors import Conflict
 from handler_sdk.models import CancelReply, JobReply, JobStatus, RunReply
-from handler_sdk.serve.broker import BrokerConfig
+from handler_sdk.serve.state.broker import BrokerConfig
 from handler_sdk.worker.loop import WorkerConfig
 from tests.conftest import until
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from handler_sdk.serve.limits import Limit, RateLimiter
+from handler_sdk.serve.state.limits import Limit, RateLimiter
 from tests.conftest import free_port, until, wait_for_line
 
 SCRIPT = "obs_script.py"

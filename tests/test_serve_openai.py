@@ -9,7 +9,7 @@ from typing import Any
 
 from handler_sdk.handler import Handler
 from handler_sdk.job import Job
-from handler_sdk.serve.openai import ROUTES
+from handler_sdk.serve.http.openai import ROUTES
 
 
 async def _echo(job: Job) -> Any:

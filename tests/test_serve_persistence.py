@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from handler_sdk.serve.broker import BrokerConfig
+from handler_sdk.serve.state.broker import BrokerConfig
 from handler_sdk.worker.loop import WorkerConfig
 
 

@@ -20,8 +20,8 @@ from handler_sdk.models import (
     RunReply,
     StreamReply,
 )
-from handler_sdk.serve.broker import BrokerConfig
-from handler_sdk.serve.client import ClientLimits
+from handler_sdk.serve.http.client import ClientLimits
+from handler_sdk.serve.state.broker import BrokerConfig
 from handler_sdk.worker.loop import WorkerConfig
 from tests.conftest import until
 

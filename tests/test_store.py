@@ -11,9 +11,9 @@ import pytest
 
 from handler_sdk.errors import NotFound, StoreError
 from handler_sdk.models import JobStatus, RunRequest
-from handler_sdk.serve.broker import Broker, BrokerConfig
-from handler_sdk.serve.record import JobRecord
-from handler_sdk.serve.store import JobStore
+from handler_sdk.serve.state.broker import Broker, BrokerConfig
+from handler_sdk.serve.state.record import JobRecord
+from handler_sdk.serve.state.store import JobStore
 from tests.conftest import until
 
 S = JobStatus

@@ -11,7 +11,7 @@ import pytest
 from test_worker_protocol import Raw, leased
 
 from handler_sdk.errors import StaleResult, TransportError
-from handler_sdk.serve.workers import EXTENSIONS
+from handler_sdk.serve.http.workers import EXTENSIONS
 from handler_sdk.worker.coalesce import Coalescer
 
 

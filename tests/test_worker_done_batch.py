@@ -13,7 +13,7 @@ from aiohttp import web
 from handler_sdk.errors import StaleResult, TransportError
 from handler_sdk.models import DoneBatchReply, JobStatus
 from handler_sdk.runner import Outcome
-from handler_sdk.serve.workers import _YIELD_EVERY, EXTENSIONS
+from handler_sdk.serve.http.workers import _YIELD_EVERY, EXTENSIONS
 from handler_sdk.worker import http
 from handler_sdk.worker.config import endpoints_from_env
 from handler_sdk.worker.http import EXTENSIONS_HEADER, HttpTransport

@@ -16,8 +16,8 @@ import pytest
 
 from handler_sdk import trace
 from handler_sdk.models import MAX_STREAM_BYTES
-from handler_sdk.serve.broker import BrokerConfig
-from handler_sdk.serve.workers import EXTENSIONS
+from handler_sdk.serve.http.workers import EXTENSIONS
+from handler_sdk.serve.state.broker import BrokerConfig
 
 FORM = "application/x-www-form-urlencoded"
 

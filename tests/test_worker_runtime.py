@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 from conftest import HANDLERS, ROOT, Proc, free_port
 
-from handler_sdk.serve.broker import BrokerConfig
+from handler_sdk.serve.state.broker import BrokerConfig
 from handler_sdk.worker.config import endpoints_from_env
 from handler_sdk.worker.http import EXTENSIONS_HEADER, HttpTransport
 

@@ -1,6 +1,6 @@
 """The local endpoint: ``python -m handler_sdk.serve``."""
 
-from .broker import Broker, BrokerConfig
 from .server import ServeConfig, Server
+from .state.broker import Broker, BrokerConfig
 
 __all__ = ["Broker", "BrokerConfig", "ServeConfig", "Server"]

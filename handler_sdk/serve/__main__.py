@@ -17,10 +17,10 @@ from ..collector import tune_collector
 from ..errors import BadRequest, ConfigError, StoreError
 from ..loader import load_handler
 from ..logs import configure_logging
-from .broker import BrokerConfig
 from .oneshot import run_once
 from .reload import start_reloader
 from .server import ServeConfig, Server
+from .state.broker import BrokerConfig
 
 log = logging.getLogger("handler_sdk.serve")
 

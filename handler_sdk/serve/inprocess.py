@@ -10,8 +10,8 @@ from ..chunker import EncodedItem
 from ..errors import Conflict, NotFound, StaleResult, StoreError
 from ..runner import Outcome
 from ..worker.transport import Assignment
-from .broker import Broker
-from .record import JobRecord
+from .state.broker import Broker
+from .state.record import JobRecord
 
 __all__ = ["InProcessTransport"]
 

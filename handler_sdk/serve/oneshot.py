@@ -13,8 +13,8 @@ from ..errors import BadRequest
 from ..handler import Handler
 from ..models import JobStatus, RunRequest
 from ..worker.loop import Worker
-from .broker import Broker
 from .inprocess import InProcessTransport
+from .state.broker import Broker
 
 __all__ = ["run_once"]
 

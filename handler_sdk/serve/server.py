@@ -24,19 +24,19 @@ from ..handler import Handler
 from ..runner import DEFAULT_RESULT_CAP
 from ..threads import ElasticPool
 from ..worker.loop import Worker, WorkerConfig
-from .broker import Broker, BrokerConfig
-from .client import ClientLimits, add_client_routes
-from .dashboard import add_dashboard_routes
+from .http.client import ClientLimits, add_client_routes
+from .http.dashboard import add_dashboard_routes
+from .http.metrics import add_metrics_route
+from .http.openai import add_openai_routes
+from .http.openapi import add_openapi_routes
+from .http.router import Routes
+from .http.web import BODY_TIMEOUT
+from .http.workers import add_worker_routes
 from .inprocess import InProcessTransport
-from .limits import RateLimiter
-from .metrics import add_metrics_route
-from .openai import add_openai_routes
-from .openapi import add_openapi_routes
-from .routes import Routes
-from .store import JobStore
-from .web import BODY_TIMEOUT
+from .state.broker import Broker, BrokerConfig
+from .state.limits import RateLimiter
+from .state.store import JobStore
 from .webhooks import Webhooks
-from .workers import add_worker_routes
 
 __all__ = ["ServeConfig", "Server"]
 

@@ -37,7 +37,7 @@ import aiohttp
 
 from .. import codec
 from ..errors import ConfigError
-from .record import JobRecord
+from .state.record import JobRecord
 
 __all__ = ["Webhooks", "parse_secret", "sign"]
 

@@ -16,8 +16,8 @@ import pytest
 from handler_sdk import codec
 from handler_sdk.loader import load_handler
 from handler_sdk.models import JobStatus
-from handler_sdk.serve.broker import Broker
-from handler_sdk.serve.store import JobStore
+from handler_sdk.serve.state.broker import Broker
+from handler_sdk.serve.state.store import JobStore
 
 from .tools import HANDLERS, call
 

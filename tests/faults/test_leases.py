@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from handler_sdk.models import JobStatus, RunRequest
-from handler_sdk.serve.broker import Broker, BrokerConfig
+from handler_sdk.serve.state.broker import Broker, BrokerConfig
 
 from .tools import HANDLERS, call, start_serve, start_worker, until
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from handler_sdk.loader import load_handler
-from handler_sdk.serve.broker import BrokerConfig
+from handler_sdk.serve.state.broker import BrokerConfig
 
 from .proxy import FaultProxy
 from .tools import HANDLERS, call, start_serve, start_worker, until

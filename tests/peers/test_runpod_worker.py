@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from handler_sdk.serve.broker import BrokerConfig
+from handler_sdk.serve.state.broker import BrokerConfig
 
 pytestmark = pytest.mark.peers
 

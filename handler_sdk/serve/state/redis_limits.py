@@ -1,4 +1,4 @@
-"""serve/limits.py's rate limits with the window shared in Redis, so that the limits hold for all replicas.
+"""serve/state/limits.py's rate limits with the window shared in Redis, so that the limits hold for all replicas.
 
 The per-window budget is global (one list of stamps per route group, ``lua/ratelimit.lua``); the in-flight cap is
 per replica, as a count in this process: a request's end need not cost a Redis call, and a dead replica leaves no
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...errors import TooManyRequests
-from ..limits import DEFAULT_LIMITS, Limit
+from .limits import DEFAULT_LIMITS, Limit
 from .redis_jobs import key_prefix
 from .scripts import SCRIPTS
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...models import JobStatus
-from ..broker import BrokerConfig
+from .broker import BrokerConfig
 
 __all__ = ["RedisJobsConfig", "StoredJob", "Taken"]
 

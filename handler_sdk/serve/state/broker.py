@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import lifecycle
-from ..chunker import scrub_metrics
-from ..errors import BadRequest, Conflict, NotFound, OutputNotSerializable, StoreError
-from ..models import JobStatus, RunRequest
+from ... import lifecycle
+from ...chunker import scrub_metrics
+from ...errors import BadRequest, Conflict, NotFound, OutputNotSerializable, StoreError
+from ...models import JobStatus, RunRequest
 from .record import JobRecord
 from .store import JobStore
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .. import metrics
-from ..errors import NotEnabled
-from ..models import JobStatus
-from .broker import Broker
-from .limits import RateLimiter
-from .record import JobRecord
-from .routes import Routes
+from ... import metrics
+from ...errors import NotEnabled
+from ...models import JobStatus
+from ..state.broker import Broker
+from ..state.limits import RateLimiter
+from ..state.record import JobRecord
+from .router import Routes
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from .. import codec, trace
-from ..models import JobStatus
+from ... import codec, trace
+from ...models import JobStatus
 
 __all__ = ["JobRecord"]
 

@@ -21,12 +21,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import codec
-from ..errors import BadRequest
-from ..models import JobStatus, RunRequest
-from .broker import Broker
-from .record import JobRecord
-from .routes import Routes
+from ... import codec
+from ...errors import BadRequest
+from ...models import JobStatus, RunRequest
+from ..state.broker import Broker
+from ..state.record import JobRecord
+from .router import Routes
 from .web import read_json
 
 __all__ = ["add_openai_routes"]

@@ -18,12 +18,12 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .. import __version__, codec, models
-from ..models import JobStatus
+from ... import __version__, codec, models
+from ...models import JobStatus
+from ..state.idempotency import KEY_HEADER
 from .client import ClientLimits
-from .idempotency import KEY_HEADER
 from .openai import ROUTES as OPENAI_ROUTES
-from .routes import Routes
+from .router import Routes
 
 __all__ = ["add_openapi_routes", "build_document"]
 
@@ -305,7 +305,7 @@ def add_openapi_routes(routes: Routes, input_model: type[BaseModel] | None, lim:
     async def docs(request: web.Request) -> web.Response:
         return web.Response(body=_DOCS_HTML, content_type="text/html")
 
-    static = resources.files("handler_sdk.serve") / "static" / "swagger-ui"
+    static = resources.files("handler_sdk.serve.http") / "static" / "swagger-ui"
     assets = {name: (static / name).read_bytes() for name in _ASSETS}
 
     def asset(name: str) -> Any:

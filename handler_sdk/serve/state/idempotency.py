@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import hashlib
 
-from .. import codec
-from ..errors import BadRequest, Unprocessable
-from ..models import RunRequest
+from ... import codec
+from ...errors import BadRequest, Unprocessable
+from ...models import RunRequest
 from .broker import Broker
 from .record import JobRecord
 

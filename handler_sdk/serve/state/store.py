@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import codec
-from ..errors import StoreError
-from ..models import JobStatus
+from ... import codec
+from ...errors import StoreError
+from ...models import JobStatus
 from .record import JobRecord
 
 __all__ = ["JobStore", "Loaded"]

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import TooManyRequests
+from ...errors import TooManyRequests
 
 __all__ = ["DEFAULT_LIMITS", "Limit", "RateLimiter"]
 

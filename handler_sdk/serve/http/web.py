@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import codec
-from ..errors import BadRequest, PayloadTooLarge, RequestTimeout
+from ... import codec
+from ...errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 __all__ = ["BODY_TIMEOUT", "json_reply", "query_int", "raw_json_reply", "read_body", "read_json"]
 

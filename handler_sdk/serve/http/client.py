@@ -9,12 +9,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from .. import codec, trace
-from ..errors import BadRequest
-from ..models import JobStatus, RunRequest
-from .broker import Broker
-from .idempotency import KEY_HEADER, REPLAYED_HEADER, IdempotencyKeys, parse_key
-from .routes import Routes
+from ... import codec, trace
+from ...errors import BadRequest
+from ...models import JobStatus, RunRequest
+from ..state.broker import Broker
+from ..state.idempotency import KEY_HEADER, REPLAYED_HEADER, IdempotencyKeys, parse_key
+from .router import Routes
 from .web import json_reply, query_int, raw_json_reply, read_json
 
 __all__ = ["ClientLimits", "add_client_routes"]

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .. import codec
-from ..errors import ConfigError, HTTPError, StoreError, Unauthorized
-from .limits import RateLimiter
+from ... import codec
+from ...errors import ConfigError, HTTPError, StoreError, Unauthorized
+from ..state.limits import RateLimiter
 
 __all__ = ["WORKER_ROUTES", "Handler", "Routes"]
 

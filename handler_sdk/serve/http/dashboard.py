@@ -25,11 +25,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import codec
-from ..models import JobStatus
-from .broker import Broker
-from .record import JobRecord
-from .routes import Routes
+from ... import codec
+from ...models import JobStatus
+from ..state.broker import Broker
+from ..state.record import JobRecord
+from .router import Routes
 from .web import json_reply, query_int
 
 __all__ = ["History", "add_dashboard_routes"]
@@ -146,7 +146,7 @@ class Dashboard:
 
 
 def _page(prefix: str) -> bytes:
-    html = (resources.files("handler_sdk.serve") / "static" / "dashboard.html").read_bytes()
+    html = (resources.files("handler_sdk.serve.http") / "static" / "dashboard.html").read_bytes()
     # The page's one setting: where the endpoint's API is (it is served at / too).
     return html.replace(b"__ENDPOINT_PREFIX__", prefix.encode())
 

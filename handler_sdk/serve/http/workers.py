@@ -11,12 +11,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from .. import codec
-from ..errors import BadRequest, HTTPError, NestedTooDeep, StoreError
-from ..models import MAX_STREAM_BATCH_BYTES, MAX_STREAM_BYTES, DoneBatchBody, DoneBody, JobStatus, StreamBody
-from .broker import Broker
-from .record import JobRecord
-from .routes import Routes
+from ... import codec
+from ...errors import BadRequest, HTTPError, NestedTooDeep, StoreError
+from ...models import MAX_STREAM_BATCH_BYTES, MAX_STREAM_BYTES, DoneBatchBody, DoneBody, JobStatus, StreamBody
+from ..state.broker import Broker
+from ..state.record import JobRecord
+from .router import Routes
 from .web import query_int, read_json
 
 __all__ = ["EXTENSIONS", "add_worker_routes", "normalize_error"]
