@@ -168,7 +168,7 @@ def test_a_runsync_waiter_returns_when_its_job_is_purged() -> None:
         assert b.purge() == 1
         async with asyncio.timeout(1):
             await waiter
-        assert r.enders is None
+        assert r.waiters is None  # the waiter is gone with its wait
 
     asyncio.run(go())
 
@@ -190,7 +190,7 @@ async def test_the_in_process_worker_starts_the_next_job_only_after_the_last_one
     try:
         async with asyncio.timeout(10):
             for r in records:
-                await r.until_ended()
+                await broker.wait_terminal(r, float("inf"))
     finally:
         worker.stop()
         await asyncio.gather(run, return_exceptions=True)

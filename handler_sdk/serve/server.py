@@ -33,8 +33,10 @@ from .http.router import Routes
 from .http.web import BODY_TIMEOUT
 from .http.workers import add_worker_routes
 from .inprocess import InProcessTransport
+from .state.api import JobState
 from .state.broker import Broker, BrokerConfig
 from .state.limits import RateLimiter
+from .state.local import LocalState
 from .state.store import JobStore
 from .webhooks import Webhooks
 
@@ -114,11 +116,12 @@ class Server:
             JobStore(cfg.data_dir / "jobs.sqlite3", endpoint_id=cfg.endpoint_id) if cfg.data_dir is not None else None
         )
         self.broker = Broker(store, cfg.broker)
+        self.state: JobState = LocalState(self.broker)
         self.webhooks = Webhooks(
             attempts=cfg.webhook_attempts, backoff_s=cfg.webhook_backoff_s, secret=cfg.webhook_secret
         )
-        self.broker.on_terminal.append(self.webhooks.on_terminal)
-        self.broker.on_event.append(self.webhooks.on_event)
+        self.state.on_terminal.append(self.webhooks.on_terminal)
+        self.state.on_event.append(self.webhooks.on_event)
         self.worker: Worker | None = None
         self.exit_code = 0
         self.stopped = asyncio.Event()
@@ -134,12 +137,12 @@ class Server:
         app = web.Application(client_max_size=self.cfg.result_cap + (2 << 20))
         app[BODY_TIMEOUT] = self.cfg.body_timeout_s
         routes = Routes(app, self.cfg.endpoint_id, self.cfg.api_key, limiter)
-        add_client_routes(routes, self.broker, self.cfg.client)
-        add_worker_routes(routes, self.broker, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
-        add_openai_routes(routes, self.broker)
-        add_metrics_route(routes, self.broker, limiter, self.cfg.metrics)
+        add_client_routes(routes, self.state, self.cfg.client)
+        add_worker_routes(routes, self.state, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
+        add_openai_routes(routes, self.state)
+        add_metrics_route(routes, self.state, limiter, self.cfg.metrics)
         add_openapi_routes(routes, self.h.input_model if self.h is not None else None, self.cfg.client)
-        add_dashboard_routes(routes, self.broker, events_s=self.cfg.dashboard_events_s)
+        add_dashboard_routes(routes, self.state, events_s=self.cfg.dashboard_events_s)
         routes.finish()
         return app
 
@@ -148,7 +151,7 @@ class Server:
         return f"http://{self.cfg.host}:{self.port}/v2/{self.cfg.endpoint_id}"
 
     async def start(self) -> None:
-        await self.broker.open()
+        await self.state.open()
         self._runner = _Runner(
             self.build_app(), self.cfg.header_timeout_s, access_log=None, handle_signals=False,
             keepalive_timeout=self.cfg.idle_timeout_s,
@@ -158,7 +161,7 @@ class Server:
         await site.start()
         if self.cfg.port == 0:
             self.port = self._runner.addresses[0][1]
-        self._tasks.append(asyncio.create_task(self.broker.run_clock(), name="broker-clock"))
+        self._tasks.append(asyncio.create_task(self.state.run_clock(), name="broker-clock"))
         if self.h is not None and self.cfg.workers == 0:
             self._tasks.append(asyncio.create_task(self._local_worker(), name="local-worker"))
         for i in range(self.cfg.workers):
@@ -251,6 +254,5 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.webhooks.close()
-        if self.broker.store is not None:
-            await self.broker.store.close()
+        await self.state.close()
         self.pool.shutdown()

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from ... import codec, trace
 from ...errors import BadRequest
 from ...models import JobStatus, RunRequest
-from ..state.broker import Broker
-from ..state.idempotency import KEY_HEADER, REPLAYED_HEADER, IdempotencyKeys, parse_key
+from ..state.api import JobState
+from ..state.idempotency import KEY_HEADER, REPLAYED_HEADER, parse_key
 from .router import Routes
 from .web import json_reply, query_int, raw_json_reply, read_json
 
@@ -48,10 +48,9 @@ def _run_request(body: Any) -> RunRequest:
 
 
 class ClientRoutes:
-    def __init__(self, broker: Broker, lim: ClientLimits) -> None:
-        self.broker = broker
+    def __init__(self, state: JobState, lim: ClientLimits) -> None:
+        self.state = state
         self.lim = lim
-        self.keys = IdempotencyKeys(broker)
 
     def _wait_s(self, request: web.Request) -> float:
         lim = self.lim
@@ -62,12 +61,7 @@ class ClientRoutes:
     async def run(self, request: web.Request) -> web.Response:
         key = parse_key(request.headers.get(KEY_HEADER))
         req = _run_request(await read_json(request, self.lim.run_body))
-        r, replayed = self.keys.submit(req, key, queue=False, trace=trace.parse(request.headers.get("traceparent")))
-        if replayed:
-            await self.broker.durable()  # journaled before we answer (the first may not be yet)
-        else:
-            # Journaled before it is queued and before we answer; a store error (503) leaves no job behind.
-            await self.broker.journal_then_queue(r)
+        r, replayed = await self.state.submit(req, key=key, trace=trace.parse(request.headers.get("traceparent")))
         # The reply is the job as submitted: the in-process worker may already have started it. A replay says
         # where the job is now.
         reply = {"id": r.id, "status": (r.status if replayed else JobStatus.IN_QUEUE).value}
@@ -76,46 +70,46 @@ class ClientRoutes:
     async def runsync(self, request: web.Request) -> web.Response:
         key = parse_key(request.headers.get(KEY_HEADER))
         req = _run_request(await read_json(request, self.lim.runsync_body))
-        r, replayed = self.keys.submit(req, key, sync=True, trace=trace.parse(request.headers.get("traceparent")))
-        await self.broker.wait_terminal(r, self._wait_s(request))
+        r, replayed = await self.state.runsync(
+            req, key=key, trace=trace.parse(request.headers.get("traceparent")), timeout=self._wait_s(request)
+        )
         headers = _REPLAYED if replayed else None
         if r.status.terminal:
             return json_reply(r.reply(), headers=headers)
         return json_reply({"id": r.id, "status": r.status.value}, headers=headers)
 
     async def status(self, request: web.Request) -> web.Response:
-        return json_reply(self.broker.status(request.match_info["job_id"], _ttl(request)).reply())
+        return json_reply((await self.state.status(request.match_info["job_id"], _ttl(request))).reply())
 
     async def status_sync(self, request: web.Request) -> web.Response:
-        r = self.broker.status(request.match_info["job_id"], _ttl(request))
-        await self.broker.wait_terminal(r, self._wait_s(request))
+        r = await self.state.status(request.match_info["job_id"], _ttl(request))
+        r = await self.state.wait_terminal(r, self._wait_s(request))
         return json_reply(r.reply())
 
     async def stream(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         start = query_int(request, "from", None, 0, 2**62)
-        r, items = self.broker.read_stream(job_id, start)
-        if not items and not r.status.terminal and self.lim.stream_hold_ms > 0:
-            await self.broker.wait_change(r, self.lim.stream_hold_ms / 1000)
-            r, items = self.broker.read_stream(job_id, start)
+        with self.state.watch(job_id) as w:
+            r, items = await self.state.read_stream(job_id, start)
+            hold = self.lim.stream_hold_ms / 1000
+            if not items and not r.status.terminal and hold > 0 and await w.wait(hold):
+                r, items = await self.state.read_stream(job_id, start)
         head = b'{"id":' + codec.dumps(r.id) + b',"status":"' + r.status.value.encode() + b'","stream":['
         return raw_json_reply(head + b",".join(items) + b"]}")
 
     async def cancel(self, request: web.Request) -> web.Response:
-        r = self.broker.cancel(request.match_info["job_id"])
+        r = await self.state.cancel(request.match_info["job_id"])
         return json_reply({"id": r.id, "status": r.status.value})
 
     async def retry(self, request: web.Request) -> web.Response:
-        r = await self.broker.retry_durable(request.match_info["job_id"])
+        r = await self.state.retry(request.match_info["job_id"])
         return json_reply({"id": r.id, "status": JobStatus.IN_QUEUE.value})  # as queued, whatever ran since
 
     async def purge(self, request: web.Request) -> web.Response:
-        removed = self.broker.purge()
-        await self.broker.durable()
-        return json_reply({"removed": removed, "status": "completed"})
+        return json_reply({"removed": await self.state.purge(), "status": "completed"})
 
     async def health(self, request: web.Request) -> web.Response:
-        return json_reply(self.broker.health())
+        return json_reply(await self.state.health())
 
     async def requests(self, request: web.Request) -> web.Response:
         limit = query_int(request, "limit", 50, 1, 500)
@@ -126,7 +120,7 @@ class ClientRoutes:
         except ValueError:
             raise BadRequest(f"unknown status {raw!r}; one of {', '.join(s.value for s in JobStatus)}") from None
         assert limit is not None and offset is not None
-        return json_reply(self.broker.requests(limit, offset, st))
+        return json_reply(await self.state.requests(limit, offset, st))
 
 
 _REPLAYED = {REPLAYED_HEADER: "true"}
@@ -136,8 +130,8 @@ def _ttl(request: web.Request) -> int | None:
     return query_int(request, "ttl", None, 0, 2**62)
 
 
-def add_client_routes(routes: Routes, broker: Broker, lim: ClientLimits | None = None) -> None:
-    c = ClientRoutes(broker, lim or ClientLimits())
+def add_client_routes(routes: Routes, state: JobState, lim: ClientLimits | None = None) -> None:
+    c = ClientRoutes(state, lim or ClientLimits())
     routes.post("/run", c.run)
     routes.post("/runsync", c.runsync)
     for verb in ("GET", "POST"):

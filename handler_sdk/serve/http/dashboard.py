@@ -10,15 +10,14 @@ client of its /requests budget:
   EventSource cannot send the Authorization header);
 * ``GET dashboard/jobs/{job_id}?from=N&wait=ms``: one job with its input, result and stream items from N.
 
-Everything is read through the broker's public state; the per-second history is kept by an ``on_terminal``
-hook, so it is this process's (with many replicas on one store each shows its own throughput).
+Everything is read through the state interface (serve/state/api.py); the per-second history is kept by an
+``on_terminal`` hook, so it is this process's (with many replicas on one store each shows its own throughput).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections import deque
 from importlib import resources
 from typing import Any
@@ -27,8 +26,7 @@ from aiohttp import web
 
 from ... import codec
 from ...models import JobStatus
-from ..state.broker import Broker
-from ..state.record import JobRecord
+from ..state.api import JobState, JobView
 from .router import Routes
 from .web import json_reply, query_int
 
@@ -47,7 +45,7 @@ class History:
         # [second, completed, failed, cancelled, delay sum, delays, execution sum, executions]
         self._buckets: deque[list[int]] = deque()
 
-    def on_terminal(self, r: JobRecord) -> None:
+    def on_terminal(self, r: JobView) -> None:
         if r.ended is None:
             return
         sec = r.ended // 1000
@@ -80,39 +78,25 @@ class History:
         ]  # fmt: skip
 
 
-def _row(r: JobRecord) -> dict[str, Any]:
-    d = r.summary()
-    if r.error is not None:
-        d["error"] = r.error
-    return d
-
-
 class Dashboard:
-    def __init__(self, broker: Broker, endpoint_id: str, events_s: float) -> None:
-        self.broker = broker
+    def __init__(self, state: JobState, endpoint_id: str, events_s: float) -> None:
+        self.state = state
         self.endpoint_id = endpoint_id
         self.events_s = events_s
         self.history = History()
-        broker.on_terminal.append(self.history.on_terminal)
+        state.on_terminal.append(self.history.on_terminal)
 
-    def snapshot(self) -> dict[str, Any]:
-        b = self.broker
-        health = b.health()
-        now = b.clock()
-        workers = [
-            {"id": w.id, "state": "initializing" if w.initializing else "running" if w.jobs else "idle",
-             "jobs": sorted(w.jobs), "lastPing": w.last_seen}
-            for w in b.workers.values()
-        ]  # fmt: skip
-        recent = [_row(r) for r in itertools.islice(reversed(b.jobs.values()), RECENT)]
+    async def snapshot(self) -> dict[str, Any]:
+        s = self.state
+        now = s.now()
         return {
-            "endpoint": self.endpoint_id, "now": now, "health": health, "workers": workers,
-            "series": self.history.series(now), "recent": recent, "submitted": dict(b.submitted),
-            "streamItems": b.stream_items,
+            "endpoint": self.endpoint_id, "now": now, "health": await s.health(), "workers": await s.workers(),
+            "series": self.history.series(now), "recent": await s.recent(RECENT), "submitted": dict(s.submitted),
+            "streamItems": s.stream_items,
         }  # fmt: skip
 
-    async def state(self, request: web.Request) -> web.Response:
-        return json_reply(self.snapshot())
+    async def state_route(self, request: web.Request) -> web.Response:
+        return json_reply(await self.snapshot())
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
@@ -121,7 +105,7 @@ class Dashboard:
         end = loop.time() + self.events_s
         with contextlib.suppress(ConnectionResetError):
             while True:
-                await resp.write(codec.dumps(self.snapshot()) + b"\n")
+                await resp.write(codec.dumps(await self.snapshot()) + b"\n")
                 left = end - loop.time()
                 if left <= 0:
                     break
@@ -133,15 +117,15 @@ class Dashboard:
         job_id = request.match_info["job_id"]
         start = query_int(request, "from", 0, 0, 2**62) or 0
         wait_ms = query_int(request, "wait", 0, 0, 5000) or 0
-        r = self.broker.status(job_id)
-        if wait_ms and not r.status.terminal and len(r.stream) <= start:
-            await self.broker.wait_change(r, wait_ms / 1000)
-            r = self.broker.status(job_id)
+        with self.state.watch(job_id) as w:
+            r, items = await self.state.read_stream(job_id, start)
+            if wait_ms and not r.status.terminal and not items and await w.wait(wait_ms / 1000):
+                r, items = await self.state.read_stream(job_id, start)
         d = r.reply()
-        d["input"] = await self.broker.input_of(r)
+        d["input"] = await self.state.input_of(job_id)
         d["createdAt"] = r.created
-        d["stream"] = [codec.Fragment(item) for item in r.stream[start:]]
-        d["streamTotal"] = len(r.stream)
+        d["stream"] = [codec.Fragment(item) for item in items]
+        d["streamTotal"] = start + len(items)
         return json_reply(d)
 
 
@@ -151,8 +135,8 @@ def _page(prefix: str) -> bytes:
     return html.replace(b"__ENDPOINT_PREFIX__", prefix.encode())
 
 
-def add_dashboard_routes(routes: Routes, broker: Broker, *, events_s: float = 300.0) -> None:
-    d = Dashboard(broker, routes.endpoint_id, events_s)
+def add_dashboard_routes(routes: Routes, state: JobState, *, events_s: float = 300.0) -> None:
+    d = Dashboard(state, routes.endpoint_id, events_s)
     page = _page(routes.prefix)
 
     async def show(request: web.Request) -> web.Response:
@@ -160,6 +144,6 @@ def add_dashboard_routes(routes: Routes, broker: Broker, *, events_s: float = 30
 
     routes.add("GET", "/", show, root=True, public=True)
     routes.add("GET", "/dashboard", show, public=True)
-    routes.get("/dashboard/state", d.state)
+    routes.get("/dashboard/state", d.state_route)
     routes.get("/dashboard/events", d.events)
     routes.get("/dashboard/jobs/{job_id}", d.job)

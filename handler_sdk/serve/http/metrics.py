@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ... import metrics
 from ...errors import NotEnabled
 from ...models import JobStatus
-from ..state.broker import Broker
+from ..state.api import JobState
 from ..state.limits import RateLimiter
-from ..state.record import JobRecord
 from .router import Routes
 
 if TYPE_CHECKING:
@@ -36,9 +35,11 @@ _TERMINAL = [s for s in JobStatus if s.terminal]
 class ServeMetrics:
     """The registry behind serve's /metrics. Raises NotEnabled when prometheus-client is missing."""
 
-    def __init__(self, broker: Broker, limiter: RateLimiter | None = None, replica: str | None = None) -> None:
+    def __init__(self, state: JobState, limiter: RateLimiter | None = None, replica: str | None = None) -> None:
         self.exporter = metrics.Exporter(replica)
-        self.broker = broker
+        self.state = state
+        # The endpoint-wide counts, read (a Redis round trip with that store) before each scrape renders.
+        self.health: dict[str, Any] = {"jobs": {"inQueue": 0, "inProgress": 0}, "workers": {}}
         self.limiter = limiter
         self.finished: dict[JobStatus, int] = dict.fromkeys(_TERMINAL, 0)
         r = self.exporter.replica
@@ -46,9 +47,9 @@ class ServeMetrics:
         self._delay = ex.histogram("handler_sdk_job_delay_seconds", "time queued (delayTime)").labels(replica=r)
         self._execution = ex.histogram("handler_sdk_job_execution_seconds", "time run (executionTime)").labels(r)
         ex.add(self._families)
-        broker.on_terminal.append(self.on_terminal)
+        state.on_terminal.append(self.on_terminal)
 
-    def on_terminal(self, r: JobRecord) -> None:
+    def on_terminal(self, r: Any) -> None:
         self.finished[r.status] += 1
         if r.started is not None:
             self._delay.observe((r.started - r.created) / 1000)
@@ -56,8 +57,8 @@ class ServeMetrics:
                 self._execution.observe((r.ended - r.started) / 1000)
 
     def _families(self) -> Iterable[Metric]:
-        b, rep = self.broker, self.exporter.replica
-        h = b.health()
+        b, rep = self.state, self.exporter.replica
+        h = self.health
         c = metrics.counter
         yield c("handler_sdk_jobs_submitted", "jobs submitted, by route", ["route", "replica"],
                 [((route, rep), n) for route, n in b.submitted.items()])  # fmt: skip
@@ -79,7 +80,7 @@ class ServeMetrics:
                 [((k,), v) for k, v in h["workers"].items()])  # fmt: skip
 
 
-def add_metrics_route(routes: Routes, broker: Broker, limiter: RateLimiter | None, enabled: bool = True) -> None:
+def add_metrics_route(routes: Routes, state: JobState, limiter: RateLimiter | None, enabled: bool = True) -> None:
     """``GET /metrics`` behind the API key; 501 naming the extra (or the flag) when it cannot serve."""
     why: str | None = None
     m: ServeMetrics | None = None
@@ -87,7 +88,7 @@ def add_metrics_route(routes: Routes, broker: Broker, limiter: RateLimiter | Non
         why = "metrics are turned off (serve --no-metrics)"
     else:
         try:
-            m = ServeMetrics(broker, limiter)
+            m = ServeMetrics(state, limiter)
         except NotEnabled as e:
             why = e.message
             log.info("%s", why)
@@ -95,6 +96,7 @@ def add_metrics_route(routes: Routes, broker: Broker, limiter: RateLimiter | Non
     async def scrape(request: web.Request) -> web.Response:
         if m is None:
             raise NotEnabled(why or metrics.MISSING)
+        m.health = await state.health()
         return web.Response(body=m.exporter.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     routes.add("GET", "/metrics", scrape, root=True)

@@ -24,8 +24,7 @@ from aiohttp import web
 from ... import codec
 from ...errors import BadRequest
 from ...models import JobStatus, RunRequest
-from ..state.broker import Broker
-from ..state.record import JobRecord
+from ..state.api import JobState, JobView
 from .router import Routes
 from .web import read_json
 
@@ -55,7 +54,7 @@ def _openai_error(message: str, status: int, kind: str = "invalid_request_error"
                         content_type="application/json")  # fmt: skip
 
 
-def _final(r: JobRecord) -> web.Response:
+def _final(r: JobView) -> web.Response:
     if r.status is JobStatus.COMPLETED:
         out = codec.loads(r.output) if r.output is not None else None
         if isinstance(out, dict) and isinstance(out.get("status_code"), int) and "body" in out:
@@ -70,8 +69,8 @@ def _final(r: JobRecord) -> web.Response:
 
 
 class OpenAIRoutes:
-    def __init__(self, broker: Broker, body_cap: int, wait_s: float) -> None:
-        self.broker = broker
+    def __init__(self, state: JobState, body_cap: int, wait_s: float) -> None:
+        self.state = state
         self.body_cap = body_cap
         self.wait_s = wait_s
 
@@ -101,18 +100,21 @@ class OpenAIRoutes:
 
     async def relay(self, request: web.Request, route: str, body: dict[str, Any] | None) -> web.StreamResponse:
         req = RunRequest(input={"openai_route": route, "openai_input": body})
-        r = self.broker.submit(req, sync=True, route="openai")
+        r, _ = await self.state.submit(req, sync=True, route="openai")
         streaming = body is not None and bool(body.get("stream"))
         resp: web.StreamResponse | None = None
         try:
             async with asyncio.timeout(self.wait_s):
-                resp = await (_relay_sse(request, r) if streaming else _wait_end(r))
+                if streaming:
+                    resp = await _relay_sse(request, self.state, r.id)
+                r = await self.state.wait_terminal(r, float("inf"))
         except TimeoutError:
-            self.broker.cancel(r.id)
+            await self.state.cancel(r.id)
             if resp is None:
                 return _openai_error("no reply from a worker in time", 504, "timeout")
         except (asyncio.CancelledError, ConnectionResetError):
-            self.broker.cancel(r.id)  # the client went away: free the worker
+            # The client went away: free the worker (shielded: this task is being cancelled).
+            await asyncio.shield(self.state.cancel(r.id))
             raise
         if resp is not None:
             with contextlib.suppress(ConnectionResetError):
@@ -121,38 +123,40 @@ class OpenAIRoutes:
         return _final(r)
 
 
-async def _wait_end(r: JobRecord) -> None:
-    while not r.status.terminal:
-        await r.watch().wait()
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
-async def _relay_sse(request: web.Request, r: JobRecord) -> web.StreamResponse | None:
+async def _relay_sse(request: web.Request, state: JobState, job_id: str) -> web.StreamResponse | None:
     """Write each SSE item as it lands; None when the job ended without any (then its final output answers)."""
     resp: web.StreamResponse | None = None
     sent = 0
-    while True:
-        items = r.stream[sent:]
-        if items:
-            if resp is None:
-                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-                await resp.prepare(request)
-            for raw in items:
-                out = codec.loads(raw)["output"]
-                await resp.write(out.encode() if isinstance(out, str) else b"data: " + codec.dumps(out) + b"\n\n")
-            sent += len(items)
-        if r.status.terminal and sent >= len(r.stream):
-            if resp is not None and r.status is not JobStatus.COMPLETED:
-                # Part of the answer is out: the failure (the engine died, its worker was lost, a timeout, a cancel)
-                # ends the stream as an OpenAI-shaped error event and [DONE], as vLLM's server ends a failed stream.
-                kind = "timeout" if r.status is JobStatus.TIMED_OUT else "InternalServerError"
-                error = _error_body(r.error or f"the request ended {r.status.value}", 500, kind)
-                await resp.write(b"data: " + codec.dumps(error) + b"\n\ndata: [DONE]\n\n")
-            return resp
-        await r.watch().wait()
+    with state.watch(job_id) as w:
+        while True:
+            r, items = await state.read_stream(job_id, sent)
+            if items:
+                if resp is None:
+                    resp = web.StreamResponse(
+                        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+                    )
+                    await resp.prepare(request)
+                for raw in items:
+                    out = codec.loads(raw)["output"]
+                    await resp.write(out.encode() if isinstance(out, str) else b"data: " + codec.dumps(out) + b"\n\n")
+                sent += len(items)
+            if r.status.terminal:
+                if resp is not None and r.status is not JobStatus.COMPLETED:
+                    # Part of the answer is out: the failure (the engine died, its worker was lost, a timeout, a
+                    # cancel) ends the stream as an OpenAI-shaped error event and [DONE], as vLLM's server ends a
+                    # failed stream.
+                    kind = "timeout" if r.status is JobStatus.TIMED_OUT else "InternalServerError"
+                    error = _error_body(r.error or f"the request ended {r.status.value}", 500, kind)
+                    await resp.write(b"data: " + codec.dumps(error) + b"\n\ndata: [DONE]\n\n")
+                return resp
+            await w.wait(float("inf"))
 
 
-def add_openai_routes(routes: Routes, broker: Broker, *, body_cap: int = 20 << 20, wait_s: float = 600.0) -> None:
-    o = OpenAIRoutes(broker, body_cap, wait_s)
+def add_openai_routes(routes: Routes, state: JobState, *, body_cap: int = 20 << 20, wait_s: float = 600.0) -> None:
+    o = OpenAIRoutes(state, body_cap, wait_s)
     for method, path, route in ROUTES:
         routes.add(method, "/openai" + path, o.route(method, route))
     routes.add("*", "/openai/{tail:.*}", o.unknown)

@@ -12,10 +12,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ... import codec
-from ...errors import BadRequest, HTTPError, NestedTooDeep, StoreError
+from ...errors import BadRequest, HTTPError, NestedTooDeep
 from ...models import MAX_STREAM_BATCH_BYTES, MAX_STREAM_BYTES, DoneBatchBody, DoneBody, JobStatus, StreamBody
-from ..state.broker import Broker
-from ..state.record import JobRecord
+from ..state.api import JobState, Lease
 from .router import Routes
 from .web import query_int, read_json
 
@@ -84,13 +83,6 @@ def normalize_error(value: Any) -> tuple[str, dict[str, Any]]:
     return text, {"error_type": "HandlerError", "error_message": text, "error_traceback": None}
 
 
-def _job_payload(r: JobRecord) -> dict[str, Any]:
-    d: dict[str, Any] = {"id": r.id, "input": r.input, "traceparent": r.traceparent}
-    if r.execution_timeout is not None:
-        d["policy"] = {"executionTimeout": r.execution_timeout}
-    return d
-
-
 def _stream_items(raw: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     """The outputs and their metrics from a job-stream body: runpod's one ``output``, or our ``outputs``."""
     try:
@@ -140,30 +132,22 @@ def _done_items(raw: Any) -> list[tuple[str, DoneBody | BadRequest]]:
 
 
 class WorkerRoutes:
-    def __init__(self, broker: Broker, hold_s: float, result_cap: int, max_batch: int) -> None:
-        self.broker = broker
+    def __init__(self, state: JobState, hold_s: float, result_cap: int, max_batch: int) -> None:
+        self.state = state
         self.hold_s = hold_s
         self.result_cap = result_cap
         self.max_batch = max_batch
 
-    async def _take(self, request: web.Request, n: int) -> list[JobRecord]:
+    async def _take(self, request: web.Request, n: int) -> list[Lease]:
         wid = request.match_info["worker_id"]
         busy = {"0": False, "1": True}.get(request.query.get("job_in_progress", ""))
-        jobs = await self.broker.take(wid, n, self.hold_s, gone=_hung_up(request), busy=busy)
-        if any(r.rerun for r in jobs):
-            # A re-run's lease is on disk before its worker may start it (see Broker._lease).
-            try:
-                await self.broker.durable()
-            except StoreError:
-                self.broker.hand_back(wid, [r.id for r in jobs])
-                raise
-        return jobs
+        return await self.state.take(wid, n, self.hold_s, gone=_hung_up(request), busy=busy)
 
     async def take(self, request: web.Request) -> web.Response:
         jobs = await self._take(request, 1)
         if not jobs:
             return _reply(b"", 204)
-        return _reply(codec.dumps(_job_payload(jobs[0])))
+        return _reply(codec.dumps(jobs[0].payload()))
 
     async def take_batch(self, request: web.Request) -> web.Response:
         n = query_int(request, "batch_size", 1, 1, self.max_batch)
@@ -171,34 +155,35 @@ class WorkerRoutes:
         jobs = await self._take(request, n)
         if not jobs:
             return _reply(b"", 204)
-        return _reply(codec.dumps([_job_payload(r) for r in jobs]))
+        return _reply(codec.dumps([r.payload() for r in jobs]))
 
     async def stop(self, request: web.Request) -> web.Response:
-        ids = await self.broker.stops(request.match_info["worker_id"], self.hold_s)
+        ids = await self.state.stops(request.match_info["worker_id"], self.hold_s)
         return _reply(codec.dumps({"jobsToStop": ids}))
 
-    def _apply_done(self, wid: str, jid: str, body: DoneBody, final_stream: bool) -> JobRecord | None:
-        """One job-done body applied to the broker; None for a progress update. Raises Conflict/NotFound."""
+    async def _apply_done(self, wid: str, jid: str, body: DoneBody, final_stream: bool, durable: bool) -> None:
+        """One job-done body applied; raises Conflict/NotFound."""
         output = None if body.output is None else codec.dumps(body.output)
         if body.status is JobStatus.IN_PROGRESS:
             if output is not None:
-                self.broker.progress(wid, jid, output)
-            return None
+                await self.state.progress(wid, jid, output)
+            return
         if body.error is not None:
             error, details = normalize_error(body.error)
             failed = body.status if body.status in (JobStatus.TIMED_OUT, JobStatus.CANCELLED) else JobStatus.FAILED
-            return self.broker.done(wid, jid, failed, output=output, error=error, details=details)
+            await self.state.done(wid, jid, failed, output=output, error=error, details=details, durable=durable)
+            return
         if final_stream and output == b"[]":
             output = None  # runpod's final post of a generator that does not aggregate: no output
         ok = body.status if body.status is not None and body.status.terminal else JobStatus.COMPLETED
-        return self.broker.done(wid, jid, ok, output=output)
+        await self.state.done(wid, jid, ok, output=output, durable=durable)
 
-    def _judge(self, wid: str, jid: str, body: DoneBody | BadRequest) -> int:
+    async def _judge(self, wid: str, jid: str, body: DoneBody | BadRequest) -> int:
         """One result of a batch applied on its own: its HTTP status as job-done would have answered it."""
         if isinstance(body, BadRequest):
             return body.status
         try:
-            self._apply_done(wid, jid, body, False)
+            await self._apply_done(wid, jid, body, False, False)
         except HTTPError as e:
             return e.status
         return 200
@@ -211,9 +196,8 @@ class WorkerRoutes:
             # A result nested too deep to store (runpod's worker encodes with the standard library, which has no
             # such limit): the job fails with the reason, rather than the worker retrying a 400 until it gives up.
             raw = {"error": {"error_type": "OutputNotSerializable", "error_message": f"the job's result: {e}"}}
-        r = self._apply_done(wid, jid, _done_body(raw), request.query.get("isStream") == "true")
-        if r is not None and not r.sync:
-            await self.broker.durable()  # the worker forgets the result once we answer
+        # Durable before we answer: the worker forgets the result once we do.
+        await self._apply_done(wid, jid, _done_body(raw), request.query.get("isStream") == "true", True)
         return _reply(_OK)
 
     async def done_batch(self, request: web.Request) -> web.Response:
@@ -227,8 +211,8 @@ class WorkerRoutes:
                 # A big batch would hold the loop for milliseconds: let a waiting take through, or the worker
                 # that sent both sits idle until every result here is applied.
                 await asyncio.sleep(0)
-            codes.append({"id": jid, "code": self._judge(wid, jid, body)})
-        await self.broker.durable()
+            codes.append({"id": jid, "code": await self._judge(wid, jid, body)})
+        await self.state.flush()
         return _reply(codec.dumps({"ok": True, "results": codes}))
 
     async def stream(self, request: web.Request) -> web.Response:
@@ -237,16 +221,16 @@ class WorkerRoutes:
         if not isinstance(raw, dict):
             raise BadRequest("job-stream body must be a JSON object")
         outputs, ms = _stream_items(raw)
-        n = self.broker.stream(
+        n = await self.state.stream(
             wid, jid, [codec.dumps(o) for o in outputs], [None if m is None else codec.dumps(m) for m in ms]
         )
         return _reply(codec.dumps({"ok": True, "items": n}))
 
-    def _stream_one(self, wid: str, raw: dict[str, Any]) -> dict[str, Any]:
+    async def _stream_one(self, wid: str, raw: dict[str, Any]) -> dict[str, Any]:
         """One job's part of a job-stream-batch, judged alone: the status job-stream would have answered."""
         try:
             outputs, ms = _stream_items(raw)
-            n = self.broker.stream(
+            n = await self.state.stream(
                 wid, raw["id"], [codec.dumps(o) for o in outputs], [None if m is None else codec.dumps(m) for m in ms]
             )
         except HTTPError as e:
@@ -266,12 +250,13 @@ class WorkerRoutes:
         for i, part in enumerate(parts):
             if i and not i % _YIELD_EVERY:
                 await asyncio.sleep(0)
-            results.append(self._stream_one(wid, part))
+            results.append(await self._stream_one(wid, part))
         return _reply(codec.dumps({"ok": True, "results": results}))
 
     async def ping(self, request: web.Request) -> web.Response:
         ids = [i for i in request.query.get("job_id", "").split(",") if i]
-        self.broker.ping(request.match_info["worker_id"], ids, initializing=request.query.get("initializing") == "1")
+        initializing = request.query.get("initializing") == "1"
+        await self.state.ping(request.match_info["worker_id"], ids, initializing=initializing)
         return _reply(_OK)
 
     async def hand_back(self, request: web.Request) -> web.Response:
@@ -279,14 +264,14 @@ class WorkerRoutes:
         ids = raw.get("ids") if isinstance(raw, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise BadRequest('job-handback body must be {"ids": ["job id", ...]}')
-        n = self.broker.hand_back(request.match_info["worker_id"], ids)
+        n = await self.state.hand_back(request.match_info["worker_id"], ids)
         return _reply(codec.dumps({"ok": True, "handedBack": n}))
 
 
 def add_worker_routes(
-    routes: Routes, broker: Broker, *, hold_s: float = 3.0, result_cap: int = 20 << 20, max_batch: int = 1000
+    routes: Routes, state: JobState, *, hold_s: float = 3.0, result_cap: int = 20 << 20, max_batch: int = 1000
 ) -> None:
-    w = WorkerRoutes(broker, hold_s, result_cap, max_batch)
+    w = WorkerRoutes(state, hold_s, result_cap, max_batch)
     routes.get("/job-take/{worker_id}", w.take)
     routes.get("/job-take-batch/{worker_id}", w.take_batch)
     routes.get("/job-stop/{worker_id}", w.stop)

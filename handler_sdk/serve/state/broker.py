@@ -22,7 +22,7 @@ from ... import lifecycle
 from ...chunker import scrub_metrics
 from ...errors import BadRequest, Conflict, NotFound, OutputNotSerializable, StoreError
 from ...models import JobStatus, RunRequest
-from .record import JobRecord
+from .record import JobRecord, Waiter
 from .store import JobStore
 
 __all__ = ["Broker", "BrokerConfig", "LocalWorker", "WorkerSeen", "new_job_id", "now_ms"]
@@ -66,11 +66,6 @@ _RETRY_RESETS = (
     "status", "retries", "started", "ended", "output", "error", "error_details", "worker_id", "stream", "cursor",
     "webhook_items", "requeued",
 )  # fmt: skip
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class LocalWorker(Protocol):
@@ -300,14 +295,14 @@ class Broker:
             if w.stop_waiter is not None and not w.stop_waiter.done():
                 w.stop_waiter.set_result(None)
 
-    def _get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str) -> JobRecord:
         r = self.jobs.get(job_id)
         if r is None:
             raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
         return r
 
     def _leased(self, worker_id: str, job_id: str) -> JobRecord:
-        r = self._get(job_id)
+        r = self.get(job_id)
         if r.status is not S.IN_PROGRESS or r.worker_id != worker_id:
             raise Conflict(f"job {job_id} is {r.status} and not leased to worker {worker_id}; result ignored")
         return r
@@ -386,7 +381,7 @@ class Broker:
                 del self.jobs[r.id]
                 self.counts[r.status] -= 1
                 self.store.delete([r.id])
-                r.notify(final=True)
+                r.notify()
             raise
         self.enqueue(r)
 
@@ -402,7 +397,7 @@ class Broker:
             await self.store.flush()
 
     def status(self, job_id: str, ttl: int | None = None) -> JobRecord:
-        r = self._get(job_id)
+        r = self.get(job_id)
         if ttl is not None and ttl < r.retention:
             r.retention = ttl
             self._journal(r)
@@ -411,30 +406,24 @@ class Broker:
         return r
 
     async def wait_terminal(self, r: JobRecord, timeout: float) -> None:
-        """Wait up to ``timeout`` s for the job to end (or to be purged)."""
+        """Wait up to ``timeout`` s for the job to end (or to be removed: purged, expired)."""
         if r.status.terminal or timeout <= 0:
             return
-        # One future and one timer: asyncio.timeout() around an Event costs twice as much, per /runsync.
         loop = asyncio.get_running_loop()
-        fut = r.until_ended()
-        timer = loop.call_later(timeout, _wake, fut) if timeout != float("inf") else None
-        try:
-            await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-            r.forget(fut)
+        deadline = loop.time() + timeout
+        with Waiter(r) as w:
+            while not r.status.terminal and self.jobs.get(r.id) is r:
+                left = deadline - loop.time()
+                if left <= 0 or not await w.wait(left):
+                    return
 
     async def wait_change(self, r: JobRecord, timeout: float) -> None:
         """Wait up to ``timeout`` s for anything to happen to the job (a stream item, progress, its end)."""
-        try:
-            async with asyncio.timeout(timeout):
-                await r.watch().wait()
-        except TimeoutError:
-            pass
+        with Waiter(r) as w:
+            await w.wait(timeout)
 
     def read_stream(self, job_id: str, start: int | None = None) -> tuple[JobRecord, Sequence[bytes]]:
-        r = self._get(job_id)
+        r = self.get(job_id)
         if start is not None:
             return r, r.stream[max(start, 0) :]
         items = r.stream[r.cursor :]
@@ -444,7 +433,7 @@ class Broker:
         return r, items
 
     def cancel(self, job_id: str) -> JobRecord:
-        r = self._get(job_id)
+        r = self.get(job_id)
         if r.status.terminal:
             return r
         if r.status is S.IN_PROGRESS:
@@ -455,7 +444,7 @@ class Broker:
     async def retry_durable(self, job_id: str) -> JobRecord:
         """/retry: journaled first, queued after, as /run is. On StoreError (answered 503) the job is put back as
         it was, so a client told that the retry failed never finds it running."""
-        r = self._get(job_id)
+        r = self.get(job_id)
         before = copy.copy(r)
         self.retry(job_id, queue=False)
         if self.store is None:
@@ -475,7 +464,7 @@ class Broker:
         return r
 
     def retry(self, job_id: str, *, queue: bool = True) -> JobRecord:
-        r = self._get(job_id)
+        r = self.get(job_id)
         if r.status not in (S.FAILED, S.TIMED_OUT):
             raise Conflict(f"job {job_id} is {r.status}; only FAILED or TIMED_OUT jobs can be retried")
         self._set(r, S.IN_QUEUE)
@@ -502,7 +491,7 @@ class Broker:
         for i in ids:
             r = self.jobs.pop(i)
             self.counts[S.IN_QUEUE] -= 1
-            r.notify(final=True)
+            r.notify()
         self._queue.clear()
         self._low.clear()
         if self.store is not None:
@@ -539,6 +528,24 @@ class Broker:
             "limit": limit,
             "offset": offset,
         }
+
+    def recent(self, n: int) -> list[dict[str, Any]]:
+        """The newest ``n`` jobs as /requests lists them, with their error."""
+        rows = []
+        for r in itertools.islice(reversed(self.jobs.values()), n):
+            d = r.summary()
+            if r.error is not None:
+                d["error"] = r.error
+            rows.append(d)
+        return rows
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        """The workers seen, as the dashboard lists them."""
+        return [
+            {"id": w.id, "state": "initializing" if w.initializing else "running" if w.jobs else "idle",
+             "jobs": sorted(w.jobs), "lastPing": w.last_seen}
+            for w in self.workers.values()
+        ]  # fmt: skip
 
     # --- worker side ---------------------------------------------------------------------------------------
 

@@ -94,13 +94,20 @@ class IdempotencyKeys:
         return len(self._keys)
 
     def submit(
-        self, req: RunRequest, key: str | None, *, sync: bool = False, queue: bool = True, trace: str | None = None
+        self,
+        req: RunRequest,
+        key: str | None,
+        *,
+        sync: bool = False,
+        queue: bool = True,
+        trace: str | None = None,
+        route: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """The job for this request: the one its key already names (True), or a new one (False). ``queue`` as in
         Broker.submit (a /run job is queued only once journaled); ``trace`` is the request's traceparent, kept with
         a new job."""
         if key is None:
-            return self.broker.submit(req, sync=sync, queue=queue, trace=trace), False
+            return self.broker.submit(req, sync=sync, queue=queue, trace=trace, route=route), False
         fp = fingerprint(req, "runsync" if sync else "run")
         r = self._find(key)
         if r is not None:
@@ -110,7 +117,7 @@ class IdempotencyKeys:
                     "(same body, same route) for as long as its job is retained"
                 )
             return r, True
-        r = self.broker.submit(req, sync=sync, idempotency=(key, fp), queue=queue, trace=trace)
+        r = self.broker.submit(req, sync=sync, idempotency=(key, fp), queue=queue, trace=trace, route=route)
         self._keys[key] = (r.id, fp)
         if len(self._keys) > self._sweep_at:
             self._sweep()

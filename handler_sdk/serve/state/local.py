@@ -1,0 +1,183 @@
+"""``--store sqlite``, the default: the jobs in this process's memory (the broker), with a SQLite journal.
+
+Everything here is the broker's, behind the interface of ``api.py``; what this module adds is the durability
+rule of each route (a /run job journaled before it is queued and answered, a result before the worker is told it
+was recorded, a re-run's lease before its handler starts) and the Idempotency-Key index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ...errors import StoreError
+from ...models import JobStatus, RunRequest
+from .api import JobView, Lease, Watch
+from .broker import Broker
+from .idempotency import IdempotencyKeys
+from .record import JobRecord, Waiter
+
+__all__ = ["LocalState"]
+
+
+class LocalState:
+    kind = "sqlite"
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.keys = IdempotencyKeys(broker)
+
+    # Per-process hooks and counters: the broker's.
+    @property
+    def on_terminal(self) -> list[Callable[[Any], None]]:
+        return self.broker.on_terminal
+
+    @property
+    def on_event(self) -> list[Callable[[str, Any], None]]:
+        return self.broker.on_event
+
+    @property
+    def submitted(self) -> dict[str, int]:
+        return self.broker.submitted
+
+    @property
+    def stream_items(self) -> int:
+        return self.broker.stream_items
+
+    @property
+    def stream_bytes(self) -> int:
+        return self.broker.stream_bytes
+
+    async def open(self) -> None:
+        await self.broker.open()
+
+    async def close(self) -> None:
+        if self.broker.store is not None:
+            await self.broker.store.close()
+
+    async def run_clock(self) -> None:
+        await self.broker.run_clock()
+
+    def now(self) -> int:
+        return self.broker.clock()
+
+    # --- client side ---------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        req: RunRequest,
+        *,
+        sync: bool = False,
+        key: str | None = None,
+        route: str | None = None,
+        trace: str | None = None,
+    ) -> tuple[JobView, bool]:
+        if sync:
+            return self.keys.submit(req, key, sync=True, trace=trace, route=route)
+        r, replayed = self.keys.submit(req, key, queue=False, trace=trace, route=route)
+        if replayed:
+            await self.broker.durable()  # journaled before we answer (the first may not be yet)
+        else:
+            # Journaled before it is queued and before we answer; a store error (503) leaves no job behind.
+            await self.broker.journal_then_queue(r)
+        return r, replayed
+
+    async def runsync(
+        self, req: RunRequest, *, key: str | None, trace: str | None, timeout: float
+    ) -> tuple[JobView, bool]:
+        r, replayed = self.keys.submit(req, key, sync=True, trace=trace)
+        await self.broker.wait_terminal(r, timeout)
+        return r, replayed
+
+    async def wait_terminal(self, job: JobView, timeout: float) -> JobView:
+        assert isinstance(job, JobRecord)
+        await self.broker.wait_terminal(job, timeout)
+        return job
+
+    def watch(self, job_id: str) -> Watch:
+        return Waiter(self.broker.get(job_id))
+
+    async def status(self, job_id: str, ttl: int | None = None) -> JobView:
+        return self.broker.status(job_id, ttl)
+
+    async def read_stream(self, job_id: str, start: int | None = None) -> tuple[JobView, Sequence[bytes]]:
+        return self.broker.read_stream(job_id, start)
+
+    async def input_of(self, job_id: str) -> Any:
+        return await self.broker.input_of(self.broker.get(job_id))
+
+    async def cancel(self, job_id: str) -> JobView:
+        return self.broker.cancel(job_id)
+
+    async def retry(self, job_id: str) -> JobView:
+        return await self.broker.retry_durable(job_id)
+
+    async def purge(self) -> int:
+        removed = self.broker.purge()
+        await self.broker.durable()
+        return removed
+
+    async def health(self) -> dict[str, Any]:
+        return self.broker.health()
+
+    async def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
+        return self.broker.requests(limit, offset, status)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        return self.broker.worker_rows()
+
+    async def recent(self, n: int) -> list[dict[str, Any]]:
+        return self.broker.recent(n)
+
+    async def flush(self) -> None:
+        await self.broker.durable()
+
+    # --- worker side ---------------------------------------------------------------------------------------
+
+    async def take(
+        self, worker_id: str, n: int, wait: float, *, gone: Callable[[], bool] | None = None, busy: bool | None = None
+    ) -> list[Lease]:
+        jobs = await self.broker.take(worker_id, n, wait, gone=gone, busy=busy)
+        if any(r.rerun for r in jobs):
+            # A re-run's lease is on disk before its worker may start it (see Broker._lease).
+            try:
+                await self.broker.durable()
+            except StoreError:
+                self.broker.hand_back(worker_id, [r.id for r in jobs])
+                raise
+        return [Lease(r.id, r.input, r.traceparent, r.execution_timeout, r.rerun) for r in jobs]
+
+    async def stream(
+        self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]
+    ) -> int:
+        return self.broker.stream(worker_id, job_id, outputs, metrics)
+
+    async def progress(self, worker_id: str, job_id: str, output: bytes) -> None:
+        self.broker.progress(worker_id, job_id, output)
+
+    async def done(
+        self,
+        worker_id: str,
+        job_id: str,
+        status: JobStatus,
+        *,
+        output: bytes | None = None,
+        error: str | None = None,
+        details: dict[str, Any] | None = None,
+        durable: bool = True,
+    ) -> None:
+        r = self.broker.done(worker_id, job_id, status, output=output, error=error, details=details)
+        if durable and not r.sync:
+            await self.broker.durable()  # the worker forgets the result once we answer
+
+    async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
+        self.broker.ping(worker_id, job_ids, initializing=initializing)
+
+    async def stops(self, worker_id: str, wait: float = 0.0) -> list[str]:
+        return await self.broker.stops(worker_id, wait)
+
+    async def hand_back(self, worker_id: str, job_ids: Sequence[str]) -> int:
+        return self.broker.hand_back(worker_id, job_ids)
+
+    async def leave(self, worker_id: str) -> None:
+        self.broker.leave(worker_id)
