@@ -96,21 +96,65 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
+STORES = ("sqlite", "redis")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module (or test) marked ``stores("sqlite", "redis")`` runs its endpoint tests once per store: the same
+    tests, not a copy for Redis. Unmarked, an endpoint runs on SQLite."""
+    if "store" not in metafunc.fixturenames:
+        return
+    marks = [m for m in metafunc.definition.iter_markers("stores")]
+    names = marks[0].args if marks else ("sqlite",)
+    metafunc.parametrize("store", [n for n in names if n in STORES], indirect=True)
+
+
 @pytest.fixture
-async def endpoint_factory(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[Callable[..., Any]]:
+def store(request: pytest.FixtureRequest) -> str:
+    """The job store the endpoints of this test use: "sqlite", or the URL of a real redis-server's database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return "sqlite"
+    server = request.getfixturevalue("redis_server")
+    return str(server.url).rsplit("/", 1)[0]
+
+
+async def _flushed(url: str) -> str:
+    import redis.asyncio as aioredis
+
+    c: Any = aioredis.Redis.from_url(url)
+    await c.flushdb()
+    await c.aclose()
+    return url
+
+
+@pytest.fixture
+async def endpoint_factory(
+    tmp_path: Path, http: aiohttp.ClientSession, store: str
+) -> AsyncIterator[Callable[..., Any]]:
     """``await endpoint_factory(target_or_handler, **ServeConfig fields)`` -> Endpoint on a free port.
 
     Targets are paths relative to tests/handlers (``"kinds.py:sync_echo"``) or Handler objects. Defaults suit
-    tests: a SQLite journal in tmp_path, rate limits off, short holds.
+    tests: a SQLite journal in tmp_path (or, with the redis store, a flushed database of its own per endpoint),
+    rate limits off, short holds.
     """
     servers: list[Server] = []
+    dbs: dict[Any, int] = {}
 
     async def make(target: str | Handler | None = None, **overrides: Any) -> Endpoint:
         h = load_handler(str(HANDLERS / target)) if isinstance(target, str) else target
         cfg = ServeConfig(port=0, data_dir=tmp_path / f"data{len(servers)}", rate_limits=False, take_hold_s=0.5)
+
         cfg.client = type(cfg.client)(stream_hold_ms=200)
         for k, v in overrides.items():
             setattr(cfg, k, v)
+        if store != "sqlite" and "store" not in overrides:
+            # A database per data dir: endpoints of one test are apart, and one that restarts on the same data
+            # dir finds its jobs again, as it would on SQLite.
+            db = dbs.get(cfg.data_dir)
+            if db is None:
+                db = dbs[cfg.data_dir] = len(dbs) + 1
+                await _flushed(f"{store}/{db}")
+            cfg.store = f"{store}/{db}"
         server = Server(cfg, h)
         await server.start()
         servers.append(server)

@@ -13,7 +13,7 @@ from aiohttp import web
 from handler_sdk.client import AsyncEndpoint, Endpoint, RetryPolicy
 from handler_sdk.errors import Conflict, HTTPError, NotFound, TransportError
 from handler_sdk.models import HealthReply, JobReply, JobStatus, PurgeReply, RunReply, StreamItem
-from handler_sdk.serve import limits
+from handler_sdk.serve.state import limits
 from tests.conftest import free_port
 
 FAST = RetryPolicy(attempts=6, backoff_s=0.05, backoff_max_s=0.2)

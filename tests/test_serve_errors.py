@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 
 from handler_sdk.models import JobReply, JobStatus
 
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
+
 ALLOWED = {200, 204, 400, 401, 404, 405, 409, 413, 429}
 
 
@@ -38,7 +41,7 @@ async def test_a_handler_exception_fails_the_job_with_a_string_error_and_structu
     assert d is not None
     assert (d.error_type, d.error_message) == ("ValueError", "boom: disk full")
     assert d.error_traceback is not None and "raise ValueError" in d.error_traceback
-    assert d.worker_id == "local" and d.hostname == socket.gethostname()
+    assert d.worker_id == ep.server.local_worker_id and d.hostname == socket.gethostname()
     assert r.executionTime is not None and r.output is None
     # The same job read again on /status and via /run.
     assert (await ep.get(f"status/{r.id}"))[1] == body
@@ -56,6 +59,7 @@ async def test_an_output_that_is_not_json_serializable_fails_the_job_clearly(end
     assert (await ep.get(f"status/{r.id}"))[0] == 200
 
 
+@pytest.mark.stores("sqlite")  # reads the in-memory broker
 async def test_invalid_typed_input_fails_before_the_handler_runs_naming_the_fields(endpoint_factory):
     ep = await endpoint_factory("ep_errors.py:typed")
     ran: list[Any] = ep.server.h.fn.__globals__["RAN"]

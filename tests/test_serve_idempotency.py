@@ -19,6 +19,9 @@ from handler_sdk.models import JobReply, RunRequest
 from handler_sdk.serve.state.broker import Broker, BrokerConfig
 from handler_sdk.serve.state.idempotency import MAX_KEY, IdempotencyKeys, parse_key
 
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
+
 
 def key(k: str) -> dict[str, str]:
     return {"Idempotency-Key": k}
@@ -155,6 +158,7 @@ async def test_keys_of_expired_jobs_are_swept_so_the_index_stays_bounded():
         keys.submit(RunRequest(input={"i": 0}), "k4999", sync=True)
 
 
+@pytest.mark.stores("sqlite")  # reads the in-memory broker
 async def test_the_idempotent_submit_example_gets_one_job_for_a_retried_submit(endpoint_factory):
     ep = await endpoint_factory(None)
     script = ROOT / "examples" / "clients" / "idempotent_submit.py"

@@ -15,6 +15,9 @@ from handler_sdk.serve.state.broker import BrokerConfig
 from handler_sdk.worker.loop import WorkerConfig
 from tests.conftest import until
 
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
+
 JOB_KEYS = set(JobReply.model_fields)
 FAST_DRAIN = WorkerConfig(drain_timeout_s=0.2)
 

@@ -25,6 +25,9 @@ from handler_sdk.serve.state.broker import BrokerConfig
 from handler_sdk.worker.loop import WorkerConfig
 from tests.conftest import until
 
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
+
 JOB_KEYS = set(JobReply.model_fields)
 
 
@@ -64,7 +67,7 @@ async def test_run_replies_id_and_in_queue_then_status_shows_the_finished_job(en
     assert done.output == {"hello": "world"}
     assert done.delayTime is not None and done.delayTime >= 0
     assert done.executionTime is not None and done.executionTime >= 0
-    assert done.workerId == "local"
+    assert done.workerId == ep.server.local_worker_id
     assert done.error is None and done.errorDetails is None
 
 

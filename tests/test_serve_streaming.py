@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from handler_sdk.models import MAX_STREAM_BYTES, JobStatus, StreamReply
 from tests.conftest import until
+
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
 
 MiB = 1 << 20
 

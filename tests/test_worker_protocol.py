@@ -19,6 +19,9 @@ from handler_sdk.models import MAX_STREAM_BYTES
 from handler_sdk.serve.http.workers import EXTENSIONS
 from handler_sdk.serve.state.broker import BrokerConfig
 
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
+
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -461,6 +464,7 @@ async def test_job_stream_batch_extension_keeps_each_item_and_its_metrics(pure: 
     assert "tok" not in chunks[2]["metrics"]
 
 
+@pytest.mark.stores("sqlite")  # reads the in-memory broker
 async def test_a_remote_workers_own_values_for_the_endpoints_metrics_are_dropped_not_duplicated(pure: Any) -> None:
     w = Raw(pure)
     [job_id] = await leased(pure, w)

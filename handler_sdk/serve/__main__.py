@@ -36,6 +36,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--webhook-secret", default=os.environ.get("HANDLER_SDK_WEBHOOK_SECRET"),
                    help="whsec_... base64 secret that signs webhooks (env HANDLER_SDK_WEBHOOK_SECRET)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=Path(".handler_sdk"), help="where the SQLite job journal lives")
+    p.add_argument(
+        "--store",
+        default=os.environ.get("HANDLER_SDK_STORE", "sqlite"),
+        help="sqlite (default: this process, journal in --data-dir) or redis://HOST:PORT/DB (shared by "
+        "any number of serve replicas) [env HANDLER_SDK_STORE]",
+    )
+    p.add_argument(
+        "--replica-id",
+        default=os.environ.get("HANDLER_SDK_REPLICA_ID"),
+        help="this replica's name in its workers' ids with a Redis store (default: host-pid) "
+        "[env HANDLER_SDK_REPLICA_ID]",
+    )
     p.add_argument("--no-rate-limits", action="store_true", help="turn off the SEED.md rate limits")
     p.add_argument("--no-metrics", action="store_true", help="turn off GET /metrics (Prometheus)")
     p.add_argument("--workers", type=int, default=0, help="run N worker subprocesses over HTTP instead of in-process")
@@ -79,6 +91,8 @@ async def _serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be a number of seconds > 0, not {value}")
         setattr(cfg, f"{name}_s", value)
     cfg.metrics = not args.no_metrics
+    cfg.store = args.store
+    cfg.replica_id = args.replica_id or None
     if args.workers and h is None:
         raise ConfigError("--workers needs a TARGET for the workers to load")
     server = Server(cfg, None if args.workers else h)

@@ -1,4 +1,9 @@
-"""The direct transport: the worker calls the serve process's broker without any I/O."""
+"""The in-process worker's transports: the worker calls the serve process's job state without HTTP.
+
+``InProcessTransport`` (the SQLite store) calls the broker with no I/O at all, and the broker pushes jobs to it as
+they arrive. ``StateTransport`` (any store, used with Redis) goes through the state interface like a remote
+worker: it takes jobs, and its lease is renewed by each of its calls and its pings, so a replica that dies has
+its in-process worker's jobs lapse back to the queue after ``lease_ms``, as a dead remote worker's do."""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ import logging
 from collections.abc import Callable, Sequence
 
 from ..chunker import EncodedItem
-from ..errors import Conflict, NotFound, StaleResult, StoreError
+from ..errors import Conflict, NotFound, StaleResult, StoreError, TransportError
 from ..runner import Outcome
 from ..worker.transport import Assignment
+from .state.api import JobState, Lease
 from .state.broker import Broker
 from .state.record import JobRecord
 
-__all__ = ["InProcessTransport"]
+__all__ = ["InProcessTransport", "StateTransport"]
 
 log = logging.getLogger(__name__)
 # While the store cannot write, a re-run waits this long between tries to journal its attempt.
@@ -122,3 +128,74 @@ class InProcessTransport:
 def _assignment(r: JobRecord) -> Assignment:
     timeout_s = None if r.execution_timeout is None else r.execution_timeout / 1000
     return Assignment(r.id, r.input, {"id": r.id, "input": r.input, "traceparent": r.traceparent}, timeout_s)
+
+
+class StateTransport:
+    """The in-process worker of a replica on a shared store: a remote worker's protocol, minus HTTP."""
+
+    batch_stream = True
+    direct = False
+    can_hand_back = True
+
+    def __init__(self, state: JobState, worker_id: str, *, hold_s: float = 5.0) -> None:
+        self.state = state
+        self.worker_id = worker_id
+        self.hold_s = max(hold_s, 1.0)  # never an unheld poll (see InProcessTransport.stops)
+
+    async def take(self, n: int, busy: bool) -> list[Assignment]:
+        try:
+            leases = await self.state.take(self.worker_id, n, self.hold_s, busy=busy)
+        except StoreError as e:
+            raise TransportError(str(e)) from e
+        return [_lease_assignment(x) for x in leases]
+
+    async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
+        try:
+            await self.state.stream(self.worker_id, job_id, [i.output for i in items], [i.metrics for i in items])
+        except (Conflict, NotFound) as e:
+            raise StaleResult(str(e)) from e
+        except StoreError as e:
+            raise TransportError(str(e)) from e
+
+    async def progress(self, job_id: str, output: bytes) -> None:
+        try:
+            await self.state.progress(self.worker_id, job_id, output)
+        except (Conflict, NotFound) as e:
+            raise StaleResult(str(e)) from e
+
+    async def done(self, job_id: str, outcome: Outcome) -> None:
+        try:
+            await self.state.done(
+                self.worker_id, job_id, outcome.status, output=outcome.output, error=outcome.error,
+                details=outcome.error_details,
+            )  # fmt: skip
+        except (Conflict, NotFound) as e:
+            raise StaleResult(str(e)) from e
+        except StoreError as e:
+            raise TransportError(str(e)) from e  # the worker keeps the result and sends it again
+
+    async def ping(self, job_ids: Sequence[str], initializing: bool) -> None:
+        try:
+            await self.state.ping(self.worker_id, job_ids, initializing=initializing)
+        except StoreError as e:
+            raise TransportError(str(e)) from e
+
+    async def stops(self) -> list[str]:
+        try:
+            return await self.state.stops(self.worker_id, self.hold_s)
+        except StoreError as e:
+            raise TransportError(str(e)) from e
+
+    async def hand_back(self, job_ids: Sequence[str]) -> None:
+        try:
+            await self.state.hand_back(self.worker_id, job_ids)
+        except StoreError as e:
+            raise TransportError(str(e)) from e
+
+    async def close(self) -> None:
+        return None  # its lease lapses, or the next process of this replica id takes over
+
+
+def _lease_assignment(x: Lease) -> Assignment:
+    timeout_s = None if x.execution_timeout is None else x.execution_timeout / 1000
+    return Assignment(x.id, x.input, x.payload(), timeout_s)

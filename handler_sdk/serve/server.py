@@ -11,15 +11,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from ..errors import SetupError, WorkerDead
+from ..errors import ConfigError, SetupError, WorkerDead
 from ..handler import Handler
 from ..runner import DEFAULT_RESULT_CAP
 from ..threads import ElasticPool
@@ -32,11 +33,14 @@ from .http.openapi import add_openapi_routes
 from .http.router import Routes
 from .http.web import BODY_TIMEOUT
 from .http.workers import add_worker_routes
-from .inprocess import InProcessTransport
+from .inprocess import InProcessTransport, StateTransport
 from .state.api import JobState
 from .state.broker import Broker, BrokerConfig
 from .state.limits import RateLimiter
 from .state.local import LocalState
+from .state.redis_limits import RedisRateLimiter
+from .state.redis_records import RedisJobsConfig
+from .state.redis_state import RedisState
 from .state.store import JobStore
 from .webhooks import Webhooks
 
@@ -71,6 +75,10 @@ class ServeConfig:
     idle_timeout_s: float = 75.0
     metrics: bool = True  # /metrics, when prometheus-client is installed
     dashboard_events_s: float = 300.0  # how long one /dashboard/events reply streams before the page reconnects
+    # "sqlite" (the default: memory plus the journal in data_dir) or "redis://HOST:PORT/DB" (shared by replicas).
+    store: str = "sqlite"
+    # This process's name among the replicas of a Redis store, in its workers' ids; None: host and pid.
+    replica_id: str | None = None
 
 
 class _HeaderDeadline:
@@ -112,16 +120,25 @@ class Server:
     def __init__(self, cfg: ServeConfig, h: Handler | None = None) -> None:
         self.cfg = cfg
         self.h = h
-        store = (
-            JobStore(cfg.data_dir / "jobs.sqlite3", endpoint_id=cfg.endpoint_id) if cfg.data_dir is not None else None
-        )
-        self.broker = Broker(store, cfg.broker)
-        self.state: JobState = LocalState(self.broker)
+        self.broker: Broker | None = None
+        self.state: JobState
+        if cfg.store == "sqlite":
+            store = JobStore(cfg.data_dir / "jobs.sqlite3", endpoint_id=cfg.endpoint_id) if cfg.data_dir else None
+            self.broker = Broker(store, cfg.broker)
+            self.state = LocalState(self.broker)
+            self.replica = ""
+        elif cfg.store.startswith(("redis://", "rediss://", "unix://")):
+            rcfg = RedisJobsConfig(**{f.name: getattr(cfg.broker, f.name) for f in fields(cfg.broker)})
+            self.state = RedisState(cfg.store, cfg.endpoint_id, rcfg)
+            self.replica = cfg.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        else:
+            raise ConfigError(f"--store must be sqlite or redis://HOST:PORT/DB, not {cfg.store!r}")
         self.webhooks = Webhooks(
             attempts=cfg.webhook_attempts, backoff_s=cfg.webhook_backoff_s, secret=cfg.webhook_secret
         )
-        self.state.on_terminal.append(self.webhooks.on_terminal)
-        self.state.on_event.append(self.webhooks.on_event)
+        if self.broker is not None:
+            self.state.on_terminal.append(self.webhooks.on_terminal)
+            self.state.on_event.append(self.webhooks.on_event)
         self.worker: Worker | None = None
         self.exit_code = 0
         self.stopped = asyncio.Event()
@@ -133,7 +150,11 @@ class Server:
         self.port = cfg.port
 
     def build_app(self) -> web.Application:
-        limiter = RateLimiter() if self.cfg.rate_limits else None
+        limiter: RateLimiter | RedisRateLimiter | None = None
+        if self.cfg.rate_limits:
+            # The window shared by every replica of a Redis store; in memory with SQLite.
+            s = self.state
+            limiter = RedisRateLimiter(s.client, self.cfg.endpoint_id) if isinstance(s, RedisState) else RateLimiter()
         app = web.Application(client_max_size=self.cfg.result_cap + (2 << 20))
         app[BODY_TIMEOUT] = self.cfg.body_timeout_s
         routes = Routes(app, self.cfg.endpoint_id, self.cfg.api_key, limiter)
@@ -145,6 +166,11 @@ class Server:
         add_dashboard_routes(routes, self.state, events_s=self.cfg.dashboard_events_s)
         routes.finish()
         return app
+
+    @property
+    def local_worker_id(self) -> str:
+        """The in-process worker's id: "local" on SQLite, "<replica>-local" on a store shared by replicas."""
+        return f"{self.replica}-local" if self.replica else "local"
 
     @property
     def url(self) -> str:
@@ -162,6 +188,9 @@ class Server:
         if self.cfg.port == 0:
             self.port = self._runner.addresses[0][1]
         self._tasks.append(asyncio.create_task(self.state.run_clock(), name="broker-clock"))
+        if isinstance(self.state, RedisState):
+            hooks = self.state.deliver_hooks(self.webhooks.send_completed, self.webhooks.lease_ms())
+            self._tasks.append(asyncio.create_task(hooks, name="webhook-outbox"))
         if self.h is not None and self.cfg.workers == 0:
             self._tasks.append(asyncio.create_task(self._local_worker(), name="local-worker"))
         for i in range(self.cfg.workers):
@@ -171,7 +200,11 @@ class Server:
     async def _local_worker(self) -> None:
         assert self.h is not None
         while not self._closing:
-            transport = InProcessTransport(self.broker, "local", hold_s=self.cfg.take_hold_s)
+            transport: InProcessTransport | StateTransport
+            if self.broker is not None:
+                transport = InProcessTransport(self.broker, self.local_worker_id, hold_s=self.cfg.take_hold_s)
+            else:
+                transport = StateTransport(self.state, self.local_worker_id, hold_s=self.cfg.take_hold_s)
             # The endpoint's result cap binds its own worker too (the tighter of the two wins).
             wcfg = replace(self.cfg.worker, result_cap=min(self.cfg.worker.result_cap, self.cfg.result_cap))
             self.worker = Worker(self.h, transport, wcfg, pool=self.pool)
@@ -210,7 +243,7 @@ class Server:
         env = dict(os.environ)
         env.update(
             HANDLER_SDK_ENDPOINT_URL=self.url,
-            HANDLER_SDK_WORKER_ID=f"worker-{i}",
+            HANDLER_SDK_WORKER_ID=f"{self.replica}-worker-{i}" if self.replica else f"worker-{i}",
             HANDLER_SDK_SPOOL_DIR=str((self.cfg.data_dir or Path(".")) / f"spool-worker-{i}"),
         )
         if self.cfg.api_key:
@@ -239,8 +272,9 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 p.terminate()
         drain = self.cfg.worker.drain_timeout_s + 5
+        self.state.stop()
         for t in self._tasks:
-            if t.get_name() == "broker-clock":
+            if t.get_name() in ("broker-clock", "webhook-outbox"):
                 t.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain):

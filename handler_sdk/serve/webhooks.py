@@ -185,30 +185,43 @@ class Webhooks:
         return h
 
     async def _deliver(self, box: _Outbox, ev: _Event, body: bytes) -> None:
+        await self.post(box.url, ev.kind, ev.id, body, job_id=box.record.id, traceparent=box.record.traceparent)
+
+    async def send_completed(self, job_id: str, url: str, reply: dict[str, Any], traceparent: str, msg_id: str) -> bool:
+        """One job's completed event, for a store that keeps its own outbox (Redis): True once delivered."""
+        body = codec.dumps({**reply, "event": "completed"})
+        return await self.post(url, "completed", msg_id, body, job_id=job_id, traceparent=traceparent)
+
+    async def post(self, url: str, kind: str, msg_id: str, body: bytes, *, job_id: str, traceparent: str) -> bool:
+        """POST one event, retried with backoff up to ``attempts`` times; True once a 2xx answered it."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-        job_id = box.record.id
         delay = self.backoff_s
-        traceparent = box.record.traceparent
         for attempt in range(1, self.attempts + 1):
             try:
-                headers = self._headers(ev.id, body)
+                headers = self._headers(msg_id, body)
                 headers["traceparent"] = traceparent  # the job's W3C trace context
-                async with self._session.post(box.url, data=body, headers=headers) as resp:
+                async with self._session.post(url, data=body, headers=headers) as resp:
                     await resp.read()
                     if resp.status < 300:
                         self.delivered += 1
-                        return
+                        return True
                     why = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 why = f"{type(e).__name__}: {e}"
             if attempt < self.attempts:
-                log.warning("%s webhook for job %s failed (%s); retry %d in %.1fs", ev.kind, job_id, why, attempt,
+                log.warning("%s webhook for job %s failed (%s); retry %d in %.1fs", kind, job_id, why, attempt,
                             delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay *= 2
             else:
-                log.error("%s webhook for job %s dropped after %d attempts (%s)", ev.kind, job_id, attempt, why)
+                log.error("%s webhook for job %s dropped after %d attempts (%s)", kind, job_id, attempt, why)
+        return False
+
+    def lease_ms(self) -> int:
+        """How long one delivery, all its attempts and waits, can take: a replica holds a claim this long."""
+        waits = sum(self.backoff_s * 2**i for i in range(self.attempts - 1))
+        return int((waits + self.attempts * self.timeout_s) * 1000) + 5_000
 
     async def close(self) -> None:
         for t in list(self._tasks):

@@ -20,6 +20,7 @@ from ...errors import NotEnabled
 from ...models import JobStatus
 from ..state.api import JobState
 from ..state.limits import RateLimiter
+from ..state.redis_limits import RedisRateLimiter
 from .router import Routes
 
 if TYPE_CHECKING:
@@ -29,13 +30,16 @@ __all__ = ["ServeMetrics", "add_metrics_route"]
 
 log = logging.getLogger(__name__)
 
+Limiter = RateLimiter | RedisRateLimiter
 _TERMINAL = [s for s in JobStatus if s.terminal]
 
 
 class ServeMetrics:
     """The registry behind serve's /metrics. Raises NotEnabled when prometheus-client is missing."""
 
-    def __init__(self, state: JobState, limiter: RateLimiter | None = None, replica: str | None = None) -> None:
+    def __init__(
+        self, state: JobState, limiter: RateLimiter | RedisRateLimiter | None = None, replica: str | None = None
+    ) -> None:
         self.exporter = metrics.Exporter(replica)
         self.state = state
         # The endpoint-wide counts, read (a Redis round trip with that store) before each scrape renders.
@@ -80,7 +84,9 @@ class ServeMetrics:
                 [((k,), v) for k, v in h["workers"].items()])  # fmt: skip
 
 
-def add_metrics_route(routes: Routes, state: JobState, limiter: RateLimiter | None, enabled: bool = True) -> None:
+def add_metrics_route(
+    routes: Routes, state: JobState, limiter: RateLimiter | RedisRateLimiter | None, enabled: bool = True
+) -> None:
     """``GET /metrics`` behind the API key; 501 naming the extra (or the flag) when it cannot serve."""
     why: str | None = None
     m: ServeMetrics | None = None

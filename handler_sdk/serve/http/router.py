@@ -20,6 +20,7 @@ from aiohttp import web
 from ... import codec
 from ...errors import ConfigError, HTTPError, StoreError, Unauthorized
 from ..state.limits import RateLimiter
+from ..state.redis_limits import RedisRateLimiter
 
 __all__ = ["WORKER_ROUTES", "Handler", "Routes"]
 
@@ -43,7 +44,11 @@ class Routes:
     """The endpoint's routes under ``/v2/{endpoint_id}``; call ``finish`` once all are added."""
 
     def __init__(
-        self, app: web.Application, endpoint_id: str, api_key: str | None = None, limiter: RateLimiter | None = None
+        self,
+        app: web.Application,
+        endpoint_id: str,
+        api_key: str | None = None,
+        limiter: RateLimiter | RedisRateLimiter | None = None,
     ) -> None:
         if not _ENDPOINT_ID.fullmatch(endpoint_id):
             raise ConfigError(f"endpoint id {endpoint_id!r} must be letters, digits, '.', '_', '~' or '-'")
@@ -96,6 +101,8 @@ class Routes:
                 if group is None:
                     return await handler(request)
                 owed = limiter.acquire(group)  # type: ignore[union-attr]
+                if not isinstance(owed, bool):
+                    owed = await owed  # the window shared in Redis: one round trip
                 try:
                     return await handler(request)
                 finally:

@@ -112,6 +112,10 @@ class JobState(Protocol):
         """Apply deadlines and lapse silent workers' leases, until cancelled."""
         ...
 
+    def stop(self) -> None:
+        """The background loops (``run_clock``, webhook delivery) end at their next turn."""
+        ...
+
     def now(self) -> int:
         """The engine's clock, in ms."""
         ...

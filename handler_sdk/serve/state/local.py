@@ -58,6 +58,9 @@ class LocalState:
     async def run_clock(self) -> None:
         await self.broker.run_clock()
 
+    def stop(self) -> None:
+        return None  # the broker's clock ends with its task's cancel
+
     def now(self) -> int:
         return self.broker.clock()
 

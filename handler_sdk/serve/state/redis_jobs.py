@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...chunker import scrub_metrics
-from ...errors import Conflict, NotFound
+from ...errors import Conflict, NotFound, StoreError
 from ...models import JobStatus
 from .changes import LOST, ChangeFeed, Watch
 from .redis_records import RedisJobsConfig, StoredJob, Taken
@@ -113,14 +113,26 @@ class RedisJobs:
 
     async def open(self) -> None:
         """Load the scripts and subscribe to the endpoint's change channel."""
-        await SCRIPTS.load(self.client)
-        await self.feed.start()
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        try:
+            await SCRIPTS.load(self.client)
+            await self.feed.start()
+        except (RedisConnectionError, OSError) as e:
+            raise StoreError(str(e)) from None
 
     async def close(self) -> None:
         await self.feed.stop()
 
     async def _call(self, name: str, *args: Any) -> Any:
-        return await SCRIPTS.call(self.client, name, self.prefix, self.clock(), *args)
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            return await SCRIPTS.call(self.client, name, self.prefix, self.clock(), *args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            # Redis is down or unreachable past the client's resends: the request is answered 503, not 500.
+            raise StoreError(f"Redis unavailable: {e}") from None
 
     # --- client side ---------------------------------------------------------------------------------------
 
@@ -135,16 +147,24 @@ class RedisJobs:
         execution_timeout: int | None = None,
         meta: bytes | None = None,
         sse: bool = False,
-    ) -> None:
-        """Queue a new job (``meta``: opaque bytes the caller wants back, e.g. its webhook; ``sse``: an OpenAI
-        streamed answer, which a lost lease after its first item fails rather than runs again)."""
+        idempotency: tuple[str, str] | None = None,
+        hook: bool = False,
+    ) -> tuple[str, str] | None:
+        """Queue a new job (``meta``: opaque bytes the caller wants back, e.g. its trace; ``sse``: an OpenAI
+        streamed answer, which a lost lease after its first item fails rather than runs again; ``hook``: its
+        completed webhook goes through the shared outbox). With ``idempotency`` (key, fingerprint), a key that
+        names a job still retained returns (that job's id, its fingerprint) and queues nothing."""
         retention = self.cfg.sync_retention_ms if sync else self.cfg.run_retention_ms
-        ok = await self._call(
+        key, fp = idempotency if idempotency is not None else ("", "")
+        reply = await self._call(
             "submit", job_id, input, int(sync), int(low_priority), _opt(ttl), _opt(execution_timeout), retention,
-            meta or b"", int(sse),
+            meta or b"", int(sse), key, fp, int(hook),
         )  # fmt: skip
-        if not ok:
+        if isinstance(reply, list):
+            return reply[0].decode(), reply[1].decode()
+        if not reply:
             raise Conflict(f"job id {job_id} is taken")
+        return None
 
     async def status(self, job_id: str, ttl: int | None = None) -> StoredJob | None:
         """The record, or None if unknown; a ``ttl`` below its retention shortens the retention."""
@@ -293,12 +313,28 @@ class RedisJobs:
         output: bytes | None = None,
         error: str | None = None,
         details: bytes | None = None,
-    ) -> None:
-        """Record a result; Conflict unless the job is in progress under this worker's lease."""
+    ) -> tuple[int, int | None]:
+        """Record a result; Conflict unless the job is in progress under this worker's lease. Returns the job's
+        created and started times (for the replica's own /metrics)."""
         reply = await self._call(
             "done", worker_id, job_id, self.cfg.lease_ms, status.value, output or b"", error or "", details or b""
         )
         _conflict(job_id, worker_id, reply)
+        return int(reply[0]), (int(reply[1]) if reply[1] else None)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Every attached worker with its state, its jobs and when its lease was last renewed (the dashboard)."""
+        c: Any = self.client  # redis-py's annotations mix the sync and async clients
+        flat: dict[bytes, bytes] = await c.hgetall(self.prefix + "workers")
+        rows = []
+        for wid_b, init in flat.items():
+            wid = wid_b.decode()
+            jobs = sorted(j.decode() for j in await c.smembers(self.prefix + "wjobs:" + wid))
+            due = await c.zscore(self.prefix + "dl", "lease|" + wid)
+            state = "initializing" if init == b"1" else "running" if jobs else "idle"
+            seen = None if due is None else int(due) - self.cfg.lease_ms
+            rows.append({"id": wid, "state": state, "jobs": jobs, "lastPing": seen})
+        return rows
 
     async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
         await self._call("workers", "ping", worker_id, self.cfg.lease_ms, int(initializing), *job_ids)
@@ -320,6 +356,14 @@ class RedisJobs:
     async def leave(self, worker_id: str) -> int:
         """A worker that is gone: its jobs are lost leases. Returns how many were in progress."""
         return int(await self._call("workers", "leave", worker_id, self.cfg.max_attempts))
+
+    async def claim_hooks(self, lease_ms: int, n: int = 64) -> list[StoredJob]:
+        """Up to ``n`` due completed-webhook deliveries, leased to this replica for ``lease_ms``."""
+        reply = await self._call("hooks", "claim", lease_ms, n)
+        return [StoredJob.parse(i.decode(), rec) for i, rec in reply]
+
+    async def ack_hook(self, job_id: str) -> None:
+        await self._call("hooks", "ack", job_id)
 
     # --- time ----------------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ...errors import TooManyRequests
+from ...errors import StoreError, TooManyRequests
 from .limits import DEFAULT_LIMITS, Limit
 from .redis_jobs import key_prefix
 from .scripts import SCRIPTS
@@ -43,6 +43,8 @@ class RedisRateLimiter:
         self._limits = limits or DEFAULT_LIMITS
         self._in_flight = dict.fromkeys(self._limits, 0)
         self._clock = clock
+        # Requests this replica refused, per group (read by /metrics).
+        self.limited: dict[str, int] = dict.fromkeys(self._limits, 0)
 
     async def acquire(self, group: str) -> bool:
         """Admit one request of ``group`` or raise TooManyRequests. Returns True when ``release`` is owed."""
@@ -51,12 +53,20 @@ class RedisRateLimiter:
             return False
         # The local cap first: a request it refuses must not spend a slot of the shared window.
         if lim.concurrent is not None and self._in_flight[group] >= lim.concurrent:
+            self.limited[group] += 1
             raise TooManyRequests(f"rate limit: {lim.concurrent} concurrent requests on /{group}", retry_after=1)
         window_ms = round(lim.window_s * 1000)
-        wait_ms = await SCRIPTS.call(
-            self.client, "ratelimit", self.prefix, self._clock(), group, lim.per_window, window_ms
-        )
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            wait_ms = await SCRIPTS.call(
+                self.client, "ratelimit", self.prefix, self._clock(), group, lim.per_window, window_ms
+            )
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise StoreError(f"Redis unavailable: {e}") from None
         if wait_ms >= 0:
+            self.limited[group] += 1
             raise TooManyRequests(
                 f"rate limit: {lim.per_window} requests per {lim.window_s:g} s on /{group}",
                 retry_after=max(1, math.ceil(wait_ms / 1000)),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from ... import codec, trace
 from ...models import JobStatus
 from .broker import BrokerConfig
 
@@ -57,6 +59,34 @@ class StoredJob:
     cursor: int = 0
     stream_len: int = 0
     meta: bytes | None = None
+
+    def reply(self) -> dict[str, Any]:
+        """The job reply of /status, /status-sync and a finished /runsync, as JobRecord.reply() makes it."""
+        d: dict[str, Any] = {"id": self.id, "status": self.status.value}
+        if self.started is not None:
+            d["delayTime"] = self.started - self.created
+            if self.ended is not None:
+                d["executionTime"] = self.ended - self.started
+        if self.output is not None:
+            d["output"] = codec.Fragment(self.output)
+        if self.error is not None:
+            d["error"] = self.error
+            if self.details is not None:
+                d["errorDetails"] = codec.Fragment(self.details)
+        if self.retries:
+            d["retries"] = self.retries
+        if self.worker_id is not None:
+            d["workerId"] = self.worker_id
+        return d
+
+    def extras(self) -> dict[str, Any]:
+        """What the endpoint keeps in ``meta``: the webhook, its events, the client's traceparent."""
+        return {} if not self.meta else codec.loads(self.meta)
+
+    @property
+    def traceparent(self) -> str:
+        t = self.extras().get("trace")
+        return t if isinstance(t, str) else trace.derived(self.id)
 
     @classmethod
     def parse(cls, job_id: str, flat: Sequence[bytes | int]) -> StoredJob:

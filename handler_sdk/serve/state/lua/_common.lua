@@ -2,13 +2,13 @@
 -- key prefix "hsdk:{endpoint}:" (the braces are a hash tag: every key of one endpoint lives in one cluster slot),
 -- ARGV[2] the caller's clock in ms. A transition never reads the server's clock, so a test can drive ttl, leases
 -- and retention with a fake one. Rebinding these upvalues per call is safe: redis-server runs one call at a time.
-local P, NOW, Q, QLOW, DL, COUNTS, IDS, WORKERS, CH
+local P, NOW, Q, QLOW, DL, COUNTS, IDS, WORKERS, CH, HOOKS
 
 local function bind(argv)
   P = argv[1]
   NOW = tonumber(argv[2])
-  Q, QLOW, DL, COUNTS, IDS, WORKERS, CH = P .. 'q', P .. 'qlow', P .. 'dl', P .. 'counts', P .. 'ids',
-    P .. 'workers', P .. 'changed'
+  Q, QLOW, DL, COUNTS, IDS, WORKERS, CH, HOOKS = P .. 'q', P .. 'qlow', P .. 'dl', P .. 'counts', P .. 'ids',
+    P .. 'workers', P .. 'changed', P .. 'hooks'
 end
 local TERMINAL = { COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true }
 -- handler_sdk/lifecycle.py's table; a script refuses anything else rather than corrupt a record.
@@ -23,6 +23,7 @@ local ALLOWED = {
 
 local function jkey(id) return P .. 'job:' .. id end
 local function skey(id) return P .. 'stream:' .. id end
+local function ikey(key) return P .. 'idem:' .. key end
 local function wjobs(wid) return P .. 'wjobs:' .. wid end
 local function stopkey(wid) return P .. 'stops:' .. wid end
 
@@ -70,7 +71,19 @@ local function finish(id, k, old, new, output, err, details)
   end
   if f[2] then redis.call('SREM', wjobs(f[2]), id) end
   redis.call('ZADD', DL, NOW + tonumber(f[3]), 'exp|' .. id)
+  -- Its completed webhook waits in the outbox until a replica has delivered it (or given up): see hooks.lua.
+  if redis.call('HGET', k, 'hook') == '1' then redis.call('ZADD', HOOKS, NOW, id) end
   changed(id, new)
+end
+
+-- A job removed (purged, past its retention) with its stream, its /requests entry and its Idempotency-Key.
+local function drop(id, k, status)
+  local key = redis.call('HGET', k, 'idem')
+  if key and redis.call('HGET', ikey(key), 'id') == id then redis.call('DEL', ikey(key)) end
+  redis.call('DEL', k, skey(id))
+  redis.call('ZREM', IDS, id)
+  redis.call('HINCRBY', COUNTS, status, -1)
+  changed(id, 'GONE')
 end
 
 local function fail_with(id, k, old, new, etype, message)

@@ -4,10 +4,7 @@ for _, q in ipairs({ Q, QLOW }) do
   for _, id in ipairs(redis.call('LRANGE', q, 0, -1)) do
     local k = jkey(id)
     if redis.call('HGET', k, 'status') == 'IN_QUEUE' then
-      redis.call('DEL', k, skey(id))
-      redis.call('ZREM', IDS, id)
-      redis.call('HINCRBY', COUNTS, 'IN_QUEUE', -1)
-      changed(id, 'GONE')
+      drop(id, k, 'IN_QUEUE')
       n = n + 1
     end
   end

@@ -1,7 +1,16 @@
--- ARGV: P NOW id input sync low ttl exec retention meta sse. Returns 1, or 0 when the id is taken.
+-- ARGV: P NOW id input sync low ttl exec retention meta sse idem_key fingerprint hook. Returns 1, or 0 when the id
+-- is taken, or {job id, fingerprint} when the Idempotency-Key names a job still retained (nothing is written).
 local id = ARGV[3]
 local k = jkey(id)
 if redis.call('EXISTS', k) == 1 then return 0 end
+local key = ARGV[12]
+if key and key ~= '' then
+  local hit = redis.call('HMGET', ikey(key), 'id', 'fp')
+  if hit[1] and redis.call('HGET', jkey(hit[1]), 'idem') == key then return { hit[1], hit[2] } end
+  redis.call('HSET', ikey(key), 'id', id, 'fp', ARGV[13])
+  redis.call('HSET', k, 'idem', key)
+end
+if ARGV[14] == '1' then redis.call('HSET', k, 'hook', '1') end
 redis.call('HSET', k, 'status', 'IN_QUEUE', 'created', NOW, 'input', ARGV[4], 'sync', ARGV[5], 'low', ARGV[6],
   'retention', ARGV[9], 'retries', 0, 'cursor', 0)
 if ARGV[7] ~= '' then

@@ -13,10 +13,7 @@ for _, m in ipairs(due) do
     local k = jkey(rest)
     local f = redis.call('HMGET', k, 'status', 'ended', 'retention')
     if f[2] and tonumber(f[2]) + tonumber(f[3]) <= NOW then
-      redis.call('DEL', k, skey(rest))
-      redis.call('ZREM', IDS, rest)
-      redis.call('HINCRBY', COUNTS, f[1], -1)
-      changed(rest, 'GONE')
+      drop(rest, k, f[1])
     end
   else
     local id, stamp = string.match(rest, '^(.*)|(%d+)$')
