@@ -102,11 +102,10 @@ STORES = ("sqlite", "redis")
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A module (or test) marked ``stores("sqlite", "redis")`` runs its endpoint tests once per store: the same
     tests, not a copy for Redis. Unmarked, an endpoint runs on SQLite."""
-    if "store" not in metafunc.fixturenames:
+    marks = list(metafunc.definition.iter_markers("stores"))
+    if "store" not in metafunc.fixturenames or not marks:
         return
-    marks = [m for m in metafunc.definition.iter_markers("stores")]
-    names = marks[0].args if marks else ("sqlite",)
-    metafunc.parametrize("store", [n for n in names if n in STORES], indirect=True)
+    metafunc.parametrize("store", [n for n in marks[0].args if n in STORES], indirect=True)
 
 
 @pytest.fixture

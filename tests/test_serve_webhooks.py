@@ -71,6 +71,7 @@ async def receiver_factory() -> AsyncIterator[Any]:
         await r.cleanup()
 
 
+@pytest.mark.stores("sqlite", "redis")  # completed events: the Redis store's outbox too
 async def test_the_webhook_gets_the_final_job_json_after_failing_twice(endpoint_factory, receiver_factory):
     rec = await receiver_factory(fail_first=2)
     ep = await endpoint_factory("echo_async.py", webhook_backoff_s=0.05)
@@ -88,6 +89,7 @@ async def test_the_webhook_gets_the_final_job_json_after_failing_twice(endpoint_
     assert len(rec.calls) == 3  # delivered once, never again
 
 
+@pytest.mark.stores("sqlite", "redis")  # completed events: the Redis store's outbox too
 async def test_failed_and_runsync_jobs_notify_their_webhooks_too(endpoint_factory, receiver_factory):
     rec = await receiver_factory()
     ep = await endpoint_factory("raises.py", webhook_backoff_s=0.05)
@@ -100,6 +102,7 @@ async def test_failed_and_runsync_jobs_notify_their_webhooks_too(endpoint_factor
     assert final["error"] == "ValueError: boom: hooked"
 
 
+@pytest.mark.stores("sqlite", "redis")  # completed events: the Redis store's outbox too
 async def test_a_webhook_that_never_accepts_is_dropped_after_its_attempts(endpoint_factory, receiver_factory):
     rec = await receiver_factory(fail_first=100)
     ep = await endpoint_factory("echo_async.py", webhook_backoff_s=0.02, webhook_attempts=3)
@@ -115,6 +118,7 @@ async def test_a_webhook_that_never_accepts_is_dropped_after_its_attempts(endpoi
     assert (await ep.get(f"status/{body['id']}"))[1]["status"] == "COMPLETED"
 
 
+@pytest.mark.stores("sqlite", "redis")  # completed events: the Redis store's outbox too
 async def test_a_job_without_a_webhook_posts_nothing(endpoint_factory, receiver_factory):
     rec = await receiver_factory()
     ep = await endpoint_factory("echo_async.py", webhook_backoff_s=0.02)

@@ -1,0 +1,96 @@
+"""The Redis store's dead dependency and its shared webhook outbox, through real serve endpoints on a real
+redis-server: Redis killed and restarted, two replicas delivering webhooks, a delivery left by a dead replica."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_server import RedisServer
+
+from handler_sdk.models import JobStatus as S
+from handler_sdk.serve.state.redis_jobs import RedisJobs, connect
+from tests.conftest import until
+from tests.test_serve_webhooks import receiver_factory  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_while_redis_is_down_requests_are_answered_503_and_serve_recovers(
+    endpoint_factory: Any, redis_aof_server: RedisServer
+) -> None:
+    ep = await endpoint_factory("echo_async.py", store=redis_aof_server.url)
+    assert (await ep.post("runsync", {"input": {"n": 0}}))[1]["status"] == "COMPLETED"
+    redis_aof_server.kill9()
+    for op, body in (("run", {"input": {}}), ("runsync", {"input": {}}), ("status/x", None), ("health", None)):
+        code, reply = await ep.call("GET" if body is None else "POST", op, body)
+        assert code == 503 and "Redis unavailable" in reply["error"], (op, code, reply)
+    redis_aof_server.start()
+    code, reply = await ep.post("runsync", {"input": {"n": 1}})
+    assert (code, reply["status"], reply["output"]) == (200, "COMPLETED", {"n": 1})
+
+
+async def test_every_run_job_accepted_a_second_before_a_redis_kill_completes_after_its_restart(
+    endpoint_factory: Any, redis_aof_server: RedisServer, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    ep = await endpoint_factory("ep_gate.py", store=redis_aof_server.url)
+    ids = [(await ep.post("run", {"input": {"wait_for": str(gate), "tag": i}}))[1]["id"] for i in range(20)]
+    await asyncio.sleep(1.5)  # past appendfsync everysec
+    redis_aof_server.kill9()
+    await asyncio.sleep(0.5)
+    redis_aof_server.start()
+    gate.touch()
+
+    async def all_completed() -> bool:
+        replies = [await ep.get(f"status/{i}") for i in ids]
+        return all(code == 200 and r["status"] == "COMPLETED" for code, r in replies)
+
+    await until(all_completed, 60)
+    assert [(await ep.get(f"status/{i}"))[1]["output"]["tag"] for i in ids] == list(range(20))
+
+
+async def test_two_replicas_send_each_completed_webhook_once_with_one_webhook_id(
+    endpoint_factory: Any,
+    receiver_factory: Any,
+    redis_url: str,  # noqa: F811
+) -> None:
+    rec = await receiver_factory()
+    a = await endpoint_factory(None, store=redis_url, replica_id="a", webhook_backoff_s=0.05)
+    b = await endpoint_factory("echo_async.py", store=redis_url, replica_id="b", webhook_backoff_s=0.05)
+    ids = [(await a.post("run", {"input": {"i": i}, "webhook": rec.url}))[1]["id"] for i in range(10)]
+    await until(lambda: _async(len(rec.calls) >= 10), 30)
+    await asyncio.sleep(0.5)  # nothing more comes
+    assert sorted(c[1]["id"] for c in rec.calls) == sorted(ids)
+    assert len({h["webhook-id"] for _, h in rec.raw}) == 10
+    assert (await b.get("health"))[1]["jobs"]["completed"] == 10
+
+
+async def test_a_delivery_claimed_by_a_replica_that_died_is_sent_by_another(
+    endpoint_factory: Any,
+    receiver_factory: Any,
+    redis_url: str,  # noqa: F811
+) -> None:
+    rec = await receiver_factory()
+    jobs = RedisJobs(connect(redis_url), "local")
+    await jobs.open()
+    try:
+        await jobs.submit("j1", b"{}", meta=b'{"webhook":"%s"}' % rec.url.encode(), hook=True)
+        [t] = await jobs.take("w", 1)
+        await jobs.done("w", t.id, S.COMPLETED, output=b'"ok"')
+        # A replica claims the delivery and dies before sending it: its claim is a lease of 0.5 s.
+        assert [r.id for r in await jobs.claim_hooks(500)] == ["j1"]
+        ep = await endpoint_factory(None, store=redis_url, replica_id="survivor")
+        await until(lambda: _async(len(rec.calls) == 1), 20)
+        assert rec.calls[0][1]["id"] == "j1" and rec.calls[0][1]["output"] == "ok"
+        assert await jobs.claim_hooks(500) == []  # acknowledged: out of the outbox
+        assert (await ep.get("status/j1"))[1]["status"] == "COMPLETED"
+    finally:
+        await jobs.close()
+        await jobs.client.aclose()
+
+
+async def _async(value: bool) -> bool:
+    return value
