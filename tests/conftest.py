@@ -23,8 +23,8 @@ from handler_sdk.handler import Handler
 from handler_sdk.loader import load_handler
 from handler_sdk.serve.server import ServeConfig, Server
 
-# The real redis-server fixtures (redis_server, redis_url, redis_aof_server).
-pytest_plugins = ["redis_server"]
+# The real redis-server fixtures (redis_server, redis_url, redis_aof_server) and the webhook receiver.
+pytest_plugins = ["redis_server", "webhook_receiver"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = Path(__file__).resolve().parent / "handlers"

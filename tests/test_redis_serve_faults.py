@@ -13,7 +13,6 @@ from redis_server import RedisServer
 from handler_sdk.models import JobStatus as S
 from handler_sdk.serve.state.redis_jobs import RedisJobs, connect
 from tests.conftest import until
-from tests.test_serve_webhooks import receiver_factory  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,7 +54,7 @@ async def test_every_run_job_accepted_a_second_before_a_redis_kill_completes_aft
 async def test_two_replicas_send_each_completed_webhook_once_with_one_webhook_id(
     endpoint_factory: Any,
     receiver_factory: Any,
-    redis_url: str,  # noqa: F811
+    redis_url: str,
 ) -> None:
     rec = await receiver_factory()
     a = await endpoint_factory(None, store=redis_url, replica_id="a", webhook_backoff_s=0.05)
@@ -71,7 +70,7 @@ async def test_two_replicas_send_each_completed_webhook_once_with_one_webhook_id
 async def test_a_delivery_claimed_by_a_replica_that_died_is_sent_by_another(
     endpoint_factory: Any,
     receiver_factory: Any,
-    redis_url: str,  # noqa: F811
+    redis_url: str,
 ) -> None:
     rec = await receiver_factory()
     jobs = RedisJobs(connect(redis_url), "local")

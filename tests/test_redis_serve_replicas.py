@@ -77,7 +77,7 @@ async def test_a_job_submitted_on_one_replica_is_read_streamed_cancelled_and_ret
 async def test_a_runsync_on_one_replica_is_answered_when_a_worker_of_another_finishes(
     replica: Callable[..., Replica], http: aiohttp.ClientSession
 ) -> None:
-    a, b = replica("ra"), replica("rb", "echo_async.py")
+    a, _ = replica("ra"), replica("rb", "echo_async.py")
     code, body = await call(http, "POST", f"{a.url}/runsync?wait=30000", {"input": {"hi": 1}})
     assert code == 200 and body["status"] == "COMPLETED", body
     assert body["output"] == {"hi": 1}
