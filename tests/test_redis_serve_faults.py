@@ -1,9 +1,13 @@
-"""The Redis store's dead dependency and its shared webhook outbox, through real serve endpoints on a real
-redis-server: Redis killed and restarted, two replicas delivering webhooks, a delivery left by a dead replica."""
+"""The Redis store through real serve endpoints on a real redis-server: its dead dependency, its shared webhook
+outbox and its shared rate-limit window (Redis killed and restarted, two replicas delivering webhooks, a delivery
+left by a dead replica, one window for two replicas)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,7 @@ from redis_server import RedisServer
 
 from handler_sdk.models import JobStatus as S
 from handler_sdk.serve.state.redis_jobs import RedisJobs, connect
-from tests.conftest import until
+from tests.conftest import ROOT, free_port, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,3 +97,32 @@ async def test_a_delivery_claimed_by_a_replica_that_died_is_sent_by_another(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_the_rate_limits_are_one_window_for_all_replicas(endpoint_factory: Any, redis_url: str) -> None:
+    a = await endpoint_factory(None, store=redis_url, replica_id="a", rate_limits=True)
+    b = await endpoint_factory(None, store=redis_url, replica_id="b", rate_limits=True)
+    codes = [(await ep.get("requests"))[0] for ep in (a, b) * 6]  # SEED.md: 10 /requests per 10 s
+    assert codes == [200] * 10 + [429, 429]
+    code, reply = await b.get("requests")
+    assert code == 429 and "10 requests per 10 s on /requests" in reply["error"]
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "handler_sdk.serve", *args, "--port", str(free_port())],
+        check=False, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_an_unknown_store_is_refused_at_start_with_the_choices() -> None:
+    p = _serve("--store", "postgres://db/1")
+    assert p.returncode == 2
+    assert "--store must be sqlite or redis://HOST:PORT/DB, not 'postgres://db/1'" in p.stderr
+
+
+def test_a_redis_store_that_cannot_be_reached_stops_serve_at_start_with_its_url() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    p = _serve(env={"HANDLER_SDK_STORE": url})
+    assert p.returncode == 2
+    assert f"cannot reach the Redis store at {url}" in p.stderr
