@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from handler_sdk import codec
 from handler_sdk.models import DashboardJobDetail, DashboardState, JobStatus
 from handler_sdk.serve.http.dashboard import History
 from handler_sdk.serve.state.record import JobRecord
+
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
 
 SCRIPT = "obs_script.py"
 
@@ -25,7 +30,7 @@ async def test_the_state_counts_jobs_as_health_does_and_lists_workers_and_recent
     _, health = await ep.get("health")
     assert state["health"] == health
     assert [w.model_dump() for w in s.workers] == [
-        {"id": "local", "state": "running", "jobs": [queued["id"]], "lastPing": s.workers[0].lastPing}
+        {"id": ep.server.local_worker_id, "state": "running", "jobs": [queued["id"]], "lastPing": s.workers[0].lastPing}
     ]
     assert s.recent[0].id == queued["id"]  # newest first, full ids
     assert [r.status for r in s.recent] == [JobStatus.IN_PROGRESS, JobStatus.COMPLETED, JobStatus.FAILED,

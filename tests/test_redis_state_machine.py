@@ -167,7 +167,7 @@ class TwoReplicas(RuleBasedStateMachine):
             assert cancel is S.CANCELLED
             j.status = S.CANCELLED
         else:
-            assert done is None and cancel is S.COMPLETED, (done, cancel)
+            assert isinstance(done, tuple) and cancel is S.COMPLETED, (done, cancel)  # (created, started)
             j.status, j.output = S.COMPLETED, b'"raced"'
 
     @precondition(lambda self: self.jobs)

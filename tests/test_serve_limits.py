@@ -9,8 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from handler_sdk.worker.loop import WorkerConfig
+
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
 
 MiB = 1 << 20
 

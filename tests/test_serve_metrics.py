@@ -13,6 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from handler_sdk.serve.state.limits import Limit, RateLimiter
 from tests.conftest import free_port, until, wait_for_line
 
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
+
 SCRIPT = "obs_script.py"
 
 

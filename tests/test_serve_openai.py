@@ -7,9 +7,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from handler_sdk.handler import Handler
 from handler_sdk.job import Job
 from handler_sdk.serve.http.openai import ROUTES
+
+# The same tests on both job stores: the embedded default and a real redis-server.
+pytestmark = pytest.mark.stores("sqlite", "redis")
 
 
 async def _echo(job: Job) -> Any:
@@ -21,6 +26,7 @@ async def _cut(job: Job) -> AsyncIterator[Any]:
     raise RuntimeError("the engine died")
 
 
+@pytest.mark.stores("sqlite")  # reads the in-memory broker
 async def test_unknown_openai_path_is_a_404_listing_the_routes_and_makes_no_job(endpoint_factory, http):
     ep = await endpoint_factory(Handler(_echo))
     async with http.post(f"{ep.url}/openai/v1/audio/speech", json={"model": "x"}) as r:

@@ -121,6 +121,7 @@ class Dashboard:
             r, items = await self.state.read_stream(job_id, start)
             if wait_ms and not r.status.terminal and not items and await w.wait(wait_ms / 1000):
                 r, items = await self.state.read_stream(job_id, start)
+        r = await self.state.status(job_id)  # the whole record (a store's stream read carries only the status)
         d = r.reply()
         d["input"] = await self.state.input_of(job_id)
         d["createdAt"] = r.created

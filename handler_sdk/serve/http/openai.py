@@ -145,6 +145,7 @@ async def _relay_sse(request: web.Request, state: JobState, job_id: str) -> web.
                 sent += len(items)
             if r.status.terminal:
                 if resp is not None and r.status is not JobStatus.COMPLETED:
+                    r = await state.status(job_id)  # its error (a store's stream read carries only the status)
                     # Part of the answer is out: the failure (the engine died, its worker was lost, a timeout, a
                     # cancel) ends the stream as an OpenAI-shaped error event and [DONE], as vLLM's server ends a
                     # failed stream.

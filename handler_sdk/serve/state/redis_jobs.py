@@ -54,6 +54,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Connections one replica opens to Redis at most (its pub/sub feed included).
+MAX_CONNECTIONS = 64
+
+
 def connect(url: str, **kw: Any) -> Redis:
     """An asyncio client for the engine: bytes in and out, and a command that meets a dropped connection (a
     Redis restart, a pooled connection gone stale) is sent again on a new one, for up to about 2 s.
@@ -73,7 +77,11 @@ def connect(url: str, **kw: Any) -> Redis:
         raise ConfigError("the Redis store needs the redis extra: pip install 'handler-sdk[redis]'") from e
     kw.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 8))
     kw.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
-    return aioredis.Redis.from_url(url, **kw)
+    # A bounded pool that makes a burst wait for a free connection (up to 10 s) instead of opening one per request
+    # in flight: 400 concurrent /status-sync on one replica would otherwise ask Redis for 400 connections.
+    kw.setdefault("max_connections", MAX_CONNECTIONS)
+    kw.setdefault("timeout", 10)
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **kw))
 
 
 def key_prefix(endpoint: str) -> str:
@@ -179,10 +187,15 @@ class RedisJobs:
         return S(reply[0].decode()), list(reply[1:])
 
     async def cancel(self, job_id: str) -> JobStatus:
-        reply = await self._call("cancel", job_id)
+        return (await self.cancel_reported(job_id))[0]
+
+    async def cancel_reported(self, job_id: str) -> tuple[JobStatus, bool, int, int | None]:
+        """The status after the cancel, whether this call cancelled it (False: it had ended already), and the
+        job's created and started times."""
+        reply = await self._call("cancel", job_id, "report")
         if reply is None:
             raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
-        return S(reply.decode())
+        return S(reply[0].decode()), bool(reply[1]), int(reply[2]), int(reply[3]) if reply[3] else None
 
     async def retry(self, job_id: str) -> None:
         reply = await self._call("retry", job_id)
@@ -219,15 +232,20 @@ class RedisJobs:
         flat: dict[bytes, bytes] = await self.client.hgetall(self.prefix + "counts")  # type: ignore[assignment]
         return {k.decode(): int(v) for k, v in flat.items()}
 
-    async def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
+    async def requests(
+        self, limit: int, offset: int, status: JobStatus | None = None, *, errors: bool = False
+    ) -> dict[str, Any]:
+        """/requests; ``errors``: each row with its error too (the dashboard's recent jobs)."""
         reply = await self._call("read", "requests", limit, offset, "" if status is None else status.value)
         rows = []
-        for job_id, st, created, started, ended in reply[1:]:
+        for job_id, st, created, started, ended, error in reply[1:]:
             d: dict[str, Any] = {"id": job_id.decode(), "status": st.decode(), "createdAt": int(created)}
             if started:
                 d["delayTime"] = int(started) - int(created)
                 if ended:
                     d["executionTime"] = int(ended) - int(started)
+            if errors and error:
+                d["error"] = error.decode()
             rows.append(d)
         return {"requests": rows, "total": int(reply[0]), "limit": limit, "offset": offset}
 

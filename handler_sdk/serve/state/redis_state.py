@@ -212,7 +212,13 @@ class RedisState:
         return None if r.input is None else codec.loads(r.input)
 
     async def cancel(self, job_id: str) -> JobView:
-        return _view(job_id, await self.jobs.cancel(job_id))
+        status, cancelled, created, started = await self.jobs.cancel_reported(job_id)
+        r = _view(job_id, status, sync=job_id.startswith("sync-"), created=created)
+        if cancelled and self.on_terminal:
+            r.started, r.ended = started, self.now()
+            for hook in self.on_terminal:
+                hook(r)
+        return r
 
     async def retry(self, job_id: str) -> JobView:
         await self.jobs.retry(job_id)
@@ -231,7 +237,7 @@ class RedisState:
         return await self.jobs.workers()
 
     async def recent(self, n: int) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = (await self.jobs.requests(n, 0))["requests"]
+        rows: list[dict[str, Any]] = (await self.jobs.requests(n, 0, errors=True))["requests"]
         return rows
 
     async def flush(self) -> None:

@@ -3,7 +3,7 @@
 --                      retention shortens it (SEED.md's ?ttl= on /status).
 --   stream id start? : {status, items...}; without start, the items past the cursor, and the cursor moves on.
 --   health           : {counts..., 'workers', idle, running, initializing}.
---   requests limit offset status? : {total, id, status, created, started, ended, ...} newest first.
+--   requests limit offset status? : {total, {id, status, created, started, ended, error}, ...} newest first.
 local op = ARGV[3]
 if op == 'status' then
   local k = jkey(ARGV[4])
@@ -50,10 +50,10 @@ elseif op == 'requests' then
   local ids = redis.call('ZREVRANGE', IDS, 0, -1)
   local out, total = { 0 }, 0
   for _, id in ipairs(ids) do
-    local f = redis.call('HMGET', jkey(id), 'status', 'created', 'started', 'ended')
+    local f = redis.call('HMGET', jkey(id), 'status', 'created', 'started', 'ended', 'error')
     if f[1] and (want == nil or want == '' or f[1] == want) then
       if total >= offset and total < offset + limit then
-        out[#out + 1] = { id, f[1], f[2], f[3] or '', f[4] or '' }
+        out[#out + 1] = { id, f[1], f[2], f[3] or '', f[4] or '', f[5] or '' }
       end
       total = total + 1
     end
