@@ -18,6 +18,8 @@ braces are a cluster hash tag, so one endpoint's keys share a slot and two endpo
 ``wjobs:<worker>``      set: the jobs leased to it
 ``stops:<worker>``      set: the jobs it must stop
 ``rl:<group>``          list: the rate-limit window of a route group
+``idem:<key>``          hash: the job an Idempotency-Key names (id) and its request fingerprint (fp)
+``hooks``               sorted set: jobs whose completed webhook is due, by due ms (a claim moves it on)
 ``changed``             pub/sub channel: ``<id> <status>``, ``q`` (work queued), ``w:<worker>`` (stops)
 ======================  =====================================================================================
 
