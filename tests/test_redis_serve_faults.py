@@ -15,6 +15,7 @@ import pytest
 from redis_server import RedisServer
 
 from handler_sdk.models import JobStatus as S
+from handler_sdk.serve.state.broker import BrokerConfig
 from handler_sdk.serve.state.redis_jobs import RedisJobs, connect
 from tests.conftest import ROOT, free_port, until
 
@@ -126,3 +127,17 @@ def test_a_redis_store_that_cannot_be_reached_stops_serve_at_start_with_its_url(
     p = _serve(env={"HANDLER_SDK_STORE": url})
     assert p.returncode == 2
     assert f"cannot reach the Redis store at {url}" in p.stderr
+
+
+async def test_the_in_process_worker_keeps_its_lease_through_a_job_longer_than_lease_ms(
+    endpoint_factory: Any, redis_url: str, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    ep = await endpoint_factory("ep_gate.py", store=redis_url, broker=BrokerConfig(lease_ms=600, tick_s=0.02))
+    _, job = await ep.post("run", {"input": {"wait_for": str(gate), "tag": "long"}})
+    await ep.wait_status(job["id"], "IN_PROGRESS")
+    await asyncio.sleep(2.0)  # more than three leases
+    gate.touch()
+    done = await ep.wait_status(job["id"], "COMPLETED")
+    assert done["output"] == {"tag": "long"} and "retries" not in done
+    assert (await ep.get("health"))[1]["jobs"]["retried"] == 0

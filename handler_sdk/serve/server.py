@@ -207,6 +207,9 @@ class Server:
                 transport = StateTransport(self.state, self.local_worker_id, hold_s=self.cfg.take_hold_s)
             # The endpoint's result cap binds its own worker too (the tighter of the two wins).
             wcfg = replace(self.cfg.worker, result_cap=min(self.cfg.worker.result_cap, self.cfg.result_cap))
+            if self.broker is None:
+                # Its lease is renewed by its pings: three per lease, so a short --lease-ms never lapses a live one.
+                wcfg.ping_interval_s = min(wcfg.ping_interval_s, self.cfg.broker.lease_ms / 3000)
             self.worker = Worker(self.h, transport, wcfg, pool=self.pool)
             try:
                 await self.worker.run()
