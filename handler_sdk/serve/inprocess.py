@@ -8,8 +8,9 @@ its in-process worker's jobs lapse back to the queue after ``lease_ms``, as a de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..chunker import EncodedItem
 from ..errors import Conflict, NotFound, StaleResult, StoreError, TransportError
@@ -143,57 +144,52 @@ class StateTransport:
         self.hold_s = max(hold_s, 1.0)  # never an unheld poll (see InProcessTransport.stops)
 
     async def take(self, n: int, busy: bool) -> list[Assignment]:
-        try:
+        with _as_transport_errors():
             leases = await self.state.take(self.worker_id, n, self.hold_s, busy=busy)
-        except StoreError as e:
-            raise TransportError(str(e)) from e
         return [_lease_assignment(x) for x in leases]
 
     async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
-        try:
+        with _as_transport_errors():
             await self.state.stream(self.worker_id, job_id, [i.output for i in items], [i.metrics for i in items])
-        except (Conflict, NotFound) as e:
-            raise StaleResult(str(e)) from e
-        except StoreError as e:
-            raise TransportError(str(e)) from e
 
     async def progress(self, job_id: str, output: bytes) -> None:
-        try:
+        with _as_transport_errors():
             await self.state.progress(self.worker_id, job_id, output)
-        except (Conflict, NotFound) as e:
-            raise StaleResult(str(e)) from e
 
     async def done(self, job_id: str, outcome: Outcome) -> None:
-        try:
+        # A TransportError keeps the result with the worker, which sends it again.
+        with _as_transport_errors():
             await self.state.done(
                 self.worker_id, job_id, outcome.status, output=outcome.output, error=outcome.error,
                 details=outcome.error_details,
             )  # fmt: skip
-        except (Conflict, NotFound) as e:
-            raise StaleResult(str(e)) from e
-        except StoreError as e:
-            raise TransportError(str(e)) from e  # the worker keeps the result and sends it again
 
     async def ping(self, job_ids: Sequence[str], initializing: bool) -> None:
-        try:
+        with _as_transport_errors():
             await self.state.ping(self.worker_id, job_ids, initializing=initializing)
-        except StoreError as e:
-            raise TransportError(str(e)) from e
 
     async def stops(self) -> list[str]:
-        try:
+        with _as_transport_errors():
             return await self.state.stops(self.worker_id, self.hold_s)
-        except StoreError as e:
-            raise TransportError(str(e)) from e
 
     async def hand_back(self, job_ids: Sequence[str]) -> None:
-        try:
+        with _as_transport_errors():
             await self.state.hand_back(self.worker_id, job_ids)
-        except StoreError as e:
-            raise TransportError(str(e)) from e
 
     async def close(self) -> None:
         return None  # its lease lapses, or the next process of this replica id takes over
+
+
+@contextlib.contextmanager
+def _as_transport_errors() -> Iterator[None]:
+    """The store's answers as a remote worker's transport gives them: a refused result is stale, an unreachable
+    store is a transport failure (the worker backs off and retries, as it does when its endpoint is down)."""
+    try:
+        yield
+    except (Conflict, NotFound) as e:
+        raise StaleResult(str(e)) from e
+    except StoreError as e:
+        raise TransportError(str(e)) from e
 
 
 def _lease_assignment(x: Lease) -> Assignment:
