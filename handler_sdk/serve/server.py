@@ -178,6 +178,11 @@ class Server:
 
     async def start(self) -> None:
         await self.state.open()
+        if isinstance(self.state, RedisState) and self.h is not None and self.cfg.workers == 0:
+            # Registered before the first request: the worker's own first ping is a Redis round trip after its task
+            # starts, and /health must not miss it meanwhile (the default store sees it at once).
+            setup = self.h.setup is not None or bool(self.h.checks)
+            await self.state.ping(self.local_worker_id, initializing=setup)
         self._runner = _Runner(
             self.build_app(), self.cfg.header_timeout_s, access_log=None, handle_signals=False,
             keepalive_timeout=self.cfg.idle_timeout_s,

@@ -105,6 +105,10 @@ class ChangeFeed:
         for w in self._waiters.get(key, ()):
             w._push(status)
 
+    def wake_all(self) -> None:
+        """Wake every watch as if the feed had been lost: each reads the state again."""
+        self._wake_all()
+
     def _wake_all(self) -> None:
         for ws in self._waiters.values():
             for w in ws:

@@ -120,6 +120,9 @@ class RedisJobs:
         self.cfg = config or RedisJobsConfig()
         self.clock = clock
         self.feed = ChangeFeed(client, self.prefix + "changed")
+        # Set when the replica shuts down: held takes and stop polls answer at once (empty) instead of holding
+        # the in-process worker's drain for their hold time.
+        self.closing = False
 
     async def open(self) -> None:
         """Load the scripts and subscribe to the endpoint's change channel."""
@@ -131,6 +134,11 @@ class RedisJobs:
         except (RedisConnectionError, OSError) as e:
             raise StoreError(str(e)) from None
 
+    def interrupt(self) -> None:
+        """Shutting down: no further takes, and every held wait returns now."""
+        self.closing = True
+        self.feed.wake_all()
+
     async def close(self) -> None:
         await self.feed.stop()
 
@@ -139,10 +147,17 @@ class RedisJobs:
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         try:
-            return await SCRIPTS.call(self.client, name, self.prefix, self.clock(), *args)
+            reply = await SCRIPTS.call(self.client, name, self.prefix, self.clock(), *args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             # Redis is down or unreachable past the client's resends: the request is answered 503, not 500.
             raise StoreError(f"Redis unavailable: {e}") from None
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py can answer a command whose task was cancelled meanwhile and drop the CancelledError: the
+            # caller would then loop on, uncancellable (a worker's stop poll held serve's shutdown for its whole
+            # drain deadline). Re-raised here, a cancel always lands.
+            raise asyncio.CancelledError
+        return reply
 
     # --- client side ---------------------------------------------------------------------------------------
 
@@ -302,6 +317,8 @@ class RedisJobs:
         w = self.feed.watch("q")
         try:
             while True:
+                if self.closing:
+                    return []
                 reply = await self._call("take", worker_id, n, self.cfg.lease_ms, self.cfg.execution_grace_ms)
                 remaining = deadline - loop.time()
                 if reply or remaining <= 0:
@@ -364,7 +381,7 @@ class RedisJobs:
         w = self.feed.watch(f"w:{worker_id}")
         try:
             ids = await self._call("workers", "stops", worker_id)
-            if not ids and wait > 0 and await w.changes(wait):
+            if not ids and wait > 0 and not self.closing and await w.changes(wait):
                 ids = await self._call("workers", "stops", worker_id)
             return [i.decode() for i in ids]
         finally:

@@ -93,6 +93,7 @@ class RedisState:
 
     def stop(self) -> None:
         self._stopping = True
+        self.jobs.interrupt()
 
     async def open(self) -> None:
         try:

@@ -60,7 +60,9 @@ end
 -- Ends a job: status, times, result, retention deadline, and the one message every waiter on it wakes for.
 local function finish(id, k, old, new, output, err, details)
   set_status(k, old, new)
-  redis.call('HSET', k, 'ended', NOW)
+  -- Never before its start (another replica's clock may have stamped it): executionTime is never negative.
+  local started = tonumber(redis.call('HGET', k, 'started'))
+  redis.call('HSET', k, 'ended', started and math.max(NOW, started) or NOW)
   redis.call('HDEL', k, 'output', 'error', 'details')
   if output and output ~= '' then redis.call('HSET', k, 'output', output) end
   if err and err ~= '' then redis.call('HSET', k, 'error', err) end

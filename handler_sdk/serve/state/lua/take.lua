@@ -9,15 +9,18 @@ for _, q in ipairs({ Q, QLOW }) do
     local id = redis.call('LPOP', q)
     if not id then break end
     local k = jkey(id)
-    local f = redis.call('HMGET', k, 'status', 'input', 'exec', 'meta')
+    local f = redis.call('HMGET', k, 'status', 'input', 'exec', 'meta', 'created')
     if f[1] == 'IN_QUEUE' then
       set_status(k, 'IN_QUEUE', 'IN_PROGRESS')
-      redis.call('HSET', k, 'started', ARGV[2], 'worker', wid)
+      -- Never before its creation: replicas' clocks differ, and a take sent just before the submit it serves
+      -- can carry the earlier time. delayTime is never negative.
+      local started = math.max(NOW, tonumber(f[5]) or NOW)
+      redis.call('HSET', k, 'started', started, 'worker', wid)
       redis.call('HINCRBY', k, 'attempt', 1) -- stream items carry it as metrics.attempt
       redis.call('SADD', wjobs(wid), id)
       if f[3] then
         local due = NOW + tonumber(f[3]) + grace
-        redis.call('ZADD', DL, due, 'exec|' .. id .. '|' .. ARGV[2])
+        redis.call('ZADD', DL, due, 'exec|' .. id .. '|' .. started)
       end
       out[#out + 1] = { id, f[2] or '', f[3] or '', f[4] or '' }
       changed(id, 'IN_PROGRESS')
