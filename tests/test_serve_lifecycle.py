@@ -348,3 +348,14 @@ async def test_status_ttl_shortens_one_jobs_retention(endpoint_factory, gates):
     await ep.wait_status(running["id"], "COMPLETED")
     await until(lambda: gone(running["id"]))
     assert (await ep.get(f"status/{b['id']}"))[0] == 200
+
+
+async def test_shutdown_with_nothing_running_does_not_wait_for_the_drain_deadline(endpoint_factory):
+    ep = await endpoint_factory("ep_gate.py", worker=WorkerConfig(drain_timeout_s=30))
+    assert (await ep.client.runsync({"tag": "x"})).status is JobStatus.COMPLETED
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await ep.server.close()
+    # Nothing runs, so nothing is drained: close() waited for the whole deadline (30 s + 5) while a held poll of
+    # the in-process worker swallowed its cancel.
+    assert loop.time() - t0 < 10
