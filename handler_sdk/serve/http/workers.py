@@ -13,7 +13,15 @@ from pydantic import ValidationError
 
 from ... import codec
 from ...errors import BadRequest, HTTPError, NestedTooDeep
-from ...models import MAX_STREAM_BATCH_BYTES, MAX_STREAM_BYTES, DoneBatchBody, DoneBody, JobStatus, StreamBody
+from ...models import (
+    MAX_STREAM_BATCH_BYTES,
+    MAX_STREAM_BYTES,
+    DoneBatchBody,
+    DoneBody,
+    JobStatus,
+    StreamBody,
+    make_error_details,
+)  # fmt: skip
 from ..state.api import JobState, Lease
 from .router import Routes
 from .web import query_int, read_json
@@ -61,26 +69,22 @@ def normalize_error(value: Any) -> tuple[str, dict[str, Any]]:
         if isinstance(parsed, dict):
             value = parsed
         elif m := _GEN_RE.match(value):
-            details = {"error_type": "HandlerError", "error_message": m["msg"], "error_traceback": m["tb"]}
-            return f"HandlerError: {m['msg']}", details
+            return f"HandlerError: {m['msg']}", make_error_details("HandlerError", m["msg"], m["tb"])
         else:
-            return value, {"error_type": "HandlerError", "error_message": value, "error_traceback": None}
+            return value, make_error_details("HandlerError", value)
     if isinstance(value, dict):
         raw_type = str(value.get("error_type") or "HandlerError")
         m = _CLASS_RE.match(raw_type)
         etype = m.group(1) if m else raw_type
         message = value.get("error_message", value.get("message"))
         message = codec.dumps_str(value) if message is None else str(message)
-        details = {
-            "error_type": etype,
-            "error_message": message,
-            "error_traceback": value.get("error_traceback"),
-            "worker_id": value.get("worker_id"),
-            "hostname": value.get("hostname"),
-        }
+        details = make_error_details(
+            etype, message, value.get("error_traceback"), worker_id=value.get("worker_id"),
+            hostname=value.get("hostname"),
+        )  # fmt: skip
         return f"{etype}: {message}", details
     text = codec.dumps_str(value)
-    return text, {"error_type": "HandlerError", "error_message": text, "error_traceback": None}
+    return text, make_error_details("HandlerError", text)
 
 
 def _stream_items(raw: dict[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -195,7 +199,7 @@ class WorkerRoutes:
         except NestedTooDeep as e:
             # A result nested too deep to store (runpod's worker encodes with the standard library, which has no
             # such limit): the job fails with the reason, rather than the worker retrying a 400 until it gives up.
-            raw = {"error": {"error_type": "OutputNotSerializable", "error_message": f"the job's result: {e}"}}
+            raw = {"error": make_error_details("OutputNotSerializable", f"the job's result: {e}")}
         # Durable before we answer: the worker forgets the result once we do.
         await self._apply_done(wid, jid, _done_body(raw), request.query.get("isStream") == "true", True)
         return _reply(_OK)

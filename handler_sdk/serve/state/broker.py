@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import BadRequest, OutputNotSerializable
-from ...models import JobStatus, RunRequest
+from ...models import JobStatus, RunRequest, make_error_details
 from . import views
 from .deadlines import Deadlines
 from .ids import new_job_id, now_ms
@@ -170,7 +170,7 @@ class Broker:
         message: str = "",
     ) -> None:
         if error_type is not None:
-            details = {"error_type": error_type, "error_message": message, "error_traceback": None}
+            details = make_error_details(error_type, message)
             error = f"{error_type}: {message}"
         self.table.finish(r, status, self.clock(), output=output, error=error, details=details)
         self.leases.release(r)
