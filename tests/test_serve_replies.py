@@ -1,0 +1,54 @@
+"""The HTTP layer's answers on a real aiohttp app on loopback: how the router answers what the state side refuses,
+and the one family of JSON replies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from handler_sdk import lifecycle
+from handler_sdk.models import ErrorReply, JobStatus
+from handler_sdk.serve.http.router import Routes
+from tests.conftest import free_port
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[str, Handler], Awaitable[str]]]:
+    """Serve one route, ``GET /v2/ep/<path>``, behind the router; returns the endpoint's base address."""
+    runners: list[web.AppRunner] = []
+
+    async def start(path: str, handler: Handler) -> str:
+        app = web.Application()
+        routes = Routes(app, "ep")
+        routes.get(path, handler)
+        routes.finish()
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}/v2/ep"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def test_an_illegal_transition_reaching_the_router_is_answered_409_with_a_json_error(
+    serve: Callable[[str, Handler], Awaitable[str]], http: aiohttp.ClientSession
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        lifecycle.check(JobStatus.COMPLETED, JobStatus.IN_PROGRESS)
+        raise AssertionError("unreachable")
+
+    base = await serve("/status/{job_id}", refuse)
+    async with http.get(f"{base}/status/x") as resp:
+        assert resp.status == 409
+        assert resp.content_type == "application/json"
+        body = await resp.json()
+    assert ErrorReply.model_validate(body).error == "job is COMPLETED; it cannot become IN_PROGRESS"
