@@ -10,7 +10,9 @@ import pytest
 from aiohttp import web
 
 from handler_sdk import lifecycle
-from handler_sdk.models import ErrorReply, JobStatus
+from handler_sdk.errors import BadRequest
+from handler_sdk.models import ErrorReply, JobStatus, OpenAIErrorReply
+from handler_sdk.serve.http.replies import openai_error_body
 from handler_sdk.serve.http.router import Routes
 from tests.conftest import free_port
 
@@ -52,3 +54,22 @@ async def test_an_illegal_transition_reaching_the_router_is_answered_409_with_a_
         assert resp.content_type == "application/json"
         body = await resp.json()
     assert ErrorReply.model_validate(body).error == "job is COMPLETED; it cannot become IN_PROGRESS"
+
+
+async def test_an_error_under_openai_has_openais_shape_with_param_null_and_others_ours(
+    serve: Callable[[str, Handler], Awaitable[str]], http: aiohttp.ClientSession
+) -> None:
+    async def bad(request: web.Request) -> web.Response:
+        raise BadRequest("no such model")
+
+    base = await serve("/openai/v1/models", bad)
+    async with http.get(f"{base}/openai/v1/models") as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert body == {"error": {"message": "no such model", "type": "invalid_request_error", "code": 400, "param": None}}
+    assert body == openai_error_body("no such model", 400, "invalid_request_error")
+    OpenAIErrorReply.model_validate(body)
+
+    async with http.get(f"{base}/nothing-here") as resp:
+        assert resp.status == 404
+        assert ErrorReply.model_validate(await resp.json()).error == "no such route: GET /v2/ep/nothing-here"

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ... import codec
 from ...errors import ConfigError, HTTPError, IllegalTransition, StateError, StoreError, Unauthorized
 from ..state.limits import RateLimiter
 from ..state.redis_limits import RedisRateLimiter
+from .replies import error_reply, openai_error
 
 __all__ = ["REFUSED_STATUS", "WORKER_ROUTES", "Handler", "Routes", "refused_status"]
 
@@ -172,11 +172,8 @@ def _path_part(path: str, i: int) -> str | None:
 
 def _error(status: int, message: str, request: web.Request, headers: dict[str, str] | None = None) -> web.Response:
     if _path_part(request.path, 3) == "openai":
-        kind = "invalid_request_error" if status < 500 else "internal_error"
-        body = codec.dumps({"error": {"message": message, "type": kind, "code": status}})
-    else:
-        body = codec.dumps({"error": message})
-    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+        return openai_error(message, status, "invalid_request_error" if status < 500 else "internal_error", headers)
+    return error_reply(status, message, headers)
 
 
 def _authorized(header: str | None, key: str, worker_route: bool) -> bool:
