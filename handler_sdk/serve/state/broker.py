@@ -23,7 +23,7 @@ from .jobs import JobTable, new_record
 from .journal import Journal
 from .leases import Leases, LocalWorker, WorkerSeen
 from .queue import JobQueue
-from .record import JobRecord, Waiter
+from .record import JobRecord
 from .store import JobStore
 
 __all__ = ["Broker", "BrokerConfig", "LocalWorker", "WorkerSeen", "new_job_id", "now_ms"]
@@ -135,22 +135,12 @@ class Broker:
 
     def _requeue(self, r: JobRecord, *, front: bool = True) -> None:
         """Lost lease: back to the queue, or FAILED once it has been tried max_attempts times."""
-        r.retries += 1
         self.retried += 1
         self.journal.set_meta("retried", self.retried)
-        if r.retries >= self.cfg.max_attempts:
-            why = (
-                f"job was lost with its worker {r.retries} times (max_attempts={self.cfg.max_attempts}): "
-                "the worker died, was killed, or lost its lease while running it"
-            )
+        if (why := self.table.lost(r, self.cfg.max_attempts)) is not None:
             self._finish(r, S.FAILED, error_type="WorkerLost", message=why)
-            return
-        if r.stream and isinstance(r.input, dict) and "openai_route" in r.input:
-            # Its client already holds part of an SSE answer: a re-run would send a second answer after it.
-            why = "the worker was lost while streaming this answer; the partial answer cannot be resumed"
-            self._finish(r, S.FAILED, error_type="WorkerLost", message=why)
-            return
-        self._queue_again(r, front=front)
+        else:
+            self._queue_again(r, front=front)
 
     def _queue_again(self, r: JobRecord, *, front: bool = True) -> None:
         self.table.unlease(r)
@@ -247,23 +237,6 @@ class Broker:
                 self.deadlines.at(r.expires, "expire", r)
         return r
 
-    async def wait_terminal(self, r: JobRecord, timeout: float) -> None:
-        """Wait up to ``timeout`` s for the job to end (or to be removed: purged, expired)."""
-        if r.status.terminal or timeout <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        with Waiter(r) as w:
-            while not r.status.terminal and self.jobs.get(r.id) is r:
-                left = deadline - loop.time()
-                if left <= 0 or not await w.wait(left):
-                    return
-
-    async def wait_change(self, r: JobRecord, timeout: float) -> None:
-        """Wait up to ``timeout`` s for anything to happen to the job (a stream item, progress, its end)."""
-        with Waiter(r) as w:
-            await w.wait(timeout)
-
     def read_stream(self, job_id: str, start: int | None = None) -> tuple[JobRecord, Sequence[bytes]]:
         r = self.get(job_id)
         if start is not None:
@@ -308,15 +281,6 @@ class Broker:
     def health(self) -> dict[str, Any]:
         self.reap()
         return views.health(self.counts, self.retried, self.workers.values())
-
-    def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
-        return views.requests(self.jobs, limit, offset, status)
-
-    def recent(self, n: int) -> list[dict[str, Any]]:
-        return views.recent(self.jobs, n)
-
-    def worker_rows(self) -> list[dict[str, Any]]:
-        return views.worker_rows(self.workers.values())
 
     # --- worker side ---------------------------------------------------------------------------------------
 
@@ -364,21 +328,16 @@ class Broker:
 
     def _lost(self, w: WorkerSeen, job_ids: Sequence[str]) -> None:
         """These jobs' leases are lost with a process of the worker ``w``: they queue again (counted)."""
-        for job_id in job_ids:
-            r = self.jobs.get(job_id)
-            w.jobs.discard(job_id)
-            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == w.id:
-                self._requeue(r)
+        w.jobs.difference_update(job_ids)
+        for r in self.table.held(w.id, job_ids):
+            self._requeue(r)
 
     def stream(self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]) -> int:
         """Append stream items in order; outputs and metrics (JSON objects, or None) come serialized. Returns the
         job's item count."""
         self.seen(worker_id)
         r = self.table.leased(worker_id, job_id)
-        first = self.table.append_stream(r, outputs, metrics)
-        if self.journal.keeps(r):
-            for i in range(first, len(r.stream)):
-                self.journal.add_stream(r, i, r.stream[i])
+        self.journal.add_stream(r, self.table.append_stream(r, outputs, metrics))
         self.stream_bytes += sum(map(len, outputs))
         self.stream_items += len(outputs)
         r.notify()
@@ -421,14 +380,11 @@ class Broker:
     def hand_back(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """A draining worker returns jobs it will not finish: they queue again at the front, not as results."""
         w = self.seen(worker_id)
-        n = 0
-        for job_id in job_ids:
-            r = self.jobs.get(job_id)
-            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
-                w.jobs.discard(job_id)
-                self._queue_again(r)
-                n += 1
-        return n
+        held = self.table.held(worker_id, job_ids)
+        for r in held:
+            w.jobs.discard(r.id)
+            self._queue_again(r)
+        return len(held)
 
     def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
         """A worker's heartbeat with the jobs it runs: a job it lost is requeued, one it should not run is stopped
@@ -447,10 +403,8 @@ class Broker:
         w = self.workers.pop(worker_id, None)
         if w is None:
             return
-        for job_id in list(w.jobs):
-            r = self.jobs.get(job_id)
-            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
-                self._requeue(r)
+        for r in self.table.held(worker_id, w.jobs):
+            self._requeue(r)
         w.wake()
 
     # --- time ----------------------------------------------------------------------------------------------
@@ -465,19 +419,11 @@ class Broker:
         now = self.clock()
         for retained in self.deadlines.expired(now):
             self._expire(retained)
-        for when, kind, job_id, started in self.deadlines.due(now):
-            r = self.jobs.get(job_id)
-            if r is None:
-                continue
-            if kind == "expire":
-                if r.expires is not None and r.expires <= now:
-                    self._expire(r)
-            elif r.status.terminal:
-                continue
-            elif kind == "ttl" and r.ttl_due == when:  # not a deadline from before a /retry
-                self._time_out(r, f"job exceeded its ttl of {r.ttl} ms")
-            elif kind == "exec" and r.status is S.IN_PROGRESS and r.started == started:
-                self._time_out(r, f"job exceeded its executionTimeout of {r.execution_timeout} ms")
+        for r, timed_out in self.deadlines.due(now, self.jobs):
+            if timed_out is None:
+                self._expire(r)
+            else:
+                self._time_out(r, timed_out)
 
     def _time_out(self, r: JobRecord, message: str) -> None:
         if r.status is S.IN_PROGRESS:

@@ -11,6 +11,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterator
 
+from ...models import JobStatus
 from .record import JobRecord
 
 __all__ = ["Deadlines"]
@@ -57,10 +58,22 @@ class Deadlines:
                 if live and due is not None and due <= now:
                     yield r
 
-    def due(self, now: int) -> Iterator[tuple[int, str, str, int]]:
-        """``(due, kind, job id, lease start)`` of each heap entry due by ``now``, removed as it is handed out; an
-        entry pushed meanwhile that is due is handed out too."""
+    def due(self, now: int, jobs: dict[str, JobRecord]) -> Iterator[tuple[JobRecord, str | None]]:
+        """What the heap's entries due by ``now`` ask for, each removed as it is handed out (an entry pushed
+        meanwhile that is due too): ``(record, None)`` to expire it, ``(record, why)`` to time it out. A stale
+        entry (its job gone or ended, or from before a /retry or an earlier lease) asks for nothing."""
         heap = self._heap
         while heap and heap[0][0] <= now:
             when, _, kind, job_id, started = heapq.heappop(heap)
-            yield when, kind, job_id, started
+            r = jobs.get(job_id)
+            if r is None:
+                continue
+            if kind == "expire":
+                if r.expires is not None and r.expires <= now:
+                    yield r, None
+            elif r.status.terminal:
+                continue
+            elif kind == "ttl" and r.ttl_due == when:
+                yield r, f"job exceeded its ttl of {r.ttl} ms"
+            elif kind == "exec" and r.status is JobStatus.IN_PROGRESS and r.started == started:
+                yield r, f"job exceeded its executionTimeout of {r.execution_timeout} ms"

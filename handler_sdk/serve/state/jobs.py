@@ -7,7 +7,7 @@ broker's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ... import lifecycle
@@ -71,6 +71,11 @@ class JobTable:
             raise Conflict(f"job {job_id} is {r.status} and not leased to worker {worker_id}; result ignored")
         return r
 
+    def held(self, worker_id: str, job_ids: Iterable[str]) -> list[JobRecord]:
+        """Those of these jobs (each once) that are in progress under this worker's lease."""
+        rs = (self.records.get(j) for j in dict.fromkeys(job_ids))
+        return [r for r in rs if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id]
+
     # --- transitions ---------------------------------------------------------------------------------------
 
     def move(self, r: JobRecord, new: JobStatus) -> None:
@@ -83,6 +88,20 @@ class JobTable:
         self.move(r, S.IN_PROGRESS)
         r.started, r.worker_id = now, worker_id
         r.attempt += 1
+
+    @staticmethod
+    def lost(r: JobRecord, max_attempts: int) -> str | None:
+        """Count a lost lease against the job: None if it may run again, else why it fails."""
+        r.retries += 1
+        if r.retries >= max_attempts:
+            return (
+                f"job was lost with its worker {r.retries} times (max_attempts={max_attempts}): "
+                "the worker died, was killed, or lost its lease while running it"
+            )
+        if r.stream and isinstance(r.input, dict) and "openai_route" in r.input:
+            # Its client already holds part of an SSE answer: a re-run would send a second answer after it.
+            return "the worker was lost while streaming this answer; the partial answer cannot be resumed"
+        return None
 
     def unlease(self, r: JobRecord) -> None:
         """An in-progress job goes back to the queue without its lease (lost worker, hand-back, restart)."""

@@ -42,9 +42,11 @@ class Journal:
         if self.store is not None and not r.sync:
             self.store.update(r, now=now)
 
-    def add_stream(self, r: JobRecord, index: int, item: bytes) -> None:
+    def add_stream(self, r: JobRecord, first: int) -> None:
+        """The job's stream items from index ``first`` on (those just appended)."""
         if self.store is not None and not r.sync:
-            self.store.add_stream(r.id, index, item)
+            for i in range(first, len(r.stream)):
+                self.store.add_stream(r.id, i, r.stream[i])
 
     def reset_stream(self, r: JobRecord) -> None:
         if self.store is not None and not r.sync:

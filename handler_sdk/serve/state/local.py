@@ -13,11 +13,12 @@ from typing import Any
 
 from ...errors import StoreError
 from ...models import JobStatus, RunRequest
+from . import views
 from .api import JobView, Lease, Watch
 from .broker import Broker
 from .idempotency import IdempotencyKeys
 from .journal import keeps
-from .record import JobRecord, Waiter
+from .record import JobRecord, Waiter, wait_terminal
 
 __all__ = ["LocalState"]
 
@@ -103,12 +104,12 @@ class LocalState:
         self, req: RunRequest, *, key: str | None, trace: str | None, timeout: float
     ) -> tuple[JobView, bool]:
         r, replayed = self.keys.submit(req, key, sync=True, trace=trace)
-        await self.broker.wait_terminal(r, timeout)
+        await wait_terminal(r, timeout, self.broker.jobs)
         return r, replayed
 
     async def wait_terminal(self, job: JobView, timeout: float) -> JobView:
         assert isinstance(job, JobRecord)
-        await self.broker.wait_terminal(job, timeout)
+        await wait_terminal(job, timeout, self.broker.jobs)
         return job
 
     def watch(self, job_id: str) -> Watch:
@@ -152,13 +153,13 @@ class LocalState:
         return self.broker.health()
 
     async def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
-        return self.broker.requests(limit, offset, status)
+        return views.requests(self.broker.jobs, limit, offset, status)
 
     async def workers(self) -> list[dict[str, Any]]:
-        return self.broker.worker_rows()
+        return views.worker_rows(self.broker.workers.values())
 
     async def recent(self, n: int) -> list[dict[str, Any]]:
-        return self.broker.recent(n)
+        return views.recent(self.broker.jobs, n)
 
     async def flush(self) -> None:
         await self.broker.durable()
