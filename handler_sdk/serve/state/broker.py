@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ...errors import BadRequest, OutputNotSerializable
 from ...models import JobStatus, RunRequest, make_error_details
 from . import views
+from .config import BrokerConfig
 from .deadlines import Deadlines
 from .ids import new_job_id, now_ms
 from .jobs import JobTable, new_record
@@ -29,18 +29,6 @@ from .store import JobStore
 __all__ = ["Broker", "BrokerConfig", "LocalWorker", "WorkerSeen", "new_job_id", "now_ms"]
 
 S = JobStatus
-
-
-@dataclass(slots=True)
-class BrokerConfig:
-    run_retention_ms: int = 30 * 60 * 1000
-    sync_retention_ms: int = 60 * 1000
-    lease_ms: int = 30_000
-    # A job whose worker vanished is handed out again until it has been tried this many times.
-    max_attempts: int = 3
-    # Server-side backstop for executionTimeout, on top of the worker's own enforcement.
-    execution_grace_ms: int = 5_000
-    tick_s: float = 0.05
 
 
 class Broker:
@@ -268,9 +256,7 @@ class Broker:
         return r
 
     def purge(self) -> int:
-        # A job retried after timing out in the queue is listed twice; a stale id's job is not IN_QUEUE.
-        queued = (self.jobs.get(i) for i in self.queue.ids())
-        gone = list({r.id: r for r in queued if r is not None and r.status is S.IN_QUEUE}.values())
+        gone = self.queue.queued(self.jobs)
         for r in gone:
             self.table.remove(r)
             r.notify()

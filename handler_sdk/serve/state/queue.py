@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Iterator
 
 from ...models import JobStatus
 from .record import JobRecord
@@ -48,9 +47,10 @@ class JobQueue:
                     return r
         return None
 
-    def ids(self) -> Iterator[str]:
-        """Every id queued, stale ones and repeats included, in queue order."""
-        return itertools.chain(self._normal, self._low)
+    def queued(self, jobs: dict[str, JobRecord]) -> list[JobRecord]:
+        """Every job still queued, each once (a job retried after timing out in the queue is listed twice)."""
+        rs = (jobs.get(i) for i in itertools.chain(self._normal, self._low))
+        return list({r.id: r for r in rs if r is not None and r.status is _QUEUED}.values())
 
     def clear(self) -> None:
         self._normal.clear()
