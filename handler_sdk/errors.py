@@ -12,6 +12,8 @@
     │   │   ├── OutputTooLarge         over the 1 MiB stream limit or the result cap
     │   │   ├── HandlerError           the handler returned or yielded {"error": ...}
     │   │   └── FileError              a File output or a files.download() that cannot be done
+    │   ├── StateError                 a change a job's state refuses (no HTTP here: the router maps it, 409)
+    │   │   └── IllegalTransition      a status change the lifecycle forbids
     │   └── HTTPError                  a client request answered with a 4xx JSON body
     │       ├── BadRequest (400) · Unauthorized (401) · NotFound (404) · Conflict (409)
     │       │   └── NestedTooDeep     a body nested deeper than codec.MAX_DEPTH
@@ -35,6 +37,7 @@ __all__ = [
     "HTTPError",
     "HandlerError",
     "HandlerSDKError",
+    "IllegalTransition",
     "InfrastructureError",
     "InvalidInput",
     "JobFailure",
@@ -47,6 +50,7 @@ __all__ = [
     "RequestTimeout",
     "SetupError",
     "StaleResult",
+    "StateError",
     "StoreError",
     "TooManyRequests",
     "TransportError",
@@ -95,6 +99,15 @@ class HandlerError(JobFailure):
 
 class FileError(JobFailure):
     """A File output that cannot be inlined or uploaded, or a download refused or failed (the message says why)."""
+
+
+class StateError(UserError):
+    """A change the job's state refuses. Raised by the state side (serve/state, lifecycle.py), which imports no
+    HTTP; the HTTP router answers each kind with its status."""
+
+
+class IllegalTransition(StateError):
+    """A status change the lifecycle forbids; answered 409 where a request caused it."""
 
 
 class HTTPError(UserError):

@@ -6,7 +6,7 @@ explicit /retry (FAILED or TIMED_OUT -> IN_QUEUE). A terminal status is otherwis
 
 from __future__ import annotations
 
-from .errors import Conflict
+from .errors import IllegalTransition
 from .models import JobStatus
 
 __all__ = ["TRANSITIONS", "IllegalTransition", "check"]
@@ -20,10 +20,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.COMPLETED: frozenset(),
     S.CANCELLED: frozenset(),
 }
-
-
-class IllegalTransition(Conflict):
-    """A status change the lifecycle forbids; answered 409 where a request caused it."""
 
 
 def check(old: JobStatus, new: JobStatus) -> None:

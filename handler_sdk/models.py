@@ -57,6 +57,7 @@ __all__ = [
     "TakenJob",
     "WebhookBody",
     "WebhookEvent",
+    "make_error_details",
 ]
 
 MAX_STREAM_BYTES = 1 << 20
@@ -131,6 +132,13 @@ class ErrorDetails(_Lenient):
     error_traceback: str | None = None
     worker_id: str | None = None
     hostname: str | None = None
+
+
+def make_error_details(error_type: str, message: str, traceback: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A job's errorDetails (``ErrorDetails``), as replies, webhooks and the journal carry it: built only here
+    (the Redis store's Lua transitions write the same three fields). ``extra``: a worker's ``worker_id`` and
+    ``hostname``."""
+    return {"error_type": error_type, "error_message": message, "error_traceback": traceback, **extra}
 
 
 class JobReply(_Lenient):

@@ -20,7 +20,7 @@ from . import chunker, codec, files, storage
 from .errors import HandlerError, InvalidInput, JobFailure, OutputNotSerializable, OutputTooLarge
 from .handler import Handler, HandlerKind
 from .job import Job
-from .models import JobStatus
+from .models import JobStatus, make_error_details
 from .outputs import Chunk, Final
 from .threads import ElasticPool
 
@@ -53,11 +53,11 @@ class Outcome:
 
 
 def error_details(exc: BaseException, *, message: str | None = None, tb: bool = True) -> dict[str, Any]:
-    return {
-        "error_type": type(exc).__name__,
-        "error_message": str(exc) if message is None else message,
-        "error_traceback": "".join(traceback.format_exception(exc)) if tb else None,
-    }
+    return make_error_details(
+        type(exc).__name__,
+        str(exc) if message is None else message,
+        "".join(traceback.format_exception(exc)) if tb else None,
+    )
 
 
 def _failed(exc: BaseException, status: JobStatus = JobStatus.FAILED, *, tb: bool = True) -> Outcome:

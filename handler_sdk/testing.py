@@ -29,7 +29,7 @@ from .loopthread import LoopThread
 from .models import ErrorDetails, JobReply, JobStatus, Policy, RunRequest, StreamItem
 from .serve.inprocess import InProcessTransport
 from .serve.state.broker import Broker, BrokerConfig
-from .serve.state.record import JobRecord
+from .serve.state.record import JobRecord, wait_change
 from .worker.loop import Worker, WorkerConfig
 
 __all__ = ["Result", "Stream", "arun", "astream", "run", "stream"]
@@ -102,7 +102,7 @@ class _Harness:
     async def _until_changed(self, r: JobRecord) -> None:
         """Wait for news of the job, and surface a worker that died (a failing setup hook or check) at once."""
         worker = self._tasks[1]
-        change = asyncio.ensure_future(self.broker.wait_change(r, 1.0))
+        change = asyncio.ensure_future(wait_change(r, 1.0))
         await asyncio.wait({change, worker}, return_when=asyncio.FIRST_COMPLETED)
         change.cancel()
         if worker.done():

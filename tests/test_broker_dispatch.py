@@ -20,7 +20,7 @@ from handler_sdk import handler
 from handler_sdk.models import JobStatus, Policy, RunRequest
 from handler_sdk.serve.inprocess import InProcessTransport
 from handler_sdk.serve.state.broker import Broker, new_job_id
-from handler_sdk.serve.state.record import JobRecord
+from handler_sdk.serve.state.record import JobRecord, wait_terminal
 from handler_sdk.worker.loop import Worker, WorkerConfig
 
 S = JobStatus
@@ -90,9 +90,10 @@ class DispatchMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def local_job_ends(self, data: st.DataObject) -> None:
         job_id = data.draw(st.sampled_from(self.local.running))
-        self.broker.done("local", job_id, S.COMPLETED, output=b"1")
+        # The worker frees its slot before it reports, and leaves the slot to done(): the broker offers it once
+        # the result is recorded (the invariant below fails if done() does not).
         self.local.running.remove(job_id)
-        self.broker.dispatch()  # what the in-process transport's slot_freed() does
+        self.broker.done("local", job_id, S.COMPLETED, output=b"1")
 
     @rule(slots=st.integers(0, 3))
     def resize(self, slots: int) -> None:
@@ -163,7 +164,7 @@ def test_a_runsync_waiter_returns_when_its_job_is_purged() -> None:
     async def go() -> None:
         b = Broker()
         r = b.submit(RunRequest(input={}), sync=True)
-        waiter = asyncio.create_task(b.wait_terminal(r, 30))
+        waiter = asyncio.create_task(wait_terminal(r, 30, b.jobs))
         await asyncio.sleep(0)
         assert b.purge() == 1
         async with asyncio.timeout(1):
@@ -190,7 +191,7 @@ async def test_the_in_process_worker_starts_the_next_job_only_after_the_last_one
     try:
         async with asyncio.timeout(10):
             for r in records:
-                await broker.wait_terminal(r, float("inf"))
+                await wait_terminal(r, float("inf"), broker.jobs)
     finally:
         worker.stop()
         await asyncio.gather(run, return_exceptions=True)
@@ -199,3 +200,15 @@ async def test_the_in_process_worker_starts_the_next_job_only_after_the_last_one
     for before, after in itertools.pairwise(records):
         assert before.ended is not None and after.started is not None
         assert after.started > before.ended, f"{after.id} started at {after.started}, before {before.ended}"
+
+
+def test_a_hand_back_naming_a_job_twice_queues_it_again_once() -> None:
+    async def go() -> None:
+        b = Broker()
+        r = b.submit(RunRequest(input={}))
+        assert await b.take("w", 1) == [r]
+        assert b.hand_back("w", [r.id, r.id, "unknown"]) == 1
+        assert r.status is S.IN_QUEUE and b.health()["jobs"]["inQueue"] == 1
+        assert await b.take("w2", 2) == [r], "queued once, not twice"
+
+    asyncio.run(go())

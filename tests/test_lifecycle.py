@@ -4,9 +4,10 @@ import itertools
 
 import pytest
 
-from handler_sdk.errors import Conflict
+from handler_sdk.errors import HTTPError, StateError
 from handler_sdk.lifecycle import TRANSITIONS, IllegalTransition, check
 from handler_sdk.models import JobStatus
+from handler_sdk.serve.http.router import refused_status
 
 Q, P, C, F, X, T = (
     JobStatus.IN_QUEUE,
@@ -63,6 +64,9 @@ def test_no_status_transitions_to_itself() -> None:
         assert s not in TRANSITIONS[s]
 
 
-def test_illegal_transition_is_a_conflict_answered_409() -> None:
-    assert issubclass(IllegalTransition, Conflict)
-    assert IllegalTransition.status == 409
+def test_an_illegal_transition_is_a_state_error_that_the_router_answers_409() -> None:
+    assert issubclass(IllegalTransition, StateError)
+    assert not issubclass(IllegalTransition, HTTPError), "the state machine knows no HTTP"
+    with pytest.raises(IllegalTransition) as e:
+        check(JobStatus.COMPLETED, JobStatus.IN_PROGRESS)
+    assert refused_status(e.value) == 409

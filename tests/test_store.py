@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from handler_sdk.errors import NotFound, StoreError
-from handler_sdk.models import JobStatus, RunRequest
+from handler_sdk.models import ErrorDetails, JobStatus, RunRequest
 from handler_sdk.serve.state.broker import Broker, BrokerConfig
 from handler_sdk.serve.state.record import JobRecord
 from handler_sdk.serve.state.store import JobStore
@@ -474,3 +474,19 @@ async def test_runsync_jobs_are_not_journaled(tmp_path: Path) -> None:
     assert sync.startswith("sync-")
     assert b.store is not None
     await b.store.close()
+
+
+async def test_error_details_too_deep_to_encode_are_journaled_as_text_in_their_shape(
+    tmp_path: Path,
+) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    deep: Any = "bottom"
+    for _ in range(600):
+        deep = [deep]
+    r = record(status=S.FAILED, error="KeyError: k", error_details={"error_type": "KeyError", "error_message": deep})
+    store.insert(r)
+    await store.flush()
+    store, records, _ = await reopen(store)
+    details = ErrorDetails.model_validate(records["job-1"].error_details)
+    assert details.error_type == "KeyError" and "bottom" in details.error_message
+    await store.close()

@@ -18,6 +18,7 @@ from ..runner import Outcome
 from ..worker.transport import Assignment
 from .state.api import JobState, Lease
 from .state.broker import Broker
+from .state.journal import keeps
 from .state.record import JobRecord
 
 __all__ = ["InProcessTransport", "StateTransport"]
@@ -90,6 +91,7 @@ class InProcessTransport:
             raise StaleResult(str(e)) from e
 
     async def done(self, job_id: str, outcome: Outcome) -> None:
+        # The worker leaves its freed slot to this call (Pushing.slot_freed): Broker.done offers it.
         try:
             r = self.broker.done(
                 self.worker_id, job_id, outcome.status, output=outcome.output, error=outcome.error,
@@ -97,11 +99,7 @@ class InProcessTransport:
             )  # fmt: skip
         except (Conflict, NotFound) as e:
             raise StaleResult(str(e)) from e
-        finally:
-            # The worker leaves its freed slot to us (Pushing.slot_freed): offered only now, the next job's
-            # start is never before this job's recorded end.
-            self.broker.dispatch()
-        if not r.sync:
+        if keeps(r):
             try:
                 await self.broker.durable()
             except StoreError as e:

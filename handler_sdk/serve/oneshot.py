@@ -15,6 +15,7 @@ from ..models import JobStatus, RunRequest
 from ..worker.loop import Worker
 from .inprocess import InProcessTransport
 from .state.broker import Broker
+from .state.record import wait_terminal
 
 __all__ = ["run_once"]
 
@@ -30,7 +31,7 @@ async def run_once(h: Handler, body: Any, out: TextIO = sys.stdout) -> int:
     transport = InProcessTransport(broker, hold_s=0.5)
     worker = Worker(h, transport)
     task = asyncio.create_task(worker.run())
-    waiter = asyncio.create_task(broker.wait_terminal(r, float("inf")))
+    waiter = asyncio.create_task(wait_terminal(r, float("inf"), broker.jobs))
     done, _ = await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     worker.stop()
     await asyncio.gather(task, return_exceptions=True)

@@ -14,8 +14,9 @@ from ...errors import BadRequest
 from ...models import JobStatus, RunRequest
 from ..state.api import JobState
 from ..state.idempotency import KEY_HEADER, REPLAYED_HEADER, parse_key
+from .replies import json_reply, raw_json_reply
 from .router import Routes
-from .web import json_reply, query_int, raw_json_reply, read_json
+from .web import query_int, read_json
 
 __all__ = ["ClientLimits", "add_client_routes"]
 

@@ -27,8 +27,9 @@ from aiohttp import web
 from ... import codec
 from ...models import JobStatus
 from ..state.api import JobState, JobView
+from .replies import json_reply
 from .router import Routes
-from .web import json_reply, query_int
+from .web import query_int
 
 __all__ = ["History", "add_dashboard_routes"]
 

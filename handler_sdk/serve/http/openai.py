@@ -25,6 +25,9 @@ from ... import codec
 from ...errors import BadRequest
 from ...models import JobStatus, RunRequest
 from ..state.api import JobState, JobView
+from .replies import json_reply, raw_json_reply
+from .replies import openai_error as _openai_error
+from .replies import openai_error_body as _error_body
 from .router import Routes
 from .web import read_json
 
@@ -45,22 +48,12 @@ ROUTES = (
 )
 
 
-def _error_body(message: str, status: int, kind: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "code": status, "param": None}}
-
-
-def _openai_error(message: str, status: int, kind: str = "invalid_request_error") -> web.Response:
-    return web.Response(body=codec.dumps(_error_body(message, status, kind)), status=status,
-                        content_type="application/json")  # fmt: skip
-
-
 def _final(r: JobView) -> web.Response:
     if r.status is JobStatus.COMPLETED:
         out = codec.loads(r.output) if r.output is not None else None
         if isinstance(out, dict) and isinstance(out.get("status_code"), int) and "body" in out:
-            return web.Response(body=codec.dumps(out["body"]), status=out["status_code"],
-                                content_type="application/json")  # fmt: skip
-        return web.Response(body=r.output or b"null", content_type="application/json")
+            return json_reply(out["body"], out["status_code"])
+        return raw_json_reply(r.output or b"null")
     if r.status is JobStatus.TIMED_OUT:
         return _openai_error(r.error or "request timed out", 504, "timeout")
     if r.status is JobStatus.CANCELLED:
@@ -93,9 +86,8 @@ class OpenAIRoutes:
         served = ", ".join(f"{m} /openai{p}" for m, p, _ in ROUTES)
         allowed = [m for m, p, _ in ROUTES if p == tail]
         if allowed:
-            return web.Response(body=codec.dumps(_error_body(f"{request.method} is not allowed on /openai{tail}",
-                                405, "MethodNotAllowed")), status=405, content_type="application/json",
-                                headers={"Allow": ",".join(allowed)})  # fmt: skip
+            what = f"{request.method} is not allowed on /openai{tail}"
+            return _openai_error(what, 405, "MethodNotAllowed", {"Allow": ",".join(allowed)})
         return _openai_error(f"no OpenAI route /openai{tail}; served: {served}", 404, "NotFoundError")
 
     async def relay(self, request: web.Request, route: str, body: dict[str, Any] | None) -> web.StreamResponse:

@@ -23,6 +23,7 @@ from ...models import JobStatus
 from ..state.idempotency import KEY_HEADER
 from .client import ClientLimits
 from .openai import ROUTES as OPENAI_ROUTES
+from .replies import raw_json_reply
 from .router import Routes
 
 __all__ = ["add_openapi_routes", "build_document"]
@@ -300,7 +301,7 @@ def add_openapi_routes(routes: Routes, input_model: type[BaseModel] | None, lim:
     doc = codec.dumps(build_document(routes.endpoint_id, input_model, lim))
 
     async def document(request: web.Request) -> web.Response:
-        return web.Response(body=doc, content_type="application/json")
+        return raw_json_reply(doc)
 
     async def docs(request: web.Request) -> web.Response:
         return web.Response(body=_DOCS_HTML, content_type="text/html")

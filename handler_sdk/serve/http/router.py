@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ... import codec
-from ...errors import ConfigError, HTTPError, StoreError, Unauthorized
+from ...errors import ConfigError, HTTPError, IllegalTransition, StateError, StoreError, Unauthorized
 from ..state.limits import RateLimiter
 from ..state.redis_limits import RedisRateLimiter
+from .replies import error_reply, openai_error
 
-__all__ = ["WORKER_ROUTES", "Handler", "Routes"]
+__all__ = ["REFUSED_STATUS", "WORKER_ROUTES", "Handler", "Routes", "refused_status"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ WORKER_ROUTES = frozenset(
 )  # fmt: skip
 # A request the job store could not take (a full or unwritable disk) is answered 503, to be retried this much later.
 STORE_RETRY_AFTER_S = 5
+# The status each refusal of the state side (which knows no HTTP) is answered with; 409 for any other.
+REFUSED_STATUS: dict[type[StateError], int] = {IllegalTransition: 409}
 # Client operations that share a rate-limit budget (SEED.md groups /status, /status-sync and /stream).
 _GROUP = {"status-sync": "status", "stream": "status"}
 _ENDPOINT_ID = re.compile(r"[A-Za-z0-9._~-]+")
@@ -108,28 +110,12 @@ class Routes:
                 finally:
                     if owed:
                         limiter.release(group)  # type: ignore[union-attr]
-            except HTTPError as e:
-                headers = {"Retry-After": str(int(e.retry_after))} if e.retry_after is not None else None
-                resp = _error(e.status, e.message, request, headers)
-                if e.status == 408 and request.transport is not None:
-                    # Sent, then the connection closed: aiohttp would otherwise linger (10 s) for the rest of a
-                    # body that is stalled.
-                    resp.force_close()
-                    await resp.prepare(request)
-                    await resp.write_eof()
-                    request.transport.close()
-                return resp
-            except StoreError as e:
-                log.warning("%s %s: %s", request.method, request.path, e)
-                headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
-                return _error(503, f"service unavailable: {e}", request, headers)
-            except web.HTTPException as e:  # raised inside aiohttp, e.g. reading a body
+            except web.HTTPException as e:
                 if e.status < 400:
-                    raise
-                return _error(e.status, f"{e.reason}: {request.method} {request.path}", request)
-            except Exception as e:  # the last line of defence: a bug is reported as JSON, and logged
-                log.exception("unhandled error on %s %s", request.method, request.path)
-                return _error(500, f"internal error: {type(e).__name__}: {e}", request)
+                    raise  # a redirect, not an error
+                return await _failed(e, request)
+            except Exception as e:
+                return await _failed(e, request)
 
         return guarded
 
@@ -149,6 +135,35 @@ class Routes:
         return _error(404, f"no such route: {request.method} {request.path}", request)
 
 
+async def _failed(e: Exception, request: web.Request) -> web.Response:
+    """The JSON answer to a request whose handling raised ``e``."""
+    if isinstance(e, HTTPError):
+        headers = {"Retry-After": str(int(e.retry_after))} if e.retry_after is not None else None
+        resp = _error(e.status, e.message, request, headers)
+        if e.status == 408 and request.transport is not None:
+            # Sent, then the connection closed: aiohttp would otherwise linger (10 s) for the rest of a body that
+            # is stalled.
+            resp.force_close()
+            await resp.prepare(request)
+            await resp.write_eof()
+            request.transport.close()
+        return resp
+    if isinstance(e, StateError):
+        return _error(refused_status(e), str(e), request)
+    if isinstance(e, StoreError):
+        log.warning("%s %s: %s", request.method, request.path, e)
+        return _error(503, f"service unavailable: {e}", request, {"Retry-After": str(STORE_RETRY_AFTER_S)})
+    if isinstance(e, web.HTTPException):  # raised inside aiohttp, e.g. reading a body
+        return _error(e.status, f"{e.reason}: {request.method} {request.path}", request)
+    # The last line of defence: a bug is reported as JSON, and logged.
+    log.exception("unhandled error on %s %s", request.method, request.path, exc_info=e)
+    return _error(500, f"internal error: {type(e).__name__}: {e}", request)
+
+
+def refused_status(e: StateError) -> int:
+    return REFUSED_STATUS.get(type(e), 409)
+
+
 def _path_part(path: str, i: int) -> str | None:
     """Part ``i`` of a /v2/... path (2: the endpoint id, 3: the operation)."""
     parts = path.split("/", 4)
@@ -157,11 +172,8 @@ def _path_part(path: str, i: int) -> str | None:
 
 def _error(status: int, message: str, request: web.Request, headers: dict[str, str] | None = None) -> web.Response:
     if _path_part(request.path, 3) == "openai":
-        kind = "invalid_request_error" if status < 500 else "internal_error"
-        body = codec.dumps({"error": {"message": message, "type": kind, "code": status}})
-    else:
-        body = codec.dumps({"error": message})
-    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+        return openai_error(message, status, "invalid_request_error" if status < 500 else "internal_error", headers)
+    return error_reply(status, message, headers)
 
 
 def _authorized(header: str | None, key: str, worker_route: bool) -> bool:

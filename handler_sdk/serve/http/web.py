@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the client, worker and OpenAI routes: JSON replies, bodies under a cap, query values."""
+"""HTTP plumbing shared by the client, worker and OpenAI routes: bodies under a cap, query values (the replies are
+``replies.py``'s)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,10 @@ from aiohttp import web
 from ... import codec
 from ...errors import BadRequest, PayloadTooLarge, RequestTimeout
 
-__all__ = ["BODY_TIMEOUT", "json_reply", "query_int", "raw_json_reply", "read_body", "read_json"]
+__all__ = ["BODY_TIMEOUT", "query_int", "read_body", "read_json"]
 
 BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
 """Seconds a request body may take to arrive, set on the app (``--body-timeout``); 30 when unset."""
-
-
-def json_reply(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=codec.dumps(obj), status=status, content_type="application/json", headers=headers)
-
-
-def raw_json_reply(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def read_body(request: web.Request, cap: int) -> bytes:

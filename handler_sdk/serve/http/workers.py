@@ -13,8 +13,17 @@ from pydantic import ValidationError
 
 from ... import codec
 from ...errors import BadRequest, HTTPError, NestedTooDeep
-from ...models import MAX_STREAM_BATCH_BYTES, MAX_STREAM_BYTES, DoneBatchBody, DoneBody, JobStatus, StreamBody
+from ...models import (
+    MAX_STREAM_BATCH_BYTES,
+    MAX_STREAM_BYTES,
+    DoneBatchBody,
+    DoneBody,
+    JobStatus,
+    StreamBody,
+    make_error_details,
+)  # fmt: skip
 from ..state.api import JobState, Lease
+from .replies import json_reply, ok_reply, raw_json_reply
 from .router import Routes
 from .web import query_int, read_json
 
@@ -22,7 +31,6 @@ __all__ = ["EXTENSIONS", "add_worker_routes", "normalize_error"]
 
 EXTENSIONS = "1; ext=stream-batch,hand-back,done-batch,stream-multi"
 _HEADERS = {"X-Handler-SDK": EXTENSIONS}
-_OK = codec.dumps({"ok": True})
 # Results of one job-done-batch applied between two turns of the event loop (about 0.3 ms of work).
 _YIELD_EVERY = 64
 # Error details parsed from a worker's JSON string are stored, sent in replies and webhooks: they must encode again.
@@ -41,10 +49,6 @@ def _hung_up(request: web.Request) -> Callable[[], bool]:
     return gone
 
 
-def _reply(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=body, status=status, content_type="application/json", headers=_HEADERS)
-
-
 def normalize_error(value: Any) -> tuple[str, dict[str, Any]]:
     """Every error shape a worker may post becomes ``("Type: message", errorDetails)``.
 
@@ -61,26 +65,22 @@ def normalize_error(value: Any) -> tuple[str, dict[str, Any]]:
         if isinstance(parsed, dict):
             value = parsed
         elif m := _GEN_RE.match(value):
-            details = {"error_type": "HandlerError", "error_message": m["msg"], "error_traceback": m["tb"]}
-            return f"HandlerError: {m['msg']}", details
+            return f"HandlerError: {m['msg']}", make_error_details("HandlerError", m["msg"], m["tb"])
         else:
-            return value, {"error_type": "HandlerError", "error_message": value, "error_traceback": None}
+            return value, make_error_details("HandlerError", value)
     if isinstance(value, dict):
         raw_type = str(value.get("error_type") or "HandlerError")
         m = _CLASS_RE.match(raw_type)
         etype = m.group(1) if m else raw_type
         message = value.get("error_message", value.get("message"))
         message = codec.dumps_str(value) if message is None else str(message)
-        details = {
-            "error_type": etype,
-            "error_message": message,
-            "error_traceback": value.get("error_traceback"),
-            "worker_id": value.get("worker_id"),
-            "hostname": value.get("hostname"),
-        }
+        details = make_error_details(
+            etype, message, value.get("error_traceback"), worker_id=value.get("worker_id"),
+            hostname=value.get("hostname"),
+        )  # fmt: skip
         return f"{etype}: {message}", details
     text = codec.dumps_str(value)
-    return text, {"error_type": "HandlerError", "error_message": text, "error_traceback": None}
+    return text, make_error_details("HandlerError", text)
 
 
 def _stream_items(raw: dict[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -146,20 +146,20 @@ class WorkerRoutes:
     async def take(self, request: web.Request) -> web.Response:
         jobs = await self._take(request, 1)
         if not jobs:
-            return _reply(b"", 204)
-        return _reply(codec.dumps(jobs[0].payload()))
+            return raw_json_reply(b"", 204, _HEADERS)
+        return raw_json_reply(codec.dumps(jobs[0].payload()), headers=_HEADERS)
 
     async def take_batch(self, request: web.Request) -> web.Response:
         n = query_int(request, "batch_size", 1, 1, self.max_batch)
         assert n is not None
         jobs = await self._take(request, n)
         if not jobs:
-            return _reply(b"", 204)
-        return _reply(codec.dumps([r.payload() for r in jobs]))
+            return raw_json_reply(b"", 204, _HEADERS)
+        return raw_json_reply(codec.dumps([r.payload() for r in jobs]), headers=_HEADERS)
 
     async def stop(self, request: web.Request) -> web.Response:
         ids = await self.state.stops(request.match_info["worker_id"], self.hold_s)
-        return _reply(codec.dumps({"jobsToStop": ids}))
+        return json_reply({"jobsToStop": ids}, headers=_HEADERS)
 
     async def _apply_done(self, wid: str, jid: str, body: DoneBody, final_stream: bool, durable: bool) -> None:
         """One job-done body applied; raises Conflict/NotFound."""
@@ -195,10 +195,10 @@ class WorkerRoutes:
         except NestedTooDeep as e:
             # A result nested too deep to store (runpod's worker encodes with the standard library, which has no
             # such limit): the job fails with the reason, rather than the worker retrying a 400 until it gives up.
-            raw = {"error": {"error_type": "OutputNotSerializable", "error_message": f"the job's result: {e}"}}
+            raw = {"error": make_error_details("OutputNotSerializable", f"the job's result: {e}")}
         # Durable before we answer: the worker forgets the result once we do.
         await self._apply_done(wid, jid, _done_body(raw), request.query.get("isStream") == "true", True)
-        return _reply(_OK)
+        return ok_reply(_HEADERS)
 
     async def done_batch(self, request: web.Request) -> web.Response:
         """Our extension: ``{"results": [{"id": job_id, ...job-done body...}, ...]}`` in one request and one
@@ -213,7 +213,7 @@ class WorkerRoutes:
                 await asyncio.sleep(0)
             codes.append({"id": jid, "code": await self._judge(wid, jid, body)})
         await self.state.flush()
-        return _reply(codec.dumps({"ok": True, "results": codes}))
+        return ok_reply(_HEADERS, results=codes)
 
     async def stream(self, request: web.Request) -> web.Response:
         wid, jid = request.match_info["worker_id"], request.match_info["job_id"]
@@ -224,7 +224,7 @@ class WorkerRoutes:
         n = await self.state.stream(
             wid, jid, [codec.dumps(o) for o in outputs], [None if m is None else codec.dumps(m) for m in ms]
         )
-        return _reply(codec.dumps({"ok": True, "items": n}))
+        return ok_reply(_HEADERS, items=n)
 
     async def _stream_one(self, wid: str, raw: dict[str, Any]) -> dict[str, Any]:
         """One job's part of a job-stream-batch, judged alone: the status job-stream would have answered."""
@@ -251,13 +251,13 @@ class WorkerRoutes:
             if i and not i % _YIELD_EVERY:
                 await asyncio.sleep(0)
             results.append(await self._stream_one(wid, part))
-        return _reply(codec.dumps({"ok": True, "results": results}))
+        return ok_reply(_HEADERS, results=results)
 
     async def ping(self, request: web.Request) -> web.Response:
         ids = [i for i in request.query.get("job_id", "").split(",") if i]
         initializing = request.query.get("initializing") == "1"
         await self.state.ping(request.match_info["worker_id"], ids, initializing=initializing)
-        return _reply(_OK)
+        return ok_reply(_HEADERS)
 
     async def hand_back(self, request: web.Request) -> web.Response:
         raw = await read_json(request, MAX_STREAM_BYTES)
@@ -265,7 +265,7 @@ class WorkerRoutes:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise BadRequest('job-handback body must be {"ids": ["job id", ...]}')
         n = await self.state.hand_back(request.match_info["worker_id"], ids)
-        return _reply(codec.dumps({"ok": True, "handedBack": n}))
+        return ok_reply(_HEADERS, handedBack=n)
 
 
 def add_worker_routes(

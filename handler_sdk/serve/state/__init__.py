@@ -1,7 +1,8 @@
 """The endpoint's job state, apart from HTTP: no module here imports aiohttp.
 
-Today it holds the Redis engine (groundwork for many serve replicas on one Redis); the in-memory broker moves
-here when the state gets its interface.
+``api.py`` is the interface (JobState) and its two engines are ``local.py`` (the broker in this process with a
+SQLite journal: ``broker.py`` coordinating ``jobs.py``, ``queue.py``, ``leases.py``, ``deadlines.py``,
+``journal.py`` and ``views.py``) and ``redis_state.py`` (all state in Redis, for many serve replicas).
 """
 
 __all__: list[str] = []  # its modules are imported by name; importing the package pulls in no Redis client

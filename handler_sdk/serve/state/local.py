@@ -7,15 +7,18 @@ was recorded, a re-run's lease before its handler starts) and the Idempotency-Ke
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import StoreError
 from ...models import JobStatus, RunRequest
+from . import views
 from .api import JobView, Lease, Watch
 from .broker import Broker
 from .idempotency import IdempotencyKeys
-from .record import JobRecord, Waiter
+from .journal import keeps
+from .record import JobRecord, Waiter, wait_terminal
 
 __all__ = ["LocalState"]
 
@@ -82,19 +85,31 @@ class LocalState:
             await self.broker.durable()  # journaled before we answer (the first may not be yet)
         else:
             # Journaled before it is queued and before we answer; a store error (503) leaves no job behind.
-            await self.broker.journal_then_queue(r)
+            await self._journal_then_queue(r)
         return r, replayed
+
+    async def _journal_then_queue(self, r: JobRecord) -> None:
+        """Queue a job submitted with ``queue=False`` once it is journaled; on StoreError forget it and raise."""
+        b = self.broker
+        try:
+            await b.durable()
+        except StoreError:
+            if b.table.remove(r):
+                b.journal.delete((r,))
+                r.notify()
+            raise
+        b.enqueue(r)
 
     async def runsync(
         self, req: RunRequest, *, key: str | None, trace: str | None, timeout: float
     ) -> tuple[JobView, bool]:
         r, replayed = self.keys.submit(req, key, sync=True, trace=trace)
-        await self.broker.wait_terminal(r, timeout)
+        await wait_terminal(r, timeout, self.broker.jobs)
         return r, replayed
 
     async def wait_terminal(self, job: JobView, timeout: float) -> JobView:
         assert isinstance(job, JobRecord)
-        await self.broker.wait_terminal(job, timeout)
+        await wait_terminal(job, timeout, self.broker.jobs)
         return job
 
     def watch(self, job_id: str) -> Watch:
@@ -113,7 +128,21 @@ class LocalState:
         return self.broker.cancel(job_id)
 
     async def retry(self, job_id: str) -> JobView:
-        return await self.broker.retry_durable(job_id)
+        """Journaled first, queued after, as /run is. On StoreError (answered 503) the job is put back as it was,
+        so a client told that the retry failed never finds it running."""
+        b = self.broker
+        r = b.get(job_id)
+        before = copy.copy(r)
+        b.retry(job_id, queue=False)
+        try:
+            await b.durable()
+        except StoreError:
+            if r.status is JobStatus.IN_QUEUE and b.jobs.get(r.id) is r:
+                b.table.undo_retry(r, before)
+                b.journal.update(r)  # coalesces with the unwritten retry: the journal keeps the job as it was
+            raise
+        b.enqueue(r)
+        return r
 
     async def purge(self) -> int:
         removed = self.broker.purge()
@@ -124,13 +153,13 @@ class LocalState:
         return self.broker.health()
 
     async def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
-        return self.broker.requests(limit, offset, status)
+        return views.requests(self.broker.jobs, limit, offset, status)
 
     async def workers(self) -> list[dict[str, Any]]:
-        return self.broker.worker_rows()
+        return views.worker_rows(self.broker.workers.values())
 
     async def recent(self, n: int) -> list[dict[str, Any]]:
-        return self.broker.recent(n)
+        return views.recent(self.broker.jobs, n)
 
     async def flush(self) -> None:
         await self.broker.durable()
@@ -170,7 +199,7 @@ class LocalState:
         durable: bool = True,
     ) -> None:
         r = self.broker.done(worker_id, job_id, status, output=output, error=error, details=details)
-        if durable and not r.sync:
+        if durable and keeps(r):
             await self.broker.durable()  # the worker forgets the result once we answer
 
     async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ... import codec, trace
 from ...models import JobStatus
 
-__all__ = ["JobRecord", "Waiter"]
+__all__ = ["JobRecord", "Waiter", "wait_change", "wait_terminal"]
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -62,6 +63,25 @@ class Waiter:
                     timer.cancel()
         changed, self.changed = self.changed, False
         return changed
+
+
+async def wait_terminal(r: JobRecord, timeout: float, jobs: Mapping[str, JobRecord]) -> None:
+    """Wait up to ``timeout`` s for the job to end, or to leave ``jobs`` (purged, expired)."""
+    if r.status.terminal or timeout <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    with Waiter(r) as w:
+        while not r.status.terminal and jobs.get(r.id) is r:
+            left = deadline - loop.time()
+            if left <= 0 or not await w.wait(left):
+                return
+
+
+async def wait_change(r: JobRecord, timeout: float) -> None:
+    """Wait up to ``timeout`` s for anything to happen to the job (a stream item, progress, its end)."""
+    with Waiter(r) as w:
+        await w.wait(timeout)
 
 
 @dataclass(slots=True, eq=False)

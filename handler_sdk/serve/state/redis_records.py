@@ -8,7 +8,7 @@ from typing import Any
 
 from ... import codec, trace
 from ...models import JobStatus
-from .broker import BrokerConfig
+from .config import BrokerConfig
 
 __all__ = ["RedisJobsConfig", "StoredJob", "Taken"]
 

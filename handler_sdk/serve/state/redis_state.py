@@ -24,10 +24,10 @@ from ... import codec, trace
 from ...errors import BadRequest, NotFound, OutputNotSerializable, StoreError, Unprocessable
 from ...models import JobStatus, RunRequest
 from .api import JobView, Lease, Watch
-from .broker import new_job_id, now_ms
 from .changes import ChangeFeed
 from .changes import Watch as FeedWatch
 from .idempotency import KEY_HEADER, fingerprint
+from .ids import new_job_id, now_ms
 from .redis_jobs import RedisJobs, RedisJobsConfig, connect
 from .redis_records import StoredJob
 

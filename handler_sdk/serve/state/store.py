@@ -34,7 +34,7 @@ from typing import Any
 
 from ... import codec
 from ...errors import StoreError
-from ...models import JobStatus
+from ...models import JobStatus, make_error_details
 from .record import JobRecord
 
 __all__ = ["JobStore", "Loaded"]
@@ -373,5 +373,9 @@ def _state(r: JobRecord) -> bytes:
     except Exception as e:
         log.error("job %s: state not encodable (%s); error details kept as text", r.id, e)
         state = r.state()
-        state["error_details"] = None if r.error_details is None else {"error_message": str(r.error_details)[:4096]}
+        if (d := r.error_details) is not None:
+            etype = d.get("error_type")
+            state["error_details"] = make_error_details(
+                etype if isinstance(etype, str) else "HandlerError", str(d)[:4096]
+            )
         return codec.dumps(state)

@@ -88,6 +88,7 @@ local function drop(id, k, status)
   changed(id, 'GONE')
 end
 
+-- errorDetails as models.make_error_details builds it (its three fields), for the transitions run in here.
 local function fail_with(id, k, old, new, etype, message)
   local details = cjson.encode({ error_type = etype, error_message = message, error_traceback = cjson.null })
   return finish(id, k, old, new, nil, etype .. ': ' .. message, details)

@@ -1,0 +1,79 @@
+"""The jobs waiting for a worker, in order (the normal queue before lowPriority), and the takes waiting for one.
+
+The queues hold ids and keep stale ones (a queued job that was cancelled, timed out or has expired): ``pop``
+skips them, which costs less than finding and removing each when it leaves the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+
+from ...models import JobStatus
+from .record import JobRecord
+
+__all__ = ["JobQueue"]
+
+_QUEUED = JobStatus.IN_QUEUE
+
+
+class JobQueue:
+    __slots__ = ("_low", "_normal", "_takers")
+
+    def __init__(self) -> None:
+        self._normal: deque[str] = deque()
+        self._low: deque[str] = deque()
+        self._takers: deque[asyncio.Future[None]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._normal or self._low)
+
+    def add(self, r: JobRecord) -> None:
+        """A new (or retried) job, at the back of its priority's queue."""
+        (self._low if r.low_priority else self._normal).append(r.id)
+
+    def put_back(self, r: JobRecord, *, front: bool = True) -> None:
+        """A job that lost its worker: ahead of every new job (``front=False``: a restart's orphans keep their
+        order)."""
+        (self._normal.appendleft if front else self._normal.append)(r.id)
+
+    def pop(self, jobs: dict[str, JobRecord]) -> JobRecord | None:
+        """The next job still queued, or None."""
+        for q in (self._normal, self._low):
+            while q:
+                r = jobs.get(q.popleft())
+                if r is not None and r.status is _QUEUED:
+                    return r
+        return None
+
+    def queued(self, jobs: dict[str, JobRecord]) -> list[JobRecord]:
+        """Every job still queued, each once (a job retried after timing out in the queue is listed twice)."""
+        rs = (jobs.get(i) for i in itertools.chain(self._normal, self._low))
+        return list({r.id: r for r in rs if r is not None and r.status is _QUEUED}.values())
+
+    def clear(self) -> None:
+        self._normal.clear()
+        self._low.clear()
+
+    # --- takes waiting for work ----------------------------------------------------------------------------
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until ``wake`` picks this take, or ``timeout`` s (no error: the caller looks again either way)."""
+        f = asyncio.get_running_loop().create_future()
+        self._takers.append(f)
+        try:
+            async with asyncio.timeout(timeout):
+                await f
+        except TimeoutError:
+            pass
+        finally:
+            f.cancel()
+
+    def wake(self) -> None:
+        """Wake one waiting take (the longest waiting that is still there)."""
+        while self._takers:
+            f = self._takers.popleft()
+            if not f.done():
+                f.set_result(None)
+                return
