@@ -29,6 +29,10 @@ from .common import PY, Proc, Run, Section, Target, free_port, http_ok, serve_cm
 
 __all__ = ["run"]
 
+HANDLER = Path(__file__).resolve().parent / "token_handler.py"
+# BENCH_STREAM_CPU_BEFORE=DIR: a checkout of the SDK as it was (git archive ... | tar -x -C DIR), whose worker is
+# measured beside ours in the same rounds, on the same handler and serve.
+BEFORE_ENV = "BENCH_STREAM_CPU_BEFORE"
 RATE = 20_000
 STREAMS = (1, 32, 256)
 # An engine step every 5 ms at least; with many streams each one yields an item every few steps.
@@ -81,7 +85,19 @@ class _Once:
         self.share, self.us, self.achieved, self.serve_share = share, us_per_item, achieved, serve_share
 
 
-def _one(run: Run, work: Path, streams: int, seconds: float, shape: str, profile: Path | None = None) -> _Once:
+def _one(
+    run: Run,
+    work: Path,
+    streams: int,
+    seconds: float,
+    shape: str,
+    profile: Path | None = None,
+    *,
+    tree: Path | None = None,
+    clock: str = "engine",
+) -> _Once:
+    """One run of ``streams`` jobs against a fresh serve; ``tree`` runs the worker from another checkout of the
+    SDK (the before tree) on this tree's handler and serve."""
     port = free_port()
     base = f"http://127.0.0.1:{port}/v2/local"
     tag = f"s{streams}-{shape}-{time.monotonic_ns()}"
@@ -92,17 +108,19 @@ def _one(run: Run, work: Path, streams: int, seconds: float, shape: str, profile
         "HANDLER_SDK_SPOOL_DIR": str(work / f"spool-{tag}"),
         "HANDLER_SDK_LOG_LEVEL": "WARNING",
     }
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
     procs = [serve]
     try:
         wait_until(lambda: http_ok(f"{base}/health"), 30, "stream serve ready", serve)
         worker = Proc(
-            [PY, *prof, "-m", "handler_sdk.worker", "benchmarks/token_handler.py"], env=env, log=work / f"w-{tag}.log"
+            [PY, *prof, "-m", "handler_sdk.worker", str(HANDLER)], env=env, log=work / f"w-{tag}.log", cwd=tree
         )
         procs.append(worker)
         lead = 3.0  # the worker's start-up and first take happen before start_at
         start_at = time.time() + lead
-        body = {**_plan(streams, seconds), "start_at": start_at, "shape": shape}
+        body = {**_plan(streams, seconds), "start_at": start_at, "shape": shape, "clock": clock}
         ids = event_loop.run(_submit(base, streams, body))
         # The steady part: a little after the first tick, a little before the last.
         margin = min(0.5, seconds / 5)
