@@ -236,7 +236,7 @@ def run(run: Run) -> Section:
         "What changed (worker/mux.py, replacing worker/coalesce.py): each streaming job's emit appends the item to "
         "the job's lists (no task, future or await per item or per job per step); one multiplexer task per burst "
         "takes every job's lists into one job-stream-batch body (two joins per job, at most 1 MiB), at most one "
-        "request every 10 ms, and applies the per-job verdicts. The runner calls emit without a coroutine per "
+        "request every 20 ms, and applies the per-job verdicts. The runner calls emit without a coroutine per "
         "item, and encode makes both orjson calls in one function."
     )
     extra = [_before_after(sec, configs, us, shares)] if "before" in trees else []

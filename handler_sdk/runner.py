@@ -130,16 +130,6 @@ class _Finished(Exception):
 Publish = Callable[[Any], Awaitable[None] | None]
 
 
-async def _drive_async(agen: Any, publish: Publish) -> None:
-    try:
-        async for value in agen:
-            # Awaited only when it must wait: a queued item costs no coroutine.
-            if (wait := publish(value)) is not None:
-                await wait
-    finally:
-        await agen.aclose()
-
-
 async def _drive_sync(gen: Any, pool: ElasticPool, publish: Publish) -> Any:
     try:
         while True:
@@ -211,10 +201,17 @@ async def _stream(
         return wait
 
     try:
-        if h.kind is HandlerKind.ASYNC_GEN:
-            await _drive_async(h.fn(arg), publish)
-            return None
-        return await _drive_sync(h.fn(arg), pool, publish)
+        if h.kind is not HandlerKind.ASYNC_GEN:
+            return await _drive_sync(h.fn(arg), pool, publish)
+        # _drive_async's loop, inlined: every await in between is a frame each engine step resumes, per stream.
+        agen = h.fn(arg)
+        try:
+            async for value in agen:
+                if (wait := publish(value)) is not None:
+                    await wait
+        finally:
+            await agen.aclose()
+        return None
     except _Finished as f:
         return f.output
 

@@ -27,8 +27,9 @@ _JSON = {"Content-Type": "application/json"}
 # The endpoint caps a job-done-batch body at the result cap plus 1 MiB: a request carries at most this much.
 _BATCH_BYTES = 8 << 20
 # stream-multi requests start at most this often: at a GPU's token rate each then carries every stream's items of
-# a few engine steps (an aiohttp request costs as much CPU as a hundred items), and a token waits at most this long.
-STREAM_INTERVAL_S = 0.01
+# a few engine steps (one aiohttp request costs the worker as much CPU as ~50 items), and a token waits at most
+# this long (the first one after a quiet spell not at all).
+STREAM_INTERVAL_S = 0.02
 _STATUS_FIELD = {s: b'"status":' + codec.dumps(s.value) for s in JobStatus}
 
 
