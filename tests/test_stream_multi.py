@@ -8,10 +8,9 @@ import json
 from typing import Any
 
 import pytest
-from test_worker_protocol import Raw, leased
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_worker_protocol import Raw, leased
 
 from handler_sdk import codec
 from handler_sdk.chunker import EncodedItem, batch_body, encode
