@@ -227,9 +227,8 @@ class Mux:
                     self._delivered(parts)
                     delay = self.backoff_s
                     continue
-                self._verdicts(parts, ids, codes, error)
-                if error is not None and self._dirty:
-                    log.warning("stream post failed (%s); retrying in about %.2fs", error, delay)
+                if self._verdicts(parts, ids, codes, error) and self._dirty:
+                    log.warning("stream post failed (%s); retrying in about %.2fs", error or codes, delay)
                     await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                     delay *= 2
         finally:
@@ -302,8 +301,10 @@ class Mux:
         self.items_sent += n
         self.bytes_sent += size
 
-    def _verdicts(self, parts: list[Stream], ids: list[str], codes: list[int], error: TransportError | None) -> None:
-        """Each part's fate when not all of them landed: delivered, stopped, or back in front of its queue."""
+    def _verdicts(self, parts: list[Stream], ids: list[str], codes: list[int], error: TransportError | None) -> bool:
+        """Each part's fate when not all of them landed: delivered, stopped, or back in front of its queue (then
+        True: the next request waits out a backoff)."""
+        again = False
         if ids != [s.job_id for s in parts]:
             by_id = dict(zip(ids, codes, strict=False))
             codes = [by_id.get(s.job_id, 500) for s in parts]
@@ -322,6 +323,8 @@ class Mux:
             else:
                 s.attempts += 1
                 s.put_back(items)
+                again = True
                 if not s.queued:
                     s.queued = True
                     self._dirty.append(s)
+        return again
