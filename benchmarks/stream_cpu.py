@@ -150,6 +150,22 @@ def _one(
 
 Config = tuple[int, str, str]  # streams, item shape, clock
 
+WHAT_IS_LEFT = (
+    "What is left, where the target is missed (vLLM-shaped items at 32 and 256 streams): the SDK's own share per "
+    "item is now a few list appends, the runner's publish and encode (two orjson calls, ~0.9 µs in all), and its "
+    "share of one aiohttp request every 20 ms. The rest is per stream per engine step, which at 256 streams (one "
+    "token per "
+    "stream per 12.8 ms step) is per item: the engine's future and the job task's wake-up through its coroutine "
+    "frames (Worker._run_one, run_job, _call, _stream, the handler), which the profile shows as native event-loop "
+    "time under Runner.run; and the handler's own item (a Chunk and two dicts, ~0.9 µs). Measured apart "
+    "(benchmarks/stream_floor.py: one process, no HTTP, same clock and handler): the handler's loop alone costs "
+    "2.0-3.5 µs per item at 32 streams and 3.6-4.5 µs at 256 on this shared machine, through the runner to a "
+    "no-op emit 3.6-4.8 and 6.0, through the multiplexer 4.9-5.5 and 7.7-8.6; so 5 µs at 256 streams leaves the "
+    "SDK almost nothing. Text items at 32 streams (no metrics, no Chunk) pass. Next: fewer coroutine frames "
+    "between the task "
+    "and the handler (run_job and _call for generators), and a cheaper Chunk."
+)
+
 
 def _who(c: Config) -> str:
     streams, shape, clock = c
@@ -239,6 +255,13 @@ def run(run: Run) -> Section:
         "request every 20 ms, and applies the per-job verdicts. The runner calls emit without a coroutine per "
         "item, and encode makes both orjson calls in one function."
     )
+    sec.notes.append(WHAT_IS_LEFT)
+    if "before" in trees:
+        sec.notes.append(
+            "Like for like is the same-run table below (both workers on this tree's handler, engine clock and "
+            "serve, in alternating rounds). The summary's Before and after row compares with an earlier session's "
+            "run of the old handler (a timer per job) and the old worker (one request per job per step)."
+        )
     extra = [_before_after(sec, configs, us, shares)] if "before" in trees else []
     if run.profile and not all(t.passed for t in sec.targets) and not run.quick:
         worst = max(
