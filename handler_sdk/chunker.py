@@ -51,6 +51,7 @@ _NO_METRICS = 4 + 2
 _COMMAS = 2
 
 _new = object.__new__
+_dumps = codec.dumps
 
 
 class EncodedItem:
@@ -187,7 +188,7 @@ def encode(value: Any, metrics: dict[str, Any] | None = None, limit: int = MAX_I
     Serializes at once, so a value the handler mutates after yielding it is sent as it was, and a value orjson
     cannot encode fails here, at its yield. The common case returns the bare item, not a one-item list: a
     container per yield costs as much as the item itself."""
-    data = codec.dumps(value)
+    data = _dumps(value)
     n = len(data)
     if n > limit:
         m = _metrics(metrics) if metrics else None
@@ -195,7 +196,12 @@ def encode(value: Any, metrics: dict[str, Any] | None = None, limit: int = MAX_I
     item: EncodedItem = _new(EncodedItem)
     item.output = data  # exact-size already (codec.dumps): a queued token pins no write buffer
     if metrics:
-        m = _metrics(metrics)
+        # _metrics inlined: this runs once per token.
+        if not _RESERVED.isdisjoint(metrics):
+            metrics = {k: v for k, v in metrics.items() if k not in _RESERVED}
+        m = _dumps(metrics)
+        if len(m) > METRICS_RESERVE:
+            raise OutputTooLarge(f"stream item metrics are {len(m)} bytes serialized, over {METRICS_RESERVE}")
         item.metrics = m
         item.size = n + len(m) + _COMMAS
     else:

@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 MAX_STREAM_BYTES = 1 << 20
-# A job-stream-batch request (many jobs' items) carries at most this much.
+# The endpoint reads a job-stream-batch request (many jobs' items) of up to this much; our worker keeps each one
+# within MAX_STREAM_BYTES, like every other stream request.
 MAX_STREAM_BATCH_BYTES = 8 << 20
 """The platform's 1 MB stream limit, read as 1 MiB of serialized JSON."""
 

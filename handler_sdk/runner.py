@@ -38,7 +38,8 @@ __all__ = [
 
 DEFAULT_RESULT_CAP = 20 * 1024 * 1024
 
-Emit = Callable[[chunker.EncodedItem], Awaitable[None]]
+# None when the item is queued and the handler may go on at once (no await per item), or an awaitable to wait on.
+Emit = Callable[[chunker.EncodedItem], Awaitable[None] | None]
 
 
 @dataclass(slots=True)
@@ -126,18 +127,14 @@ class _Finished(Exception):
         self.output = output
 
 
-async def _drive_async(agen: Any, publish: Callable[[Any], Awaitable[None]]) -> None:
-    try:
-        async for value in agen:
-            await publish(value)
-    finally:
-        await agen.aclose()
+Publish = Callable[[Any], Awaitable[None] | None]
 
 
-async def _drive_sync(gen: Any, pool: ElasticPool, publish: Callable[[Any], Awaitable[None]]) -> Any:
+async def _drive_sync(gen: Any, pool: ElasticPool, publish: Publish) -> Any:
     try:
         while True:
-            await publish(await pool.run(_step, gen))
+            if (wait := publish(await pool.run(_step, gen))) is not None:
+                await wait
     except _Returned as r:
         return r.value
     finally:
@@ -156,40 +153,65 @@ async def _encode_files(
     return chunker.encode(await storage.resolve(value, job_id, chunker.MAX_ITEM_OUTPUT), metrics)
 
 
+async def _publish_all(items: list[chunker.EncodedItem], emit: Emit, aggregate: list[bytes] | None) -> None:
+    for item in items:
+        if (wait := emit(item)) is not None:
+            await wait
+        if aggregate is not None:
+            aggregate.append(item.output)
+
+
+async def _publish_files(
+    value: Any,
+    metrics: dict[str, Any] | None,
+    job_id: str,
+    refused: OutputNotSerializable,
+    *,
+    emit: Emit,
+    aggregate: list[bytes] | None,
+) -> None:
+    encoded = await _encode_files(value, metrics, job_id, refused)
+    await _publish_all(encoded if isinstance(encoded, list) else [encoded], emit, aggregate)
+
+
 async def _stream(
     h: Handler, arg: Any, pool: ElasticPool, emit: Emit, aggregate: list[bytes] | None, *, job_id: str
 ) -> Any:
     """Drive a generator; returns the output it set with Final (or a sync generator's return value)."""
 
-    async def publish(value: Any) -> None:
+    def publish(value: Any) -> Awaitable[None] | None:
         if isinstance(value, dict) and "error" in value:
             raise HandlerError(_error_value(value["error"]))
-        if isinstance(value, Final):
-            raise _Finished(value.output)
         metrics = None
         if isinstance(value, Chunk):
             value, metrics = value.output, value.metrics
+        elif isinstance(value, Final):
+            raise _Finished(value.output)
         # Encoded here, at the yield: a dict mutated after its yield is sent as it was, and a value orjson cannot
         # encode fails the job at this yield. One item is the common case; only a long string comes as pieces.
         try:
             encoded = chunker.encode(value, metrics)
         except OutputNotSerializable as e:
-            encoded = await _encode_files(value, metrics, job_id, e)
+            return _publish_files(value, metrics, job_id, e, emit=emit, aggregate=aggregate)
         if isinstance(encoded, list):
-            for item in encoded:
-                await emit(item)
-                if aggregate is not None:
-                    aggregate.append(item.output)
-            return
-        await emit(encoded)
+            return _publish_all(encoded, emit, aggregate)
+        wait = emit(encoded)
         if aggregate is not None:
             aggregate.append(encoded.output)
+        return wait
 
     try:
-        if h.kind is HandlerKind.ASYNC_GEN:
-            await _drive_async(h.fn(arg), publish)
-            return None
-        return await _drive_sync(h.fn(arg), pool, publish)
+        if h.kind is not HandlerKind.ASYNC_GEN:
+            return await _drive_sync(h.fn(arg), pool, publish)
+        # _drive_async's loop, inlined: every await in between is a frame each engine step resumes, per stream.
+        agen = h.fn(arg)
+        try:
+            async for value in agen:
+                if (wait := publish(value)) is not None:
+                    await wait
+        finally:
+            await agen.aclose()
+        return None
     except _Finished as f:
         return f.output
 

@@ -1,5 +1,5 @@
 """The stream-multi extension: many jobs' stream items in one job-stream-batch request, each job's part judged
-alone; and the worker's coalescer that fills those requests from every streaming job at once."""
+alone; and the worker's multiplexer that fills those requests from every streaming job at once."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_worker_protocol import Raw, leased
 
+from handler_sdk import codec
+from handler_sdk.chunker import EncodedItem, batch_body, encode
 from handler_sdk.errors import StaleResult, TransportError
 from handler_sdk.serve.http.workers import EXTENSIONS
-from handler_sdk.worker.coalesce import Coalescer
+from handler_sdk.worker.mux import Mux, Stream
 
 
 @pytest.fixture
@@ -84,84 +88,200 @@ async def test_a_malformed_job_stream_batch_body_is_400_naming_the_shape(pure: A
     assert 'job-stream-batch body must be {"streams"' in reply["error"]
 
 
-# --- the worker's coalescer ---------------------------------------------------------------------------------
+# --- the worker's multiplexer ---------------------------------------------------------------------------------
 
 
 class Endpoint:
-    """The send callable: records each request's pieces, answers from ``codes``, or fails when told to."""
+    """The two post callables of a Mux: records each request's body and parts, answers each part from ``codes``
+    (200 by default), fails whole requests while ``fail`` counts down, holds them while ``gate`` is clear."""
 
-    def __init__(self) -> None:
-        self.requests: list[list[bytes]] = []
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.bodies: list[bytes] = []
+        self.landed: dict[str, list[Any]] = {}
         self.codes: dict[str, int] = {}
-        self.fail: TransportError | None = None
+        self.fail = 0
         self.gate = asyncio.Event()
         self.gate.set()
+        self.mux = Mux(self.post, self.post_one, max_bytes)
 
-    async def send(self, pieces: list[bytes]) -> dict[str, int]:
-        self.requests.append(pieces)
+    def _land(self, job_id: str, part: dict[str, Any]) -> int:
+        code = self.codes.get(job_id, 200)
+        if code == 200:
+            self.landed.setdefault(job_id, []).extend(part["outputs"])
+        return code
+
+    async def post(self, body: bytes) -> tuple[list[str], list[int]]:
+        self.bodies.append(body)
         await self.gate.wait()
-        if self.fail is not None:
-            raise self.fail
-        return {json.loads(p)["id"]: self.codes.get(json.loads(p)["id"], 200) for p in pieces}
+        if self.fail:
+            self.fail -= 1
+            raise TransportError("connection reset")
+        parts = json.loads(body)["streams"]
+        return [p["id"] for p in parts], [self._land(p["id"], p) for p in parts]
+
+    async def post_one(self, job_id: str, item: EncodedItem) -> int:
+        body = batch_body([item])
+        self.bodies.append(body)
+        await self.gate.wait()
+        return self._land(job_id, json.loads(body))
+
+    def requests(self) -> list[list[str]]:
+        """The job ids of each job-stream-batch request's parts."""
+        return [[p["id"] for p in json.loads(b)["streams"]] for b in self.bodies if b.startswith(b'{"streams"')]
 
 
-def piece(job_id: str, n: int = 0) -> bytes:
-    return json.dumps({"id": job_id, "outputs": [n]}).encode()
+def item(value: Any) -> EncodedItem:
+    encoded = encode(value, {"tok": 1})
+    assert isinstance(encoded, EncodedItem)
+    return encoded
 
 
-async def test_pieces_queued_while_a_request_is_in_flight_leave_together_in_the_next() -> None:
+def emit_all(s: Stream, values: list[Any]) -> None:
+    for v in values:
+        assert s.emit(item(v)) is None, "a queued item needs no await"
+
+
+async def test_every_jobs_items_queued_while_a_request_is_in_flight_leave_together_in_the_next() -> None:
     ep = Endpoint()
-    c = Coalescer(ep.send, 1 << 20)
+    a, b, c = (ep.mux.open(j) for j in "abc")
     ep.gate.clear()
-    first = asyncio.create_task(c.put("a", piece("a")))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(c.put(j, piece(j))) for j in ("b", "c", "d")]
-    await asyncio.sleep(0)
+    emit_all(a, [0])
+    await asyncio.sleep(0)  # a's first item is in flight, held
+    emit_all(a, [1, 2])
+    emit_all(b, [0])
+    emit_all(c, [0, 1])
     ep.gate.set()
-    await asyncio.gather(first, *rest)
-    assert [[json.loads(p)["id"] for p in r] for r in ep.requests] == [["a"], ["b", "c", "d"]]
+    await asyncio.gather(a.flush(), b.flush(), c.flush())
+    assert ep.requests() == [["a"], ["a", "b", "c"]]
+    assert ep.landed == {"a": [0, 1, 2], "b": [0], "c": [0, 1]}
+    assert (a.sent, b.sent, c.sent) == (3, 1, 2)
+    assert json.loads(ep.bodies[1])["streams"][0]["metrics"] == [{"tok": 1}] * 2
 
 
-async def test_a_request_stays_within_max_bytes_but_carries_at_least_one_piece() -> None:
-    ep = Endpoint()
-    big = piece("big") + b" " * 100
-    c = Coalescer(ep.send, len(big) + 10)
+async def test_requests_stay_within_the_limit_and_an_item_too_big_to_share_one_goes_on_its_jobs_route() -> None:
+    ep = Endpoint(max_bytes=400)
+    a, b = ep.mux.open("a"), ep.mux.open("b")
     ep.gate.clear()
-    first = asyncio.create_task(c.put("a", piece("a")))
+    emit_all(a, [0])
     await asyncio.sleep(0)
-    others = [asyncio.create_task(c.put("big", big)), asyncio.create_task(c.put("b", piece("b")))]
-    others.append(asyncio.create_task(c.put("c", piece("c"))))
-    await asyncio.sleep(0)
+    emit_all(a, [f"a{i}" * 10 for i in range(12)])
+    big = "B" * 330  # fits a job-stream body, not a job-stream-batch one
+    emit_all(b, [big, "b1"])
     ep.gate.set()
-    await asyncio.gather(first, *others)
-    assert [[json.loads(p)["id"] for p in r] for r in ep.requests] == [["a"], ["big"], ["b", "c"]]
+    await asyncio.gather(a.flush(), b.flush())
+    assert all(len(body) <= 400 for body in ep.bodies)
+    assert ep.landed == {"a": [0, *(f"a{i}" * 10 for i in range(12))], "b": [big, "b1"]}
+    assert any(body.startswith(b'{"outputs"') for body in ep.bodies), "the big item went on its own route"
 
 
-async def test_each_piece_gets_its_own_verdict() -> None:
+async def test_each_jobs_part_gets_its_own_verdict() -> None:
     ep = Endpoint()
-    ep.codes = {"gone": 404, "taken": 409, "bad": 400}
-    c = Coalescer(ep.send, 1 << 20)
+    ep.codes = {"gone": 404, "taken": 409, "flaky": 500}
+    streams = {j: ep.mux.open(j, retries=2) for j in ("ok", "gone", "taken", "flaky")}
+    for s in streams.values():
+        emit_all(s, [1])
+    results = await asyncio.gather(*(s.flush() for s in streams.values()), return_exceptions=True)
+    verdicts = dict(zip(streams, results, strict=True))
+    assert verdicts["ok"] is None
+    assert isinstance(verdicts["gone"], StaleResult)
+    assert isinstance(verdicts["taken"], StaleResult)
+    assert isinstance(verdicts["flaky"], TransportError)
+    assert [r.count("flaky") for r in ep.requests()] == [1, 1, 1], "a 500 is retried, twice, then fails the job"
+    with pytest.raises(StaleResult):
+        streams["gone"].emit(item(2))
+    assert ep.landed == {"ok": [1]}
+
+
+async def test_a_failed_request_is_sent_again_in_order_ahead_of_what_queued_meanwhile() -> None:
+    ep = Endpoint()
+    ep.mux.backoff_s = 0.001
+    s = ep.mux.open("a", backoff_s=0.001)
+    ep.fail = 2
+    emit_all(s, [0, 1])
+    await asyncio.sleep(0)
+    emit_all(s, [2])
+    await s.flush()
+    assert ep.landed == {"a": [0, 1, 2]}
+    assert len(ep.bodies) == 3
+
+
+async def test_a_request_that_keeps_failing_fails_its_jobs_after_their_retries() -> None:
+    ep = Endpoint()
+    s = ep.mux.open("a", retries=2, backoff_s=0.001)
+    ep.fail = 100
+    emit_all(s, [0])
+    with pytest.raises(TransportError, match="connection reset"):
+        await s.flush()
+    assert len(ep.bodies) == 3
+    with pytest.raises(TransportError):
+        s.emit(item(1))
+
+
+async def test_a_full_queue_makes_the_handler_wait_until_the_sender_takes_it() -> None:
+    ep = Endpoint()
+    s = ep.mux.open("a", max_buffered=100)
     ep.gate.clear()
-    blocker = asyncio.create_task(c.put("ok0", piece("ok0")))
-    await asyncio.sleep(0)
-    tasks = {j: asyncio.create_task(c.put(j, piece(j))) for j in ("ok", "gone", "taken", "bad")}
-    await asyncio.sleep(0)
+    emit_all(s, ["first"])
+    await asyncio.sleep(0)  # in flight, held
+    wait = s.emit(item("y" * 200))
+    assert wait is not None, "over max_buffered: the emit hands back something to wait on"
+    waiting = asyncio.ensure_future(wait)
+    await asyncio.sleep(0.02)
+    assert not waiting.done()
     ep.gate.set()
-    await blocker
-    results = dict(zip(tasks, await asyncio.gather(*tasks.values(), return_exceptions=True), strict=True))
-    assert results["ok"] is None
-    assert isinstance(results["gone"], StaleResult)
-    assert isinstance(results["taken"], StaleResult)
-    assert isinstance(results["bad"], TransportError)
-    assert len(ep.requests) == 2
+    await asyncio.wait_for(waiting, 5)
+    await s.flush()
+    assert ep.landed == {"a": ["first", "y" * 200]}
 
 
-async def test_a_failed_request_fails_every_piece_in_it_and_the_next_put_sends_again() -> None:
+async def test_an_aborted_job_sends_nothing_more() -> None:
     ep = Endpoint()
-    ep.fail = TransportError("connection refused")
-    c = Coalescer(ep.send, 1 << 20)
-    with pytest.raises(TransportError, match="connection refused"):
-        await c.put("a", piece("a"))
-    ep.fail = None
-    await c.put("a", piece("a", 1))  # the caller's retry
-    assert len(ep.requests) == 2
+    a, b = ep.mux.open("a"), ep.mux.open("b")
+    ep.gate.clear()
+    emit_all(a, [0])
+    await asyncio.sleep(0)
+    emit_all(a, [1])
+    emit_all(b, [0])
+    a.abort()
+    ep.gate.set()
+    await b.flush()
+    await asyncio.sleep(0)
+    assert ep.landed == {"a": [0], "b": [0]}
+
+
+_values = st.one_of(st.integers(0, 10**6), st.text(max_size=40), st.text(min_size=600, max_size=1900))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    jobs=st.integers(1, 6),
+    ops=st.lists(st.tuples(st.integers(0, 5), _values, st.booleans()), max_size=60),
+    fail=st.integers(0, 2),
+)
+def test_any_interleaving_of_jobs_arrives_complete_and_in_order_per_job_each_request_under_the_limit(
+    jobs: int, ops: list[tuple[int, Any, bool]], fail: int
+) -> None:
+    limit = 2048
+
+    async def scenario() -> tuple[Endpoint, dict[str, list[Any]]]:
+        ep = Endpoint(max_bytes=limit)
+        ep.fail = fail
+        streams = [ep.mux.open(f"job-{j}", backoff_s=0.0) for j in range(jobs)]
+        sent: dict[str, list[Any]] = {}
+        for j, value, yield_now in ops:
+            s = streams[j % jobs]
+            # The chunker's guarantee: any item fits one job-stream body.
+            encoded = encode(value, {"i": len(sent.get(s.job_id, []))}, limit=limit - 64 - 20)
+            for piece in encoded if isinstance(encoded, list) else [encoded]:
+                if (wait := s.emit(piece)) is not None:
+                    await wait
+                sent.setdefault(s.job_id, []).append(codec.loads(piece.output))
+            if yield_now:
+                await asyncio.sleep(0)
+        await asyncio.gather(*(s.flush() for s in streams))
+        return ep, sent
+
+    ep, sent = asyncio.run(scenario())
+    assert ep.landed == sent
+    assert all(len(body) <= limit for body in ep.bodies)

@@ -14,10 +14,10 @@ from yarl import URL
 from .. import __version__, codec
 from ..chunker import EncodedItem, batch_body, single_body
 from ..errors import StaleResult, TransportError
-from ..models import MAX_STREAM_BATCH_BYTES, JobStatus
+from ..models import MAX_STREAM_BYTES, JobStatus
 from ..runner import Outcome
-from .coalesce import Coalescer
 from .config import Endpoints
+from .mux import Mux, Stream
 from .transport import Assignment
 
 __all__ = ["EXTENSIONS_HEADER", "HttpTransport"]
@@ -26,6 +26,10 @@ EXTENSIONS_HEADER = "X-Handler-SDK"
 _JSON = {"Content-Type": "application/json"}
 # The endpoint caps a job-done-batch body at the result cap plus 1 MiB: a request carries at most this much.
 _BATCH_BYTES = 8 << 20
+# stream-multi requests start at most this often: at a GPU's token rate each then carries every stream's items of
+# a few engine steps (one aiohttp request costs the worker as much CPU as ~50 items), and a token waits at most
+# this long (the first one after a quiet spell not at all).
+STREAM_INTERVAL_S = 0.02
 _STATUS_FIELD = {s: b'"status":' + codec.dumps(s.value) for s in JobStatus}
 
 
@@ -38,9 +42,10 @@ class HttpTransport:
         self.batch_stream = False
         self.can_hand_back = False
         self.batch_done = False
-        # stream-multi: every job's stream items that queue while one request is in flight leave in the next.
+        # stream-multi: every job's stream items that queue while one request is in flight leave in the next,
+        # each request within the 1 MiB stream limit.
         self.multi_stream = False
-        self._streams = Coalescer(self._send_streams, MAX_STREAM_BATCH_BYTES)
+        self._mux = Mux(self._post_streams, self._post_one, MAX_STREAM_BYTES, interval_s=STREAM_INTERVAL_S)
         # Results waiting for the next job-done-batch request: the job id, its {"id":...} item, and the future
         # its reporter awaits; and the items' bytes in all.
         self._results: list[tuple[str, bytes, asyncio.Future[None]]] = []
@@ -71,8 +76,16 @@ class HttpTransport:
             self.multi_stream = "stream-multi" in names
 
     async def _request(
-        self, method: str, url: URL, *, body: bytes | None = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: URL,
+        *,
+        body: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        check: bool = True,
     ) -> tuple[int, bytes]:
+        """The status and body; a 409 raises StaleResult and any other status >= 400 TransportError, unless
+        ``check`` is off (the caller judges the status)."""
         if params:
             url = url.update_query(params)
         try:
@@ -81,6 +94,8 @@ class HttpTransport:
                 self._learn(resp)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise TransportError(f"{method} {url.path}: {type(e).__name__}: {e}") from e
+        if not check:
+            return resp.status, data
         if resp.status == 409:
             raise StaleResult(f"{url.path}: 409 {data[:200]!r}")
         if resp.status >= 400:
@@ -118,22 +133,36 @@ class HttpTransport:
                 timeout = timeout_ms / 1000
         return Assignment(str(j["id"]), j.get("input"), j, timeout)
 
+    def open_stream(self, job_id: str, *, retries: int = 5, backoff_s: float = 0.2) -> Stream | None:
+        """A job's stream on the shared multiplexer (stream-multi), or None: the worker then sends through
+        ``stream`` per job."""
+        if not self.multi_stream:
+            return None
+        return self._mux.open(job_id, retries=retries, backoff_s=backoff_s)
+
+    @property
+    def stream_sent(self) -> tuple[int, int]:
+        """Items delivered through ``open_stream``'s streams, and their outputs' bytes."""
+        return self._mux.items_sent, self._mux.bytes_sent
+
     async def stream(self, job_id: str, items: Sequence[EncodedItem]) -> None:
-        if self.multi_stream:
-            # {"id":...,"outputs":[...]}: the batch body with the job's id put in front of its fields.
-            fields = memoryview(batch_body(list(items)))[1:]
-            await self._streams.put(job_id, b"".join((b'{"id":', codec.dumps(job_id), b",", fields)))
-            return
         body = single_body(items[0]) if len(items) == 1 else batch_body(list(items))
         await self._request("POST", self.ep.stream_url(job_id), body=body, params={"isStream": "false"})
 
-    async def _send_streams(self, pieces: list[bytes]) -> dict[str, int]:
-        body = b"".join((b'{"streams":[', b",".join(pieces), b"]}"))
+    async def _post_streams(self, body: bytes) -> tuple[list[str], list[int]]:
         _, data = await self._request("POST", self._stream_batch_url, body=body)
         try:
-            return {r["id"]: r["code"] for r in codec.loads(data)["results"]}
+            results = codec.loads(data)["results"]
+            return [r["id"] for r in results], [r["code"] for r in results]
         except (ValueError, KeyError, TypeError) as e:
             raise TransportError(f"job-stream-batch answered malformed JSON: {e}") from e
+
+    async def _post_one(self, job_id: str, item: EncodedItem) -> int:
+        """One item on the job's own route: the status it answered (job-stream judges one job as a part is)."""
+        status, _ = await self._request(
+            "POST", self.ep.stream_url(job_id), body=batch_body([item]), params={"isStream": "false"}, check=False
+        )
+        return status
 
     async def progress(self, job_id: str, output: bytes) -> None:
         body = b'{"status":"IN_PROGRESS","output":' + output + b"}"

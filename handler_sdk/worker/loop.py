@@ -35,7 +35,7 @@ from ..runner import DEFAULT_RESULT_CAP, Outcome, error_details, run_job
 from ..threads import ElasticPool
 from .sender import StreamSender
 from .spool import Spool
-from .transport import Assignment, Pushing, Transport
+from .transport import Assignment, Multiplexing, Pushing, StreamSink, Transport
 
 __all__ = ["Worker", "WorkerConfig", "WorkerState"]
 
@@ -75,7 +75,7 @@ class _Running:
     assignment: Assignment
     job: Job
     task: asyncio.Task[None] | None = None
-    sender: StreamSender | None = None
+    sender: StreamSink | None = None
     ticket: Ticket | None = None  # its place in a batch, for a batched handler
 
 
@@ -325,9 +325,7 @@ class Worker:
         # handler's threads too, carries its trace (if it has one), and no other job's does.
         trace.current.set(rj.job.trace)
         log.debug("job %s started", a.id)
-        sender = None
-        if self._streams:  # the sender is only for yielded items; most handlers return
-            sender = StreamSender(self.t, a.id, retries=self.cfg.report_retries, backoff_s=self.cfg.backoff_base_s)
+        sender = self._sender(a.id) if self._streams else None  # only for yielded items; most handlers return
         rj.sender = sender
         reporting = False
         try:
@@ -369,6 +367,16 @@ class Worker:
         self._note(a.id, outcome)
         await self._deliver(a.id, outcome)
 
+    def _sender(self, job_id: str) -> StreamSink:
+        """The job's stream on the transport's multiplexer when it has one (every job's items in one request),
+        else a sender of the job's own."""
+        retries, backoff = self.cfg.report_retries, self.cfg.backoff_base_s
+        if isinstance(self.t, Multiplexing):
+            sink = self.t.open_stream(job_id, retries=retries, backoff_s=backoff)
+            if sink is not None:
+                return sink
+        return StreamSender(self.t, job_id, retries=retries, backoff_s=backoff)
+
     async def _deliver(self, job_id: str, outcome: Outcome) -> None:
         self._reporting.add(job_id)
         try:
@@ -383,7 +391,7 @@ class Worker:
         finally:
             self._reporting.discard(job_id)
 
-    def _stopped(self, job_id: str, sender: StreamSender | None) -> Outcome | None:
+    def _stopped(self, job_id: str, sender: StreamSink | None) -> Outcome | None:
         """A job's task was cancelled: no report (None), unless the worker died, which fails the job."""
         if sender is not None:
             sender.abort()
@@ -410,7 +418,7 @@ class Worker:
         else:
             log.info("job %s %s: %s", job_id, outcome.status.value, outcome.error)
 
-    async def _flush(self, sender: StreamSender, outcome: Outcome) -> Outcome | None:
+    async def _flush(self, sender: StreamSink, outcome: Outcome) -> Outcome | None:
         """Deliver the job's last stream items; None when the endpoint has stopped the job meanwhile."""
         try:
             await sender.flush()

@@ -21,7 +21,7 @@ from ..chunker import EncodedItem
 from ..errors import ConfigError, StaleResult
 from ..models import JobStatus
 from ..runner import Outcome
-from .transport import Assignment, Transport
+from .transport import Assignment, Multiplexing, StreamSink, Transport
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -104,6 +104,19 @@ class MeteredTransport:
         self.stream_items += len(items)
         self.stream_bytes += sum(len(i.output) for i in items)
 
+    def open_stream(self, job_id: str, *, retries: int = 5, backoff_s: float = 0.2) -> StreamSink | None:
+        """The inner transport's multiplexed stream (its items are counted where they are sent), or None."""
+        if not isinstance(self.inner, Multiplexing):
+            return None
+        return self.inner.open_stream(job_id, retries=retries, backoff_s=backoff_s)
+
+    def _stream_counts(self) -> tuple[int, int]:
+        items, size = self.stream_items, self.stream_bytes
+        sent = getattr(self.inner, "stream_sent", None)
+        if sent is not None:
+            items, size = items + sent[0], size + sent[1]
+        return items, size
+
     async def progress(self, job_id: str, output: bytes) -> None:
         await self.inner.progress(job_id, output)
 
@@ -138,13 +151,14 @@ class MeteredTransport:
 
     def _families(self) -> Iterable[Metric]:
         rep = self.exporter.replica
+        items, size = self._stream_counts()
         done = [((s.value, rep), n) for s, n in self.finished.items()]
         yield metrics.counter("handler_sdk_jobs_finished", "jobs this worker reported, by status",
                               ["status", "replica"], done)  # fmt: skip
         yield metrics.counter("handler_sdk_stream_items", "stream items sent", ["replica"],
-                              [((rep,), self.stream_items)])  # fmt: skip
+                              [((rep,), items)])  # fmt: skip
         yield metrics.counter("handler_sdk_stream_bytes", "serialized bytes of stream item outputs sent",
-                              ["replica"], [((rep,), self.stream_bytes)])  # fmt: skip
+                              ["replica"], [((rep,), size)])  # fmt: skip
 
 
 async def start_exporter(

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..chunker import EncodedItem
 from ..runner import Outcome
 
-__all__ = ["Assignment", "Pushing", "Transport"]
+__all__ = ["Assignment", "Multiplexing", "Pushing", "StreamSink", "Transport"]
 
 
 @dataclass(slots=True)
@@ -69,3 +69,25 @@ class Pushing(Protocol):
         """A job ended without a result to report (stopped): queued jobs may start. After a job with a result,
         done() offers the freed slot itself, once the result is recorded."""
         ...
+
+
+class StreamSink(Protocol):
+    """Where one job's stream items go: the worker's per-job ``StreamSender``, or a job's stream on a transport's
+    multiplexer. ``emit`` returns None, or an awaitable when the handler must wait (for room, or for the item)."""
+
+    job_id: str
+    sent: int
+
+    def emit(self, item: EncodedItem) -> Awaitable[None] | None: ...
+
+    async def flush(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@runtime_checkable
+class Multiplexing(Protocol):
+    """A transport that sends every job's stream items together (the HTTP transport, once the endpoint announces
+    stream-multi): the worker asks it for each streaming job's sink, and falls back to a StreamSender on None."""
+
+    def open_stream(self, job_id: str, *, retries: int = 5, backoff_s: float = 0.2) -> StreamSink | None: ...
