@@ -2,7 +2,10 @@
 
 One tiny CPU model (``python -m handler_sdk.vllm.tiny DIR``), the same engine and serving settings on both sides
 (float32, eager, max_model_len 2048, ``VLLM_CPU_KVCACHE_SPACE=1``, the ``hermes`` tool parser with auto tool
-choice), the same non-streamed chat requests at temperature 0, so both sides generate the same tokens:
+choice, compact JSON: ``{"backend": "xgrammar", "disable_any_whitespace": true}`` as the structured-outputs
+config), the same non-streamed chat requests at temperature 0 with a logit bias (-100 on whitespace, +100 on
+end-of-sequence where the grammar allows it), so both sides generate the same short answers; random weights at
+temperature 0 otherwise pad the JSON with whitespace or add call after call, up to ``max_tokens``:
 
 * tool call: one tool with a bounded schema (an enum), ``tool_choice: "required"``;
 * ``json_schema``: ``response_format`` with a strict schema of one enum field.
@@ -82,6 +85,7 @@ KINDS = {
         },
     },
 }
+STRUCTURED = '{"backend": "xgrammar", "disable_any_whitespace": true}'
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -90,6 +94,7 @@ class Wave:
     requests: int = 0
     seconds: float = 0.0
     tokens: int = 0
+    unfit: int = 0  # answers without the tool call or the JSON asked for (cut at max_tokens)
     cpu_all: float = 0.0  # seconds of CPU, the server's whole process group
     cpu_front: float = 0.0  # seconds of CPU, its front-end process alone
 
@@ -104,6 +109,7 @@ class _Side:
     label: str
     url: str
     proc: Proc
+    extra: dict[str, Any] = field(default_factory=dict)  # request fields added for this model (the same for both)
     waves: dict[str, list[Wave]] = field(default_factory=dict)
 
 
@@ -127,21 +133,22 @@ def _cpu(pgid: int) -> tuple[float, float]:
     return total, front
 
 
-def _check(kind: str, reply: dict[str, Any]) -> int:
-    """The answer has what its kind asks for; returns its completion tokens."""
+def _check(kind: str, reply: dict[str, Any]) -> bool:
+    """Whether the answer has what its kind asks for: a parsed call of the tool, or content that parses."""
     message = reply["choices"][0]["message"]
     if kind == "tool call":
         calls = message.get("tool_calls") or []
-        if not calls or calls[0]["function"]["name"] != "get_weather":
-            raise RuntimeError(f"no tool call in {reply}")
-    else:
+        return bool(calls) and calls[0]["function"]["name"] == "get_weather"
+    try:
         orjson.loads(message["content"])
-    return int(reply["usage"]["completion_tokens"])
+    except (orjson.JSONDecodeError, TypeError):
+        return False
+    return True
 
 
 async def _wave(side: _Side, kind: str, clients: int, per_client: int) -> Wave:
     w = Wave()
-    body = orjson.dumps(KINDS[kind])
+    body = orjson.dumps({**KINDS[kind], **side.extra})
     headers = {"Content-Type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as s:
@@ -152,7 +159,9 @@ async def _wave(side: _Side, kind: str, clients: int, per_client: int) -> Wave:
                     raw = await r.read()
                     if r.status != 200:
                         raise RuntimeError(f"{side.label} answered {r.status}: {raw[:300]!r}")
-                w.tokens += _check(kind, orjson.loads(raw))
+                reply = orjson.loads(raw)
+                w.tokens += int(reply["usage"]["completion_tokens"])
+                w.unfit += not _check(kind, reply)
                 w.requests += 1
 
         cpu0 = _cpu(side.proc.pid)
@@ -209,6 +218,8 @@ def _start(run: Run, work: Path) -> list[_Side]:
             "--enable-auto-tool-choice",
             "--tool-call-parser",
             "hermes",
+            "--structured-outputs-config",
+            STRUCTURED,
             "--host",
             "127.0.0.1",
             "--port",
@@ -231,6 +242,7 @@ def _start(run: Run, work: Path) -> list[_Side]:
         "MAX_CONCURRENCY": "32",
         "ENABLE_AUTO_TOOL_CHOICE": "true",
         "TOOL_CALL_PARSER": "hermes",
+        "STRUCTURED_OUTPUTS_CONFIG": STRUCTURED,
         "DISABLE_LOG_STATS": "true",
     }
     serve = Proc(serve_cmd("handler_sdk.vllm", port_b, work / "serve-data"), env=ours_env, log=work / "serve.log")
@@ -240,10 +252,23 @@ def _start(run: Run, work: Path) -> list[_Side]:
     except BaseException:
         stop_all([vllm, serve])
         raise
+    extra = {"logit_bias": _bias(model)}
     return [
-        _Side("vllm", "(a) vLLM's own OpenAI server", f"http://127.0.0.1:{port_a}/v1/chat/completions", vllm),
-        _Side("ours", "(b) serve /openai", f"{base}/openai/v1/chat/completions", serve),
+        _Side("vllm", "(a) vLLM's own OpenAI server", f"http://127.0.0.1:{port_a}/v1/chat/completions", vllm, extra),
+        _Side("ours", "(b) serve /openai", f"{base}/openai/v1/chat/completions", serve, extra),
     ]
+
+
+def _bias(model: Path) -> dict[str, int]:
+    """-100 on every whitespace token and +100 on end-of-sequence, which the grammar allows only where the answer
+    may end: random weights at temperature 0 otherwise pad the JSON with whitespace or, with ``required``, add
+    call after call, up to max_tokens. So each answer is one short call (or one compact object), on both sides."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    bias = {str(i): -100 for i in range(len(tok)) if (t := tok.decode([i])) and not t.strip()}
+    bias[str(tok.eos_token_id)] = 100
+    return bias
 
 
 def run(run: Run) -> Section:
@@ -257,6 +282,8 @@ def run(run: Run) -> Section:
         "max_tokens": 200,
         "temperature": 0,
         "tool_call_parser": "hermes",
+        "structured_outputs_config": STRUCTURED,
+        "logit_bias": "-100 on each whitespace token, +100 on end-of-sequence",
         "engine": "tiny Llama, float32, enforce_eager, max_model_len 2048, VLLM_CPU_KVCACHE_SPACE=1",
     }
     if run.quick:
@@ -278,7 +305,8 @@ def run(run: Run) -> Section:
                     side.waves.setdefault(kind, []).append(w)
                     run.log(
                         f"vllm_openai {side.key} {kind}: {w.rps:.2f} req/s, {w.cpu_all / w.requests * 1000:.0f} "
-                        f"ms CPU/req ({w.cpu_front / w.requests * 1000:.0f} front end), {w.tokens} tokens"
+                        f"ms CPU/req ({w.cpu_front / w.requests * 1000:.0f} front end), {w.tokens} tokens, "
+                        f"{w.unfit} unfit"
                     )
     finally:
         stop_all(list({id(s.proc): s.proc for s in sides}.values()), 15)
@@ -299,6 +327,10 @@ def _figures(sec: Section, sides: list[_Side]) -> None:
             sec.figure(f"{side.label}, {kind}: CPU per request, front end", "ms").values = [
                 w.cpu_front / w.requests * 1000 for w in ws
             ]
+        for s in sides:
+            unfit, total = sum(w.unfit for w in s.waves[kind]), sum(w.requests for w in s.waves[kind])
+            if unfit:
+                sec.notes.append(f"{s.label}, {kind}: {unfit} of {total} answers lacked the call or JSON asked for.")
         tokens = {s.label: sorted({w.tokens for w in s.waves[kind]}) for s in sides}
         if tokens[a.label] != tokens[b.label]:
             sec.notes.append(f"{kind}: the two sides generated different token counts per wave: {tokens}.")
