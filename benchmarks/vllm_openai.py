@@ -50,7 +50,7 @@ from .common import (
 __all__ = ["run"]
 
 CONCURRENCY = 8
-PER_CLIENT = 4
+PER_CLIENT = 12
 ROUNDS = 5
 MODEL = "tiny"
 MESSAGES = [{"role": "user", "content": "What is the weather in the city?"}]

@@ -189,13 +189,13 @@ CASES: list[tuple[str, int, str, str, Any, bool]] = [
         chat(stream=True, n=2, temperature=1.0, seed=5, stream_options={"include_usage": True}),
         False,
     ),
-    ("chat-tool-required", 200, "POST", CHAT, chat(tools=[WEATHER], tool_choice="required", max_tokens=200), False),
+    ("chat-tool-required", 200, "POST", CHAT, chat(tools=[WEATHER], tool_choice="required", max_tokens=60), False),
     (
         "chat-tool-required-stream",
         200,
         "POST",
         CHAT,
-        chat(tools=[WEATHER], tool_choice="required", max_tokens=200, stream=True),
+        chat(tools=[WEATHER], tool_choice="required", max_tokens=60, stream=True),
         False,
     ),
     (
@@ -203,7 +203,7 @@ CASES: list[tuple[str, int, str, str, Any, bool]] = [
         200,
         "POST",
         CHAT,
-        chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=200),
+        chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60),
         False,
     ),
     (
@@ -221,7 +221,7 @@ CASES: list[tuple[str, int, str, str, Any, bool]] = [
         CHAT,
         chat(
             response_format={"type": "json_schema", "json_schema": {"name": "v", "schema": VERDICT, "strict": True}},
-            max_tokens=200,
+            max_tokens=60,
         ),
         False,
     ),

@@ -8,9 +8,10 @@ The worker's handler (e.g. the built-in vLLM one) answers in one of two ways, an
   as they land, in order, as ``text/event-stream``.
 
 A client that disconnects mid-stream cancels its job. A handler that is not OpenAI-aware simply has its output
-returned as the JSON body. A stream whose job fails (its engine died) ends with an OpenAI-shaped error event and
-``[DONE]``, never by hanging. Any other path under ``/openai`` is answered here, 404 listing the routes served,
-without making a job.
+returned as the JSON body. A ``body`` of null is answered with the status alone and an empty body (vLLM's /health);
+a request body that is not a JSON object travels as its text, so the worker's vLLM answers its own 400. A stream
+whose job fails (its engine died) ends with an OpenAI-shaped error event and ``[DONE]``, never by hanging. Any
+other path under ``/openai`` is answered here, 404 listing the routes served, without making a job.
 """
 
 from __future__ import annotations
