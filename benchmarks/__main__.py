@@ -31,6 +31,7 @@ MODULES = {
     "stream_cpu": "benchmarks.stream_cpu",
     "retention": "benchmarks.retention",
     "soak": "benchmarks.soak",
+    "vllm_openai": "benchmarks.vllm_openai",
 }
 
 

@@ -28,6 +28,7 @@ ORDER = [
     "stream_cpu",
     "retention",
     "soak",
+    "vllm_openai",
 ]
 
 Panel = tuple[str, list[str], dict[str, list[Figure | None]]]  # y label, group names, series -> one figure per group

@@ -64,3 +64,30 @@ async def test_a_stream_whose_job_fails_ends_with_an_openai_error_event_and_done
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert "the engine died" in error["message"] and {"message", "type", "code", "param"} <= set(error)
+
+
+async def test_an_answer_without_a_body_is_the_status_alone_with_an_empty_body(endpoint_factory, http):
+    async def healthy(job: Job) -> Any:
+        return {"status_code": 200, "body": None}  # vLLM's /health: no body at all
+
+    ep = await endpoint_factory(Handler(healthy))
+    async with http.get(f"{ep.url}/openai/health") as r:
+        assert r.status == 200
+        assert await r.read() == b""
+        assert r.headers.get("Content-Type", "") != "application/json"
+
+
+@pytest.mark.parametrize("raw", ["this is not valid json{{{", '["not", "an", "object"]', "42", "null", ""])
+async def test_a_body_that_is_not_a_json_object_reaches_the_handler_as_its_text(endpoint_factory, http, raw):
+    """So that vLLM's request model answers it with vLLM's own 400 (the worker parses the text as vLLM's
+    server does); it is never streamed, whatever it says."""
+    seen: list[Any] = []
+
+    async def keep(job: Job) -> Any:
+        seen.append(job.input)
+        return {"status_code": 400, "body": {"error": {"message": "refused", "type": "Bad Request", "code": 400}}}
+
+    ep = await endpoint_factory(Handler(keep))
+    async with http.post(f"{ep.url}/openai/v1/chat/completions", data=raw) as r:
+        assert r.status == 400 and (await r.json())["error"]["message"] == "refused"
+    assert seen == [{"openai_route": "/v1/chat/completions", "openai_input": raw}]

@@ -19,13 +19,18 @@ WorkerDead instead, so the job FAILS (never COMPLETED) and the endpoint ends the
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from http import HTTPStatus
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import vllm
+from fastapi._compat.v2 import get_missing_field_error
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -36,7 +41,7 @@ from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
 from vllm.entrypoints.serve import create_error_response
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest
+from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.v1.engine.exceptions import EngineDeadError
@@ -85,14 +90,43 @@ def normalize_route(route: str) -> str:
     return route.removeprefix("/openai")
 
 
-def _parse(model: type[BaseModel], body: dict[str, Any] | str) -> Any:
-    return model.model_validate_json(body) if isinstance(body, str) else model.model_validate(body)
+@functools.cache
+def _adapter(model: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(model)
 
 
-def _tokenize_model(body: dict[str, Any] | str) -> type[BaseModel]:
-    # vLLM's /tokenize takes either a completion-style body (prompt) or a chat-style one (messages).
-    has_messages = '"messages"' in body if isinstance(body, str) else "messages" in body
-    return TokenizeChatRequest if has_messages else TokenizeCompletionRequest
+def _parse(model: Any, body: dict[str, Any] | str) -> Any:
+    """The request as vLLM's server reads its body (FastAPI): the text decoded by ``json.loads`` (Starlette's
+    ``request.json()``), then validated in Python mode. A body that fails is a ``RequestValidationError`` with
+    FastAPI's own errors (locations under ``body``), which vLLM's server answers with its 400."""
+    value: Any = body
+    if isinstance(body, str):
+        if not body:
+            raise RequestValidationError([get_missing_field_error(("body",))])
+        try:
+            value = json.loads(body)  # not orjson: FastAPI's decoder and its error positions, as vLLM's server has
+        except json.JSONDecodeError as e:
+            error = {"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error", "input": {},
+                     "ctx": {"error": e.msg}}  # fmt: skip
+            raise RequestValidationError([error]) from e
+    if value is None:
+        raise RequestValidationError([get_missing_field_error(("body",))])
+    try:
+        return _adapter(model).validate_python(value, from_attributes=True)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors]) from e
+
+
+async def _request_error(e: RequestValidationError) -> Final:
+    """vLLM's server's own answer to a body that fails its request model, from vLLM's own exception handler."""
+    from vllm.entrypoints.serve.exception_handling.handlers.validation import validation_exception_handler
+
+    # The handler reads only whether to log the stack from the request.
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(args=SimpleNamespace(log_error_stack=False))),
+                              state=SimpleNamespace())  # fmt: skip
+    response = await validation_exception_handler(request, e)  # type: ignore[arg-type]
+    return _answer(response.status_code, codec.loads(bytes(response.body)))
 
 
 class _Servings:
@@ -217,6 +251,8 @@ class OpenAIServing:
             return refused
         try:
             result = await self._call(s, route, body)
+        except RequestValidationError as e:
+            return await _request_error(e)
         except ValidationError as e:
             return _error(_validation_error(e))
         except EngineDeadError as e:
@@ -244,9 +280,10 @@ class OpenAIServing:
         if route == RESPONSES:
             return await s.responses.create_responses(_parse(ResponsesRequest, body))
         if route == EMBEDDINGS:
-            return _pooled(await s.embedding(_parse_embedding(body), None))
+            return _pooled(await s.embedding(_parse(_embedding_request(), body), None))
         if route == TOKENIZE:
-            return await s.tokenization.create_tokenize(_parse(_tokenize_model(body), body), None)  # type: ignore[arg-type]
+            # vLLM's /tokenize takes either a completion-style body (prompt) or a chat-style one (messages).
+            return await s.tokenization.create_tokenize(_parse(TokenizeRequest, body), None)  # type: ignore[arg-type]
         return await s.tokenization.create_detokenize(_parse(DetokenizeRequest, body), None)  # type: ignore[arg-type]
 
 
@@ -272,12 +309,10 @@ def _wrong_runner(route: str, pooling: bool) -> Final | None:
     return _error(create_error_response(f"{route} needs {what}; this worker serves {serves} model"))
 
 
-def _parse_embedding(body: dict[str, Any] | str) -> Any:
-    from pydantic import TypeAdapter
+def _embedding_request() -> Any:
     from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
 
-    adapter: TypeAdapter[Any] = TypeAdapter(EmbeddingRequest)
-    return adapter.validate_json(body) if isinstance(body, str) else adapter.validate_python(body)
+    return EmbeddingRequest
 
 
 def _pooled(response: Any) -> Final | ErrorResponse:

@@ -8,9 +8,10 @@ The worker's handler (e.g. the built-in vLLM one) answers in one of two ways, an
   as they land, in order, as ``text/event-stream``.
 
 A client that disconnects mid-stream cancels its job. A handler that is not OpenAI-aware simply has its output
-returned as the JSON body. A stream whose job fails (its engine died) ends with an OpenAI-shaped error event and
-``[DONE]``, never by hanging. Any other path under ``/openai`` is answered here, 404 listing the routes served,
-without making a job.
+returned as the JSON body. A ``body`` of null is answered with the status alone and an empty body (vLLM's /health);
+a request body that is not a JSON object travels as its text, so the worker's vLLM answers its own 400. A stream
+whose job fails (its engine died) ends with an OpenAI-shaped error event and ``[DONE]``, never by hanging. Any
+other path under ``/openai`` is answered here, 404 listing the routes served, without making a job.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from typing import Any
 from aiohttp import web
 
 from ... import codec
-from ...errors import BadRequest
+from ...errors import BadRequest, NestedTooDeep
 from ...models import JobStatus, RunRequest
 from ..state.api import JobState, JobView
 from .replies import json_reply, raw_json_reply
 from .replies import openai_error as _openai_error
 from .replies import openai_error_body as _error_body
 from .router import Routes
-from .web import read_json
+from .web import read_body
 
 __all__ = ["add_openai_routes"]
 
@@ -52,6 +53,8 @@ def _final(r: JobView) -> web.Response:
     if r.status is JobStatus.COMPLETED:
         out = codec.loads(r.output) if r.output is not None else None
         if isinstance(out, dict) and isinstance(out.get("status_code"), int) and "body" in out:
+            if out["body"] is None:  # vLLM's answer has no body (its /health): the status alone, as vLLM sends it
+                return web.Response(status=out["status_code"])
             return json_reply(out["body"], out["status_code"])
         return raw_json_reply(r.output or b"null")
     if r.status is JobStatus.TIMED_OUT:
@@ -67,12 +70,19 @@ class OpenAIRoutes:
         self.body_cap = body_cap
         self.wait_s = wait_s
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        # Integers beyond 64 bits stay exact on their way to the worker (codec): vLLM answers its own range error.
-        body = await read_json(request, self.body_cap)
-        if not isinstance(body, dict):
-            raise BadRequest("body must be a JSON object")
-        return body
+    async def _body(self, request: web.Request) -> dict[str, Any] | str:
+        """The body as a JSON object, or else its text: a body that is not JSON, or JSON that is no object (an
+        array, a number, nothing at all), goes to the worker as it came, so that vLLM's request model refuses it
+        with vLLM's own 400, as vLLM's server does. Integers beyond 64 bits stay exact (codec), so vLLM answers
+        its own range error for them too."""
+        data = await read_body(request, self.body_cap)
+        try:
+            body = codec.loads_request(data) if data.strip() else None
+        except NestedTooDeep:
+            raise  # it could not travel in the job input either
+        except BadRequest:
+            body = None
+        return body if isinstance(body, dict) else data.decode("utf-8", errors="replace")
 
     def route(self, method: str, route: str) -> Any:
         async def answer(request: web.Request) -> web.StreamResponse:
@@ -90,10 +100,10 @@ class OpenAIRoutes:
             return _openai_error(what, 405, "MethodNotAllowed", {"Allow": ",".join(allowed)})
         return _openai_error(f"no OpenAI route /openai{tail}; served: {served}", 404, "NotFoundError")
 
-    async def relay(self, request: web.Request, route: str, body: dict[str, Any] | None) -> web.StreamResponse:
+    async def relay(self, request: web.Request, route: str, body: dict[str, Any] | str | None) -> web.StreamResponse:
         req = RunRequest(input={"openai_route": route, "openai_input": body})
         r, _ = await self.state.submit(req, sync=True, route="openai")
-        streaming = body is not None and bool(body.get("stream"))
+        streaming = isinstance(body, dict) and bool(body.get("stream"))
         resp: web.StreamResponse | None = None
         try:
             async with asyncio.timeout(self.wait_s):
