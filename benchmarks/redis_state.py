@@ -16,6 +16,7 @@ It starts its own redis-server (no persistence) on a free port.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -64,6 +65,9 @@ def _runsync(run: Run, sec: Section, work: Any, redis: RedisServer, tool: str) -
                 t0 = reps.counts() if n else Counter()
                 c0, r0, g0 = cpu_of(reps.pids), _cpu_s(redis.pid), children_cpu_s()
                 load = run_load(reps.urls("runsync"), BODY, 32, duration, tool)
+                sec.figure("1-minute load average (uptime) after each /runsync load", "load").values.append(
+                    os.getloadavg()[0]
+                )
                 c1, r1, g1 = cpu_of(reps.pids), _cpu_s(redis.pid), children_cpu_s()
                 jobs = max(load.requests, 1)
                 L = label(n)
@@ -105,6 +109,7 @@ def _drains(run: Run, sec: Section, work: Any, redis: RedisServer) -> dict[int, 
     for r in range(repeats):
         for n in SETS[r % len(SETS) :] + SETS[: r % len(SETS)]:
             d = drain(work, NEW, n_jobs, max(n, 1), redis=redis if n else None, tag=f"{n}x{r}")
+            sec.figure("1-minute load average (uptime) after each drain", "load").values.append(os.getloadavg()[0])
             L = label(n)
             sec.figure(f"drain, {L}: jobs/s", "jobs/s").values.append(d.rate)
             sec.figure(f"drain CPU per job: serve (all replicas), {L}", "µs/job").values.append(d.serve_us)
@@ -218,8 +223,6 @@ def run(run: Run) -> Section:
 
 
 def _notes(goals: dict[int, dict[str, float]], counted: dict[int, dict[str, Any]]) -> list[str]:
-    import os
-
     cores = os.cpu_count() or 1
     per = "; ".join(
         f"{label(n)}: /run {goals[n]['run']:.2f} ({goals[n]['status']:.2f} per /status call), /runsync "
