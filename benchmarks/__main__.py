@@ -31,6 +31,7 @@ MODULES = {
     "stream_cpu": "benchmarks.stream_cpu",
     "retention": "benchmarks.retention",
     "soak": "benchmarks.soak",
+    "redis_state": "benchmarks.redis_state",
     "vllm_openai": "benchmarks.vllm_openai",
 }
 

@@ -126,6 +126,8 @@ class Section:
     notes: list[str] = field(default_factory=list)
     profile: str | None = None
     plot: str | None = None
+    # Markdown blocks (tables) rendered after the notes, for what a figure list cannot show (a breakdown).
+    text: list[str] = field(default_factory=list)
     available: bool = True
     date: str = field(default_factory=lambda: datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
     seconds: float = 0.0
@@ -150,6 +152,7 @@ class Section:
             "targets": [t.as_dict() for t in self.targets],
             "notes": self.notes,
             "profile": self.profile,
+            "text": self.text,
             "plot": self.plot,
             "machine": machine(),
         }

@@ -1,8 +1,10 @@
 """The load generator, always a separate process: ``wrk`` when installed, else an async aiohttp client.
 
 Both POST one fixed JSON body over ``connections`` keep-alive connections for ``duration`` seconds and report
-requests/s and the p50/p99 latency. wrk (C, one thread) costs the server far less CPU than a Python client, which
-matters on a two-core machine; the fallback exists so the code runs anywhere (the smoke test forces it).
+requests/s and the p50/p99 latency. Given several URLs (the replicas of one endpoint), the connections are dealt
+out over them in turn: one async client process holds them all, or one wrk runs per URL at the same time. wrk (C,
+one thread) costs the server far less CPU than a Python client, which matters on a two-core machine; the fallback
+exists so the code runs anywhere (the smoke test forces it).
 
 ``python -m benchmarks.loadgen URL --body JSON --connections N --duration S`` prints one JSON line.
 """
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +82,23 @@ def _wrk(url: str, body: str, connections: int, duration: float) -> Load:
     )
 
 
-def _async_client(url: str, body: str, connections: int, duration: float) -> Load:
+def _wrk_spread(urls: Sequence[str], body: str, connections: int, duration: float) -> Load:
+    """One wrk per URL, all at once, the connections split between them."""
+    shares = [connections // len(urls) + (i < connections % len(urls)) for i in range(len(urls))]
+    with ThreadPoolExecutor(len(urls)) as pool:
+        loads = list(pool.map(lambda uc: _wrk(uc[0], body, uc[1], duration), zip(urls, shares, strict=True)))
+    n = sum(x.requests for x in loads)
+    # The latencies of the parts are combined by their request counts: close to, not exactly, the percentiles.
+    p50 = sum(x.p50_ms * x.requests for x in loads) / max(n, 1)
+    return Load(sum(x.rps for x in loads), p50, max(x.p99_ms for x in loads), n, sum(x.errors for x in loads), "wrk")
+
+
+def _async_client(urls: Sequence[str], body: str, connections: int, duration: float) -> Load:
     cmd = [
         sys.executable,
         "-m",
         "benchmarks.loadgen",
-        url,
+        *urls,
         "--body",
         body,
         "--connections",
@@ -97,17 +112,23 @@ def _async_client(url: str, body: str, connections: int, duration: float) -> Loa
     return Load(d["rps"], d["p50_ms"], d["p99_ms"], d["requests"], d["errors"], "async-client")
 
 
-def run_load(url: str, body: str, connections: int, duration: float, tool: str = "auto") -> Load:
-    """POST ``body`` to ``url`` from a separate process; ``tool`` is ``wrk``, ``async`` or ``auto``."""
+def run_load(url: str | Sequence[str], body: str, connections: int, duration: float, tool: str = "auto") -> Load:
+    """POST ``body`` to ``url`` (or over several, in turn) from a separate process; ``tool`` is ``wrk``, ``async``
+    or ``auto``."""
+    urls = [url] if isinstance(url, str) else list(url)
     if tool == "wrk" or (tool == "auto" and have_wrk()):
-        return _wrk(url, body, connections, duration)
-    return _async_client(url, body, connections, duration)
+        return (
+            _wrk(urls[0], body, connections, duration)
+            if len(urls) == 1
+            else _wrk_spread(urls, body, connections, duration)
+        )
+    return _async_client(urls, body, connections, duration)
 
 
 # --- the fallback client, run as its own process ------------------------------------------------------------
 
 
-async def _client(url: str, body: bytes, connections: int, duration: float) -> dict[str, float]:
+async def _client(urls: Sequence[str], body: bytes, connections: int, duration: float) -> dict[str, float]:
     import aiohttp
 
     latencies: list[float] = []
@@ -118,7 +139,7 @@ async def _client(url: str, body: bytes, connections: int, duration: float) -> d
         start = time.perf_counter()
         deadline = start + duration
 
-        async def one() -> None:
+        async def one(url: str) -> None:
             nonlocal errors
             while (t0 := time.perf_counter()) < deadline:
                 try:
@@ -132,7 +153,7 @@ async def _client(url: str, body: bytes, connections: int, duration: float) -> d
                 else:
                     errors += 1
 
-        await asyncio.gather(*(one() for _ in range(connections)))
+        await asyncio.gather(*(one(urls[i % len(urls)]) for i in range(connections)))
         elapsed = time.perf_counter() - start
     latencies.sort()
     n = len(latencies)
@@ -145,7 +166,7 @@ async def _client(url: str, body: bytes, connections: int, duration: float) -> d
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__)
-    p.add_argument("url")
+    p.add_argument("url", nargs="+")
     p.add_argument("--body", required=True)
     p.add_argument("--connections", type=int, default=1)
     p.add_argument("--duration", type=float, default=5.0)

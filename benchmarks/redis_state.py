@@ -1,286 +1,269 @@
-"""``python -m benchmarks.redis_state [--jobs N] [--out FILE]``: what the Redis job state engine costs per job.
+"""Benchmark 12: the Redis store: serve replicas on one redis-server against the SQLite single node.
 
-Counted, not timed: Redis round trips per job for each route's calls (client side, one per command sent or
-pipeline flushed). Measured on this machine: CPU microseconds per job in this Python process (client and worker
-roles together, as one serve replica with its in-process worker) and in redis-server (INFO CPU), a /run drain at
-64 in flight, and redis-benchmark's own ceiling for the commands used. From those, a paper projection of N serve
-machines on one Redis. It starts its own redis-server (no persistence) on a free port.
+1. /runsync at 32 connections (no-op handler, in-process workers, rate limits off) and a queue drain over the HTTP
+   worker protocol (one ``handler_sdk.worker`` per replica, benchmark 2's way) with 1, 2 and 4 serve replicas
+   (processes) on one redis-server, and the SQLite serve, in the same rounds; the load is dealt over the replicas.
+2. Redis round trips per job, counted inside each replica (``rt_count``: one per write to a Redis connection), by
+   call: counting runs of 1, 2 and 4 replicas with the rate limits on, one job at a time, for the goals (≤ 8 per
+   /run job with its /status, ≤ 6 per /runsync job); and the counts under load of every round of 1.
+3. CPU µs per job of each process (/proc/PID/stat deltas: the replicas, redis-server, the workers, the load
+   generator), redis-benchmark's rates as Redis's own ceiling, and from these the projection to N machines.
+4. The SQLite default before (0a938fa) and after, paired (``sqlite_paired.py``).
+
+It starts its own redis-server (no persistence) on a free port.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import re
-import shutil
-import socket
-import statistics
-import subprocess
-import tempfile
+import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections import Counter
 from typing import Any
 
-from redis.asyncio.connection import Connection
+from .common import Run, Section, Target, http_json, http_ok, ratios, wait_until
+from .loadgen import have_wrk, run_load
+from .redis_micro import redis_benchmark, round_trips
+from .redis_text import breakdown_table, projection
+from .replicas import NEW, NOOP, RedisServer, Replicas, children_cpu_s, cpu_of, drain, serve_proc
+from .sqlite_paired import run_pairs
 
-from handler_sdk.models import JobStatus
-from handler_sdk.serve.state.limits import Limit
-from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig, connect
-from handler_sdk.serve.state.redis_limits import RedisRateLimiter
-from handler_sdk.serve.state.scripts import SCRIPTS
+__all__ = ["run"]
 
-LIMITS = {g: Limit(10**9, 10**6) for g in ("run", "runsync", "status")}
-
-
-class CountingConnection(Connection):
-    """Counts what it sends: one command, or one pipeline flush, is one round trip. A new connection's handshake
-    (HELLO, CLIENT SETINFO) is counted apart: a pool pays it once per connection, not per job."""
-
-    sent = 0
-    handshakes = 0
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.sent = cls.handshakes = 0
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        head = bytes(command[0][:24]) if isinstance(command, list) else bytes(command[:24])
-        if b"\r\nHELLO\r\n" in head or b"\r\nCLIENT\r\n" in head:
-            CountingConnection.handshakes += 1
-        else:
-            CountingConnection.sent += 1
-        await super().send_packed_command(command, check_health)
+BODY = '{"input":{"prompt":"hello","n":1}}'
+SETS = (0, 1, 2, 4)  # 0: the SQLite single node; n: n replicas on one redis-server
+# Short sync retention: the purge of each finished /runsync job falls inside the measured rounds (steady state),
+# not after them; the same for every server.
+RETENTION = ["--sync-retention-ms", "5000"]
+BACKGROUND = ("fcall:tick", "fcall:hooks:claim", "fcall:workers:ping", "fcall:workers:stops")
+# A new connection's handshake (and a replica's start): paid once per pooled connection, not per job.
+CONNECTION = ("HELLO", "CLIENT", "SELECT", "FUNCTION", "SUBSCRIBE")
 
 
-@contextmanager
-def redis_server(aof: bool = False) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as d:
-        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "", "--appendonly",
-                "yes" if aof else "no", "--appendfsync", "everysec", "--logfile", str(Path(d) / "log")]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(500):
-                try:
-                    with socket.create_connection(("127.0.0.1", port), 0.2):
-                        break
-                except OSError:
-                    time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+def label(n: int) -> str:
+    return "SQLite, 1 serve" if n == 0 else f"Redis, {n} replica{'s' if n > 1 else ''}"
 
 
-async def _engine(url: str, ep: str) -> tuple[RedisJobs, RedisRateLimiter]:
-    client = connect(url, connection_class=CountingConnection)
-    e = RedisJobs(client, ep, RedisJobsConfig())
-    await e.open()
-    return e, RedisRateLimiter(client, ep, LIMITS)
+def _cpu_s(pid: int) -> float:
+    return cpu_of([pid])[0]
 
 
-async def _close(e: RedisJobs) -> None:
-    await e.close()
-    await e.client.aclose()
-
-
-async def run_job(e: RedisJobs, rl: RedisRateLimiter, i: int, *, stream: bool = False) -> None:
-    """/run, a worker's take and done (a stream item too, if asked), and the client's /status or /stream."""
-    await rl.acquire("run")
-    await e.submit(f"r{i}", b'{"prompt":"hi"}')
-    [t] = await e.take("w", 1)
-    if stream:
-        await e.stream("w", t.id, [b'"tok"'], [None])
-    await e.done("w", t.id, JobStatus.COMPLETED, output=b'"ok"')
-    await rl.acquire("status")
-    if stream:
-        await e.read_stream(t.id)
-    else:
-        await e.status(t.id)
-    rl.release("run")
-    rl.release("status")
-
-
-async def runsync_job(e: RedisJobs, rl: RedisRateLimiter, worker: RedisJobs, i: int) -> None:
-    """/runsync on one replica, its job taken and finished by a worker on another."""
-    await rl.acquire("runsync")
-
-    async def work() -> None:
-        [t] = await worker.take("w", 1, wait=10)
-        await worker.done("w", t.id, JobStatus.COMPLETED, output=b'"ok"')
-
-    wt = asyncio.create_task(work())
-    r = await e.submit_and_wait(f"s{i}", b'{"prompt":"hi"}', 10)
-    await wt
-    assert r is not None and r.status is JobStatus.COMPLETED
-    rl.release("runsync")
-
-
-async def round_trips(url: str, jobs: int = 200) -> dict[str, float]:
-    """Round trips per job, both sides together (the worker's take and done included)."""
-    out: dict[str, float] = {}
-    e, rl = await _engine(url, "rt")
-    w, _ = await _engine(url, "rt")
+def _runsync(run: Run, sec: Section, work: Any, redis: RedisServer, tool: str) -> dict[int, Counter[str]]:
+    duration, repeats = (0.5, 1) if run.quick else (4.0, 3)
+    sqlite, base = serve_proc(NEW, work, "rs-sqlite", target=NOOP, extra=["--no-rate-limits", *RETENTION])
+    sets: dict[int, Replicas] = {0: Replicas([sqlite], [base], [])}
+    trips: dict[int, Counter[str]] = {n: Counter() for n in SETS}
     try:
-        for name in ("run", "run+stream", "runsync"):
-            CountingConnection.reset()
-            for i in range(jobs):
-                if name == "runsync":
-                    await runsync_job(e, rl, w, i)
-                else:
-                    await run_job(e, rl, i + (jobs if name == "run+stream" else 0), stream=name == "run+stream")
-            out[name] = CountingConnection.sent / jobs
-        CountingConnection.reset()
-        for _ in range(jobs):
-            await e.health()
-        out["health"] = CountingConnection.sent / jobs
+        wait_until(lambda: http_ok(f"{base}/health"), 60, "SQLite serve ready", sqlite)
+        for n in SETS[1:]:
+            sets[n] = Replicas.start(work, redis.url, f"rs{n}", n, extra=RETENTION)
+        for n in SETS if not run.quick else ():
+            run_load(sets[n].urls("runsync"), BODY, 32, 1.0, tool)  # warm-up
+        for r in range(repeats):
+            for n in SETS[r % len(SETS) :] + SETS[: r % len(SETS)]:
+                reps = sets[n]
+                t0 = reps.counts() if n else Counter()
+                c0, r0, g0 = cpu_of(reps.pids), _cpu_s(redis.pid), children_cpu_s()
+                load = run_load(reps.urls("runsync"), BODY, 32, duration, tool)
+                sec.figure("1-minute load average (uptime) after each /runsync load", "load").values.append(
+                    os.getloadavg()[0]
+                )
+                c1, r1, g1 = cpu_of(reps.pids), _cpu_s(redis.pid), children_cpu_s()
+                jobs = max(load.requests, 1)
+                L = label(n)
+                sec.figure(f"/runsync at 32 conn, {L}: requests/s", "req/s").values.append(load.rps)
+                sec.figure(f"/runsync at 32 conn, {L}: p99 latency", "ms").values.append(load.p99_ms)
+                serve_us = (sum(c1) - sum(c0)) / jobs * 1e6
+                sec.figure(f"/runsync CPU per job: serve (all replicas), {L}", "µs/job").values.append(serve_us)
+                sec.figure(f"/runsync CPU per job: load generator, {L}", "µs/job").values.append((g1 - g0) / jobs * 1e6)
+                if n:
+                    d = reps.counts() - t0
+                    trips[n] += d
+                    trips[n]["_jobs"] += jobs
+                    sec.figure(f"/runsync CPU per job: redis-server, {L}", "µs/job").values.append(
+                        (r1 - r0) / jobs * 1e6
+                    )
+                    sec.figure(f"/runsync round trips per job under load, {L}", "/job").values.append(
+                        sum(d.values()) / jobs
+                    )
+                run.log(f"redis_state /runsync {L}: {load.rps:,.0f} req/s, serve {serve_us:.0f} µs/job, "
+                        f"errors {load.errors}")  # fmt: skip
+                if load.errors:
+                    sec.notes.append(f"/runsync, {L}: {load.errors} failed requests in round {r}.")
     finally:
-        await _close(e)
-        await _close(w)
+        for reps in sets.values():
+            reps.stop()
+    for n in SETS[1:]:
+        rps = sec.figure(f"/runsync at 32 conn, {label(n)}: requests/s", "req/s").values
+        one = sec.figure(f"/runsync at 32 conn, {label(1)}: requests/s", "req/s").values
+        sq = sec.figure(f"/runsync at 32 conn, {label(0)}: requests/s", "req/s").values
+        if n > 1:
+            sec.figure(f"/runsync scaling: {n} replicas / 1 replica", "x").values = ratios(rps, one)
+        sec.figure(f"/runsync {label(n)} / SQLite", "x").values = ratios(rps, sq)
+    return trips
+
+
+def _drains(run: Run, sec: Section, work: Any, redis: RedisServer) -> dict[int, Counter[str]]:
+    n_jobs, repeats = (300, 1) if run.quick else (5_000, 3)
+    trips: dict[int, Counter[str]] = {n: Counter() for n in SETS}
+    for r in range(repeats):
+        for n in SETS[r % len(SETS) :] + SETS[: r % len(SETS)]:
+            d = drain(work, NEW, n_jobs, max(n, 1), redis=redis if n else None, tag=f"{n}x{r}")
+            sec.figure("1-minute load average (uptime) after each drain", "load").values.append(os.getloadavg()[0])
+            L = label(n)
+            sec.figure(f"drain, {L}: jobs/s", "jobs/s").values.append(d.rate)
+            sec.figure(f"drain CPU per job: serve (all replicas), {L}", "µs/job").values.append(d.serve_us)
+            if d.workers_us is not None:
+                sec.figure(f"drain CPU per job: workers (one per replica), {L}", "µs/job").values.append(d.workers_us)
+            if d.redis_us is not None:
+                sec.figure(f"drain CPU per job: redis-server, {L}", "µs/job").values.append(d.redis_us)
+                sec.figure(f"drain round trips per job, {L}", "/job").values.append(sum(d.trips.values()) / n_jobs)
+                trips[n] += d.trips
+                trips[n]["_jobs"] += n_jobs
+            run.log(f"redis_state drain {L}: {d.rate:,.0f} jobs/s, serve {d.serve_us:.0f} µs/job")
+    one = sec.figure(f"drain, {label(1)}: jobs/s", "jobs/s").values
+    for n in SETS[1:]:
+        rate = sec.figure(f"drain, {label(n)}: jobs/s", "jobs/s").values
+        if n > 1:
+            sec.figure(f"drain scaling: {n} replicas / 1 replica", "x").values = ratios(rate, one)
+        sec.figure(f"drain {label(n)} / SQLite", "x").values = ratios(rate, sec.figure(f"drain, {label(0)}: jobs/s",
+                                                                                       "jobs/s").values)  # fmt: skip
+    return trips
+
+
+def _count(run: Run, work: Any, redis: RedisServer, n: int) -> dict[str, Any]:
+    """Item 2: ``n`` replicas with the rate limits on, one job at a time; with two or more, a job's calls cross
+    the replicas (submitted on one, its status read on the next). Returns the counts by call of each phase, with
+    its jobs and seconds."""
+    k, idle_s = (10, 0.5) if run.quick else (200, 3.0)
+    reps = Replicas.start(work, redis.url, f"rtcount{n}", n, rate_limits=True)
+    out: dict[str, Any] = {}
+    try:
+        for i in range(2 * n):  # warm: each replica's pool has its connections open
+            http_json(f"{reps.bases[i % n]}/runsync", b'{"input":{"i":1}}')
+        c0, t0 = reps.counts(), time.monotonic()
+        time.sleep(idle_s)
+        out["idle"] = (reps.counts() - c0, 0, time.monotonic() - t0)
+        c0, t0, polls = reps.counts(), time.monotonic(), 0
+        for i in range(k):
+            job = http_json(f"{reps.bases[i % n]}/run", b'{"input":{"i":1}}')
+            while True:
+                polls += 1
+                st = http_json(f"{reps.bases[(i + 1) % n]}/status/{job['id']}")
+                if st["status"] in ("COMPLETED", "FAILED"):
+                    break
+                time.sleep(0.002)
+        out["run"] = (reps.counts() - c0, k, time.monotonic() - t0)
+        out["polls"] = polls
+        c0, t0 = reps.counts(), time.monotonic()
+        for i in range(k):
+            st = http_json(f"{reps.bases[i % n]}/runsync", b'{"input":{"i":1}}')
+            assert st["status"] == "COMPLETED", st
+        out["runsync"] = (reps.counts() - c0, k, time.monotonic() - t0)
+    finally:
+        reps.stop()
     return out
 
 
-async def _redis_cpu_s(client: Any) -> float:
-    info = await client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+def _goals(sec: Section, counted: dict[str, Any], n: int) -> dict[str, float]:
+    """Round trips per job of each route from the counting run of ``n`` replicas: the background calls (ticks,
+    webhook outbox polls, pings, stop polls) and the connections' handshakes apart."""
+    run_c, k, _ = counted["run"]
+    sync_c, k2, _ = counted["runsync"]
+    polls = counted["polls"]
+    per_status = (run_c["fcall:ratelimit:status"] + run_c["fcall:read:status"]) / polls
+    apart = (*BACKGROUND, *CONNECTION)
+    run_job = sum(v for key, v in run_c.items() if key not in apart and "status" not in key) / k + per_status
+    sync_job = sum(v for key, v in sync_c.items() if key not in apart) / k2
+    for name, value, bound in (("/run job (with one /status)", run_job, 8.0), ("/runsync job", sync_job, 6.0)):
+        t = Target(f"Redis round trips per {name}, {label(n)}, rate limits on", sec.figure(
+            f"round trips per {name}, counted, {label(n)}", "/job"), bound, "<=")  # fmt: skip
+        t.ratio.values = [value]
+        sec.targets.append(t)
+    return {"run": run_job, "runsync": sync_job, "status": per_status}
 
 
-async def cpu_per_job(url: str, jobs: int, concurrency: int = 64) -> dict[str, float]:
-    """A /run drain at ``concurrency`` in flight: jobs/s, and CPU us per job here and in redis-server."""
-    e, rl = await _engine(url, "cpu")
-    try:
-        await run_job(e, rl, -1)  # warm: scripts loaded, connections open
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(i: int) -> None:
-            async with sem:
-                await run_job(e, rl, i)
-
-        await e.client.config_resetstat()
-        r0, p0, t0 = await _redis_cpu_s(e.client), time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(jobs)))
-        wall, py = time.perf_counter() - t0, time.process_time() - p0
-        rs = await _redis_cpu_s(e.client) - r0
-        stats = await e.client.info("commandstats")
-    finally:
-        await _close(e)
-    fcall = stats.get("cmdstat_fcall", {})
-    return {
-        "jobs_per_s": jobs / wall,
-        "python_us": py / jobs * 1e6,
-        "redis_us": rs / jobs * 1e6,
-        "fcall_us": float(fcall.get("usec_per_call", 0.0)),
-        "fcall_per_job": float(fcall.get("calls", 0)) / jobs,
+def run(run: Run) -> Section:
+    sec = Section("redis_state", "12. Redis store: replicas on one redis-server, round trips, CPU per job")
+    tool = run.loadgen if run.loadgen != "auto" else ("wrk" if have_wrk() else "async")
+    work = run.dir("redis_state")
+    sec.params = {
+        "connections": 32,
+        "body": BODY,
+        "handler": f"{NOOP} (concurrency 100)",
+        "load_generator": "wrk -t1 per replica" if tool == "wrk" else "one async aiohttp client process",
+        "sync_retention_ms": 5000,
+        "drain_jobs": 300 if run.quick else 5_000,
+        "replicas": list(SETS[1:]),
     }
-
-
-def redis_benchmark(url: str, requests: int = 30_000, rounds: int = 3) -> dict[str, tuple[float, float]]:
-    """redis-benchmark's requests/s on this machine: PING, an empty script, and our submit and rate-limit calls."""
-    exe = shutil.which("redis-benchmark")
-    if exe is None:
-        return {}
-    port = url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
-    base = [exe, "-p", port, "-q", "-n", str(requests), "-c", "50", "-r", "100000000"]
-    # Yardsticks: a script that does nothing, and submit as a plain script that defines its helpers on every
-    # call (what the library, loaded once, saves).
-    cli = [exe.replace("redis-benchmark", "redis-cli"), "-p", port]
-
-    def load(src: str) -> str:
-        return subprocess.run([*cli, "SCRIPT", "LOAD", src], capture_output=True, text=True, check=True).stdout.strip()
-
-    submit_args = ["hsdk:{rb}:", "1", "id__rand_int__", "{}", "0", "0", "", "", "60000", ""]
-    rl_args = ["hsdk:{rb}:", "1", "run", "1000000000", "10000"]
-    cmds = {
-        "PING": ["PING"],
-        "EVALSHA return 1": ["EVALSHA", load("return 1"), "0"],
-        "EVALSHA submit (helpers defined per call)": ["EVALSHA", load(SCRIPTS.eval_source["submit"]), "0",
-                                                      *submit_args],
-        "FCALL submit": ["FCALL", SCRIPTS.function["submit"], "0", *submit_args],
-        "FCALL ratelimit": ["FCALL", SCRIPTS.function["ratelimit"], "0", *rl_args],
-    }  # fmt: skip
-    rps: dict[str, list[float]] = {name: [] for name in cmds}
-    usec: dict[str, list[float]] = {name: [] for name in cmds}
-    for r in range(rounds):  # alternating order: the machine's noise falls on every command alike
-        for name, cmd in cmds.items() if r % 2 == 0 else reversed(cmds.items()):
-            subprocess.run([*cli, "CONFIG", "RESETSTAT"], capture_output=True, check=True)
-            text = subprocess.run([*base, *cmd], capture_output=True, text=True, check=True).stdout
-            m = re.findall(r"([\d.]+) requests per second", text)
-            rps[name].append(float(m[-1]) if m else float("nan"))
-            stats = subprocess.run([*cli, "INFO", "commandstats"], capture_output=True, text=True, check=True).stdout
-            u = re.search(rf"cmdstat_{cmd[0].lower()}:calls=\d+,usec=\d+,usec_per_call=([\d.]+)", stats)
-            usec[name].append(float(u.group(1)) if u else float("nan"))
-    return {name: (statistics.median(rps[name]), statistics.median(usec[name])) for name in cmds}
-
-
-def report(rt: dict[str, float], cpu: dict[str, float], bench: dict[str, tuple[float, float]]) -> str:
-    lines = [
-        "## Redis state engine (groundwork): cost per job",
-        "",
-        "Measured on this machine while five other sessions shared its two cores: the absolute figures are noisy,"
-        " the round-trip counts are exact.",
-        "",
-        "| route | Redis round trips per job (client + worker) | goal |",
-        "|---|---|---|",
-        f"| /run: rate limit, submit, take, done, rate limit, status | {rt['run']:.2f} | ≤ 8 |",
-        f"| /run with one stream item, read by /stream | {rt['run+stream']:.2f} | |",
-        f"| /runsync: rate limit, submit (waits on pub/sub), take, done, read | {rt['runsync']:.2f} | ≤ 6 |",
-        f"| /health | {rt['health']:.2f} | |",
-        "",
-        "| /run drain, 64 in flight, one Python process | value |",
-        "|---|---|",
-        f"| jobs/s | {cpu['jobs_per_s']:,.0f} |",
-        f"| CPU per job in Python (client and worker roles) | {cpu['python_us']:,.0f} µs |",
-        f"| CPU per job in redis-server (INFO CPU) | {cpu['redis_us']:,.0f} µs |",
-        f"| FCALLs per job x µs per call inside redis-server (INFO commandstats) |"
-        f" {cpu['fcall_per_job']:.1f} x {cpu['fcall_us']:.1f} µs |",
-        "",
-        "| redis-benchmark (-c 50, median of 3 alternating rounds) | requests/s | µs per call inside redis-server |",
-        "|---|---|---|",
-        *(f"| {k} | {v:,.0f} | {u:.2f} |" for k, (v, u) in bench.items()),
+    redis = RedisServer(work)
+    try:
+        rs_trips = _runsync(run, sec, work, redis, tool)
+        counted = {n: _count(run, work, redis, n) for n in SETS[1:]}
+        dr_trips = _drains(run, sec, work, redis)
+        redis.cli("FLUSHALL")
+        micro = asyncio.run(round_trips(redis.url, jobs=20 if run.quick else 200))
+        bench = redis_benchmark(redis.url, requests=2_000 if run.quick else 30_000, rounds=1 if run.quick else 3)
+        redis.cli("FLUSHALL")
+    finally:
+        redis.stop()
+    goals = {n: _goals(sec, counted[n], n) for n in SETS[1:]}
+    sec.figure("engine alone (no serve): round trips per /run job with one stream item and /stream", "/job").values = [
+        micro["run+stream"]
     ]
-    if cpu["redis_us"] > 0:
-        ceiling = 1e6 / cpu["redis_us"]
-        per_core = 1e6 / cpu["python_us"]
-        n = ceiling / per_core
-        lines += [
-            "",
-            f"Projection on paper: redis-server runs scripts on one core, so one Redis tops out near"
-            f" 1e6 / {cpu['redis_us']:,.0f} µs ≈ {ceiling:,.0f} /run jobs/s. A serve core spends"
-            f" {cpu['python_us']:,.0f} µs per job in the engine's client calls (HTTP not included), at most"
-            f" {per_core:,.0f} jobs/s per core; so about {n:,.1f} serve cores saturate one Redis. N machines of"
-            f" c cores give min(N·c·{per_core:,.0f}, {ceiling:,.0f}) jobs/s before HTTP; the HTTP side of serve"
-            f" (a whole /runsync costs a core about 116 µs today, 1 / 8,600 s) makes each core slower and"
-            f" pushes that crossing to more cores."
-            f" For scale: one serve process with today's in-memory broker answers about 8,600 /runsync/s on"
-            f" this machine, more than one Redis carries at this cost per job; what Redis buys first is many"
-            f" replicas (no single process to lose), and throughput past one core only once the per-job cost"
-            f" falls (hiredis, batched takes and dones, fewer PUBLISHes) or endpoints are spread over several"
-            f" Redis instances (one hash slot per endpoint).",
-        ]
-    return "\n".join(lines) + "\n"
+    for name, (rps, usec) in bench.items():
+        sec.figure(f"redis-benchmark -c 50: {name}", "req/s").values = [rps]
+        sec.figure(f"redis-benchmark: µs per call inside redis-server, {name}", "µs").values = [usec]
+    sec.text.append(breakdown_table(counted, rs_trips, dr_trips))
+    run_pairs(run, sec, tool)
+    sec.text.append(projection(sec, counted, bench, goals))
+    sec.notes += _notes(goals, counted)
+    sec.plot = _plot(run, sec)
+    return sec
 
 
-async def main(jobs: int) -> str:
-    with redis_server() as url:
-        rt = await round_trips(url, jobs=200)
-        cpu = await cpu_per_job(url, jobs)
-        bench = redis_benchmark(url)
-    return report(rt, cpu, bench)
+def _notes(goals: dict[int, dict[str, float]], counted: dict[int, dict[str, Any]]) -> list[str]:
+    cores = os.cpu_count() or 1
+    per = "; ".join(
+        f"{label(n)}: /run {goals[n]['run']:.2f} ({goals[n]['status']:.2f} per /status call), /runsync "
+        f"{goals[n]['runsync']:.2f}"
+        for n in sorted(goals)
+    )
+    return [
+        f"This machine has {cores} cores, shared with other processes: every serve replica, its in-process worker, "
+        "redis-server, the drain's workers and the load generator compete for them, so the replica figures here "
+        "are CPU-bound and say nothing of how replicas on separate machines scale. That is the projection below, "
+        "from the CPU each process spends per job.",
+        f"Round trips per job in the counting runs ({counted[1]['run'][1]} jobs per route, one at a time, rate "
+        f"limits on), a /run job with its /status read: {per}. The per-call breakdown is in the table below.",
+        "Round trips are counted inside each serve process (benchmarks/rt_count.py: one per write to a Redis "
+        "connection, so a pipeline or an FCALL is one), summed over the replicas; the HTTP workers of the drain "
+        "talk to serve, never to Redis, so serve's counts are all of them.",
+        "CPU per job is each process's /proc/PID/stat time (user + system, all threads) over the measured load, "
+        "divided by the jobs it carried; the load generator's is its own (RUSAGE_CHILDREN once it has exited). "
+        "The drain's serve figure counts from the end of the pre-load to the last job; its workers' from their "
+        "first finished job.",
+    ]
 
 
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--jobs", type=int, default=5000)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args()
-    text = asyncio.run(main(args.jobs))
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+def _plot(run: Run, sec: Section) -> str | None:
+    from .report import bar_plot
+
+    names = [label(n) for n in SETS]
+    rates = {
+        "/runsync 32 conn (req/s)": [sec.figure(f"/runsync at 32 conn, {L}: requests/s", "req/s") for L in names],
+        "drain (jobs/s)": [sec.figure(f"drain, {L}: jobs/s", "jobs/s") for L in names],
+    }
+    cpu = {
+        "serve (all replicas)": [
+            sec.figure(f"/runsync CPU per job: serve (all replicas), {L}", "µs/job") for L in names
+        ],
+        "redis-server": [None, *(sec.figure(f"/runsync CPU per job: redis-server, {L}", "µs/job") for L in names[1:])],
+        "load generator": [sec.figure(f"/runsync CPU per job: load generator, {L}", "µs/job") for L in names],
+    }
+    return bar_plot(
+        run,
+        "redis_state",
+        "SQLite single node vs serve replicas on one redis-server (2 shared cores)",
+        [("jobs/s", names, rates), ("/runsync CPU µs per job, by process", names, cpu)],
+    )

@@ -28,6 +28,7 @@ ORDER = [
     "stream_cpu",
     "retention",
     "soak",
+    "redis_state",
     "vllm_openai",
 ]
 
@@ -92,6 +93,8 @@ def _section_md(s: dict[str, Any]) -> list[str]:
         out.append(f"- {n}")
     if s["notes"]:
         out.append("")
+    for block in s.get("text", []):
+        out += [block, ""]
     if s.get("profile"):
         out += [s["profile"], ""]
     if s.get("plot"):

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package beside tests
 
 from benchmarks.report import ORDER  # noqa: E402
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(330)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=320,
         check=False,
     )
     return proc, out
@@ -68,6 +68,25 @@ def test_results_md_has_a_section_a_verdict_and_a_plot_per_benchmark(
         png = out / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"plots/{name}.png" in md
+
+
+def test_the_redis_benchmark_measures_every_replica_count_counts_round_trips_and_pairs_sqlite(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _, out = quick_run
+    s = json.loads((out / "results.json").read_text())["sections"]["redis_state"]
+    names = {f["name"] for f in s["figures"]}
+    for who in ("SQLite, 1 serve", "Redis, 1 replica", "Redis, 2 replicas", "Redis, 4 replicas"):
+        assert f"/runsync at 32 conn, {who}: requests/s" in names
+        assert f"drain, {who}: jobs/s" in names
+        assert f"/runsync CPU per job: serve (all replicas), {who}" in names
+    assert "drain CPU per job: redis-server, Redis, 4 replicas" in names
+    labels = [t["label"] for t in s["targets"]]
+    assert sum("round trips per /runsync job" in x for x in labels) == 3
+    assert any(x.startswith("SQLite drain rate") and "0a938fa" in x for x in labels)
+    md = (out / "RESULTS.md").read_text()
+    assert "(`fcall:submit`)" in md and "(`fcall:take`)" in md  # the per-call breakdown
+    assert "Projection to N machines" in md
 
 
 def test_a_single_benchmark_run_keeps_the_other_sections(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import asyncio
 from redis_engine import Clock, replicas
 from redis_server import RedisServer
 
-from benchmarks.redis_state import CountingConnection
+from benchmarks.redis_micro import CountingConnection
 from handler_sdk.models import JobStatus as S
 
 
@@ -118,8 +118,24 @@ async def test_the_change_feed_resubscribes_after_redis_restarts(redis_aof_serve
         assert r is not None and r.status is S.COMPLETED
 
 
+async def test_a_take_that_emptied_the_queue_lets_the_next_take_wait_without_asking_redis(redis_url: str) -> None:
+    CountingConnection.reset()
+    async with replicas(redis_url, 2, connection_class=CountingConnection) as [a, b]:
+        await b.submit("j1", b"1")
+        assert [t.id for t in await a.take("w", 5, wait=1)] == ["j1"]  # fewer than asked for: the queue is empty
+        before = CountingConnection.sent
+        nxt = asyncio.create_task(a.take("w", 5, wait=60))
+        await asyncio.sleep(0.2)
+        assert CountingConnection.sent == before  # the next take waits for work, no take script sent
+        await b.submit("j2", b"1")
+        assert [t.id for t in await asyncio.wait_for(nxt, 10)] == ["j2"]
+        assert CountingConnection.sent - before == 2  # b's submit and a's one take once it was announced
+        await b.submit("j3", b"1")  # queued while a has no take open: its next take asks at once
+        assert [t.id for t in await asyncio.wait_for(a.take("w", 5, wait=60), 10)] == ["j3"]
+
+
 async def test_round_trips_per_job_stay_within_the_goal(redis_url: str) -> None:
-    from benchmarks.redis_state import round_trips
+    from benchmarks.redis_micro import round_trips
 
     rt = await round_trips(redis_url, jobs=20)
     assert rt["run"] <= 8
