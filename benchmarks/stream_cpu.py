@@ -337,8 +337,10 @@ def _plot(run: Run, sec: Section, configs: list[Config]) -> str | None:
     groups = [_who(c).replace("text items", "text").replace("a timer per job", "timers") for c in configs]
     names = [_who(c) for c in configs]
     series = {"after": [sec.figure(f"worker CPU per item, {n}", "µs") for n in names]}
-    before = [sec.figure(f"before: worker CPU per item, {n}", "µs") for n in names]
-    if any(f.values for f in before):
+    # Looked up, not made: sec.figure() would add an empty "before" figure to a run without a before tree.
+    known = {f.name: f for f in sec.figures}
+    before = [known.get(f"before: worker CPU per item, {n}") for n in names]
+    if all(f is not None and f.values for f in before):
         series = {"before": before, **series}
     return bar_plot(
         run,
