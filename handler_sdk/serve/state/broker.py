@@ -22,6 +22,8 @@ from ... import lifecycle
 from ...chunker import scrub_metrics
 from ...errors import BadRequest, Conflict, NotFound, OutputNotSerializable, StoreError
 from ...models import JobStatus, RunRequest
+from .archive import Retained
+from .finished import Finished, held_bytes, summary_of
 from .record import JobRecord, Waiter
 from .store import JobStore
 
@@ -59,6 +61,8 @@ class BrokerConfig:
     # Server-side backstop for executionTimeout, on top of the worker's own enforcement.
     execution_grace_ms: int = 5_000
     tick_s: float = 0.05
+    # Finished records past this many (estimated) bytes live only in the store until they expire (archive.py).
+    max_retained_bytes: int = 1024 << 20
 
 
 # What /retry changes on a record, so that a retry the journal refused can be undone field by field.
@@ -107,7 +111,8 @@ class Broker:
         self.store = store
         self.cfg = config or BrokerConfig()
         self.clock = clock
-        self.jobs: dict[str, JobRecord] = {}
+        # Finished jobs in their compact form (finished.py); thaw() or get() for a JobRecord.
+        self.jobs: dict[str, JobRecord | Finished] = {}
         self.counts: dict[JobStatus, int] = dict.fromkeys(JobStatus, 0)
         self.retried = 0
         # Per-process counters for /metrics and the dashboard (plain ints: nothing on the hot path to import).
@@ -122,9 +127,9 @@ class Broker:
         self._low: deque[str] = deque()
         self._takers: deque[asyncio.Future[None]] = deque()
         self._deadlines: list[tuple[int, int, str, str, int]] = []
-        # Finished records by retention, in the order they ended: one retention's records expire in that order, so
-        # a FIFO holds each at 8 bytes where a deadline heap entry cost ~170 (a 5-tuple and its ints).
-        self._ending: dict[int, deque[JobRecord]] = {}
+        # Finished records by retention, in the order they ended (a FIFO holds each at 8 bytes where a deadline
+        # heap entry cost ~170), their bytes in memory and the bound past which they live on disk only.
+        self.retained = Retained(self, self.cfg.max_retained_bytes)
         self._seq = itertools.count()
         self._last_reap = 0
         self._local: LocalWorker | None = None
@@ -135,7 +140,7 @@ class Broker:
         """Load the journal: queued jobs queue again, running ones were orphaned by the restart and requeue."""
         if self.store is None:
             return
-        records, meta = await self.store.open()
+        records, meta = await self.store.open(self.cfg.max_retained_bytes, lambda r: held_bytes(r.id, r), self.clock())
         self.retried = int(meta.get("retried", 0))
         records.sort(key=lambda r: r.created)
         for r in records:
@@ -148,8 +153,7 @@ class Broker:
                 (self._low if r.low_priority else self._queue).append(r.id)
             if (due := r.ttl_due) is not None and not r.status.terminal:
                 self._at(due, "ttl", r)
-            if r.expires is not None:
-                self._at(r.expires, "expire", r)
+        self.retained.load([r for r in records if r.status.terminal], self.store.left_on_disk)
 
     # --- internals -----------------------------------------------------------------------------------------
 
@@ -256,38 +260,21 @@ class Broker:
             hook(r)
 
     def _retain(self, r: JobRecord) -> None:
-        """Queue a finished record for its expiry."""
-        assert r.ended is not None
-        q = self._ending.get(r.retention)
-        if q is None:
-            q = self._ending[r.retention] = deque()
-        elif q and (last := q[-1].ended) is not None and r.ended < last:
-            self._at(r.ended + r.retention, "expire", r)  # the clock stepped back: out of order, so the heap
-            return
-        q.append(r)
-        r.retained_in += 1
+        """Queue a finished record for its expiry (and pack it: see finished.py)."""
+        self.retained.add(r)
 
-    def _expire(self, r: JobRecord) -> None:
-        if self.jobs.get(r.id) is not r:
+    def _expire(self, r: JobRecord | Finished, job_id: str | None = None) -> None:
+        job_id = job_id or r.id  # type: ignore[union-attr]  # a Finished is named by its key
+        if self.jobs.get(job_id) is not r:
             return  # gone already (an earlier deadline)
-        del self.jobs[r.id]
+        del self.jobs[job_id]
         self.counts[r.status] -= 1
+        self.retained.forget(job_id, r)
         if self.store is not None and not r.sync:
-            self.store.delete([r.id])
+            self.store.delete([job_id])
 
     def _expire_retained(self, now: int) -> None:
-        for q in self._ending.values():
-            while q:
-                r = q[0]
-                due = r.expires
-                live = r.retained_in == 1 and r.status.terminal and due is not None
-                if live and due is not None and due > now:
-                    break  # the oldest record of this retention is not due yet
-                q.popleft()
-                r.retained_in -= 1
-                # An entry from before a /retry (a later one exists, or the job runs again) is only dropped.
-                if live and due is not None and due <= now:
-                    self._expire(r)
+        self.retained.expire(now)
 
     def _stop_remote(self, r: JobRecord) -> None:
         if r.worker_id is not None and (w := self.workers.get(r.worker_id)) is not None:
@@ -296,10 +283,11 @@ class Broker:
                 w.stop_waiter.set_result(None)
 
     def get(self, job_id: str) -> JobRecord:
+        """The job's record (a finished one's is a copy: thaw() first to change it)."""
         r = self.jobs.get(job_id)
         if r is None:
             raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
-        return r
+        return r if isinstance(r, JobRecord) else r.thaw(job_id)
 
     def _leased(self, worker_id: str, job_id: str) -> JobRecord:
         r = self.get(job_id)
@@ -399,6 +387,8 @@ class Broker:
     def status(self, job_id: str, ttl: int | None = None) -> JobRecord:
         r = self.get(job_id)
         if ttl is not None and ttl < r.retention:
+            if r.status.terminal:
+                r = self.retained.thaw(job_id)
             r.retention = ttl
             self._journal(r)
             if r.expires is not None:
@@ -446,7 +436,7 @@ class Broker:
         it was, so a client told that the retry failed never finds it running."""
         r = self.get(job_id)
         before = copy.copy(r)
-        self.retry(job_id, queue=False)
+        r = self.retry(job_id, queue=False)
         if self.store is None:
             self.enqueue(r)
             return r
@@ -458,6 +448,7 @@ class Broker:
                 self.counts[before.status] += 1
                 for name in _RETRY_RESETS:
                     setattr(r, name, getattr(before, name))
+                self.retained.recount(r)
                 self._journal(r)  # coalesces with the unwritten retry: the journal keeps the job as it was
             raise
         self.enqueue(r)
@@ -467,6 +458,7 @@ class Broker:
         r = self.get(job_id)
         if r.status not in (S.FAILED, S.TIMED_OUT):
             raise Conflict(f"job {job_id} is {r.status}; only FAILED or TIMED_OUT jobs can be retried")
+        r = self.retained.reopen(job_id)
         self._set(r, S.IN_QUEUE)
         r.retries += 1
         r.started = r.ended = r.output = r.error = r.error_details = r.worker_id = None
@@ -487,9 +479,10 @@ class Broker:
         # The queues keep stale ids (a queued job that was cancelled, timed out or has expired is skipped when
         # popped), and a job retried after timing out in the queue is listed twice.
         queued = (self.jobs.get(i) for i in itertools.chain(self._queue, self._low))
-        ids = list(dict.fromkeys(r.id for r in queued if r is not None and r.status is S.IN_QUEUE))
-        for i in ids:
-            r = self.jobs.pop(i)
+        purged = {r.id: r for r in queued if isinstance(r, JobRecord) and r.status is S.IN_QUEUE}
+        ids = list(purged)
+        for r in purged.values():
+            del self.jobs[r.id]
             self.counts[S.IN_QUEUE] -= 1
             r.notify()
         self._queue.clear()
@@ -521,9 +514,9 @@ class Broker:
         }
 
     def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
-        rows = [r for r in reversed(self.jobs.values()) if status is None or r.status is status]
+        rows = [(k, r) for k, r in reversed(self.jobs.items()) if status is None or r.status is status]
         return {
-            "requests": [r.summary() for r in rows[offset : offset + limit]],
+            "requests": [summary_of(k, r) for k, r in rows[offset : offset + limit]],
             "total": len(rows),
             "limit": limit,
             "offset": offset,
@@ -532,10 +525,10 @@ class Broker:
     def recent(self, n: int) -> list[dict[str, Any]]:
         """The newest ``n`` jobs as /requests lists them, with their error."""
         rows = []
-        for r in itertools.islice(reversed(self.jobs.values()), n):
-            d = r.summary()
-            if r.error is not None:
-                d["error"] = r.error
+        for k, r in itertools.islice(reversed(self.jobs.items()), n):
+            d = summary_of(k, r)
+            if (error := r.error) is not None:
+                d["error"] = error
             rows.append(d)
         return rows
 
@@ -579,7 +572,7 @@ class Broker:
         for q in (self._queue, self._low):
             while q:
                 r = self.jobs.get(q.popleft())
-                if r is not None and r.status is S.IN_QUEUE:
+                if isinstance(r, JobRecord) and r.status is S.IN_QUEUE:
                     return r
         return None
 
@@ -634,7 +627,7 @@ class Broker:
         for job_id in job_ids:
             r = self.jobs.get(job_id)
             w.jobs.discard(job_id)
-            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == w.id:
+            if isinstance(r, JobRecord) and r.status is S.IN_PROGRESS and r.worker_id == w.id:
                 self._requeue(r)
 
     def stream(self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]) -> int:
@@ -694,7 +687,7 @@ class Broker:
         n = 0
         for job_id in job_ids:
             r = self.jobs.get(job_id)
-            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
+            if isinstance(r, JobRecord) and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
                 self.workers[worker_id].jobs.discard(job_id)
                 self._queue_again(r)
                 n += 1
@@ -750,7 +743,7 @@ class Broker:
             return
         for job_id in list(w.jobs):
             r = self.jobs.get(job_id)
-            if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
+            if isinstance(r, JobRecord) and r.status is S.IN_PROGRESS and r.worker_id == worker_id:
                 self._requeue(r)
         if w.stop_waiter is not None and not w.stop_waiter.done():
             w.stop_waiter.set_result(None)
@@ -775,8 +768,8 @@ class Broker:
                 continue
             if kind == "expire":
                 if r.expires is not None and r.expires <= now:
-                    self._expire(r)
-            elif r.status.terminal:
+                    self._expire(r, job_id)
+            elif r.status.terminal or not isinstance(r, JobRecord):
                 continue
             elif kind == "ttl" and r.ttl_due == when:  # not a deadline from before a /retry
                 self._time_out(r, f"job exceeded its ttl of {r.ttl} ms")
