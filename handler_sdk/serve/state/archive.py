@@ -190,10 +190,22 @@ class Retained:
 
     # --- start-up and read-back ----------------------------------------------------------------------------
 
+    @staticmethod
+    def loaded_size(r: JobRecord) -> int:
+        """What a finished record read from the journal will hold once added (the store's open stops at the bound)."""
+        if r.status in (S.COMPLETED, S.CANCELLED):
+            r.input = None  # as when it ended: only /retry of a failed job reads it, and the journal has it
+        r.retained_in += 1
+        v = freeze(r) or r
+        r.retained_in -= 1
+        return held_bytes(r.id, v)
+
     def load(self, finished: list[JobRecord], left: list[tuple[str, int, int]]) -> None:
         """Finished records loaded at start-up, and (status, expires, n) of those the store kept on disk."""
         finished.sort(key=lambda r: r.ended or 0)
         for r in finished:
+            if r.status in (S.COMPLETED, S.CANCELLED):
+                r.input = None
             self.add(r)
         for status, expires, n in left:
             self.b.counts[S(status)] += n

@@ -23,7 +23,7 @@ from ...chunker import scrub_metrics
 from ...errors import BadRequest, Conflict, NotFound, OutputNotSerializable, StoreError
 from ...models import JobStatus, RunRequest
 from .archive import Retained
-from .finished import Finished, held_bytes, summary_of
+from .finished import Finished, summary_of
 from .record import JobRecord, Waiter
 from .store import JobStore
 
@@ -140,7 +140,7 @@ class Broker:
         """Load the journal: queued jobs queue again, running ones were orphaned by the restart and requeue."""
         if self.store is None:
             return
-        records, meta = await self.store.open(self.cfg.max_retained_bytes, lambda r: held_bytes(r.id, r), self.clock())
+        records, meta = await self.store.open(self.cfg.max_retained_bytes, Retained.loaded_size, self.clock())
         self.retried = int(meta.get("retried", 0))
         records.sort(key=lambda r: r.created)
         for r in records:
