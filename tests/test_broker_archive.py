@@ -79,7 +79,8 @@ async def _run(steps: list[tuple[Any, ...]], path: Path) -> None:  # noqa: C901 
                     out = b'{"i":%d}' % ids.index(lease.id)
                     error = "E: x" if step[1] is S.FAILED else None
                     await state.done("w", lease.id, step[1], output=out, error=error)
-                    model[lease.id] = {"status": step[1], "output": out, "expires": b.get(lease.id).expires}
+                    expires = (await state.status(lease.id)).expires  # from memory or disk: it may be evicted at once
+                    model[lease.id] = {"status": step[1], "output": out, "expires": expires}
                 await state.hand_back("w", [lease.id for lease in leases[step[2] :]])
             elif kind == "retry" and ids:
                 job_id = ids[step[1] % len(ids)]

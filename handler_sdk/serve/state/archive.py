@@ -101,6 +101,13 @@ class Retained:
         self.bytes += held_bytes(job_id, r) - held_bytes(job_id, v)
         return r
 
+    def refreeze(self, r: JobRecord) -> None:
+        """A thawed record changed and still finished: packed again."""
+        v = freeze(r)
+        if v is not None and self.b.jobs.get(r.id) is r:
+            self.b.jobs[r.id] = v
+            self.bytes += held_bytes(r.id, v) - held_bytes(r.id, r)
+
     # --- time ----------------------------------------------------------------------------------------------
 
     def expire(self, now: int) -> None:

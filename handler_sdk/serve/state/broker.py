@@ -263,8 +263,7 @@ class Broker:
         """Queue a finished record for its expiry (and pack it: see finished.py)."""
         self.retained.add(r)
 
-    def _expire(self, r: JobRecord | Finished, job_id: str | None = None) -> None:
-        job_id = job_id or r.id  # type: ignore[union-attr]  # a Finished is named by its key
+    def _expire(self, r: JobRecord | Finished, job_id: str) -> None:
         if self.jobs.get(job_id) is not r:
             return  # gone already (an earlier deadline)
         del self.jobs[job_id]
@@ -393,6 +392,7 @@ class Broker:
             self._journal(r)
             if r.expires is not None:
                 self._at(r.expires, "expire", r)
+                self.retained.refreeze(r)
         return r
 
     async def wait_terminal(self, r: JobRecord, timeout: float) -> None:

@@ -51,6 +51,8 @@ _DEFAULTS: dict[str, Any] = {
     "error": None, "error_details": None, "retries": 0, "webhook": None, "execution_timeout": None, "ttl": None,
     "requeued": None, "low_priority": False, "webhook_items": 0, "trace": None, "cursor": 0,
 }  # fmt: skip
+_FIELDS = tuple(_DEFAULTS)
+_PLAIN = tuple(_DEFAULTS.values())
 
 # Estimated bytes that a retained job holds besides its Finished's length and its id's: the bytes and str object
 # headers (33 + 49) and their allocator rounding, the jobs dict's slot at its load factor, the retention FIFO's.
@@ -233,7 +235,11 @@ def freeze(r: JobRecord) -> Finished | None:
 
 def _tail_of(r: JobRecord) -> dict[str, Any]:
     """The fields that differ from their defaults."""
-    tail: dict[str, Any] = {k: v for k, default in _DEFAULTS.items() if (v := getattr(r, k)) != default}
+    values = (r.error, r.error_details, r.retries, r.webhook, r.execution_timeout, r.ttl, r.requeued, r.low_priority,
+              r.webhook_items, r.trace, r.cursor)  # fmt: skip
+    tail: dict[str, Any] = (
+        {} if values == _PLAIN else {k: v for k, v, d in zip(_FIELDS, values, _PLAIN, strict=True) if v != d}
+    )
     if r.attempt != (0 if r.started is None else 1):
         tail["attempt"] = r.attempt
     if r.webhook_events is not None:
