@@ -46,6 +46,8 @@ class Retained:
         # Ids by retention, in the order their jobs ended. An entry whose record is gone or runs again (a /retry)
         # is dropped when it reaches the front; a JobRecord counts its entries in ``retained_in``.
         self.fifos: dict[int, deque[str]] = {}
+        # The latest end queued in each FIFO: an earlier one (the wall clock stepped back) also goes in the heap.
+        self._last: dict[int, int] = {}
         # Some finished jobs live only in the store (evicted, or left there at start-up): reads fall back to it.
         self.on_disk = False
         # Jobs on disk only, counted by the second they expire in: (second, status) -> n, and a heap of seconds.
@@ -64,8 +66,10 @@ class Retained:
         q = self.fifos.get(r.retention)
         if q is None:
             q = self.fifos[r.retention] = deque()
-        elif q and (last := self.b.jobs.get(q[-1])) is not None and last.ended is not None and r.ended < last.ended:
-            self.b._at(r.ended + r.retention, "expire", r)  # the clock stepped back: out of order, so the heap too
+        if r.ended < self._last.get(r.retention, r.ended):
+            self.b._at(r.ended + r.retention, "expire", r)  # out of order, so the heap too
+        else:
+            self._last[r.retention] = r.ended
         q.append(r.id)
         r.retained_in += 1
         v: JobRecord | Finished = freeze(r) or r
@@ -241,7 +245,7 @@ class Retained:
         self.b.jobs[r.id] = r
         q = self.fifos.setdefault(r.retention, deque())
         self.b._at(r.ended + r.retention, "expire", r)  # older than the FIFO's tail: its heap deadline expires it
-        q.append(r.id)
+        q.append(r.id)  # (and _last stays: the tail's end is still the latest)
         r.retained_in += 1
         self.bytes += held_bytes(r.id, r)
         if r.sync and self.b.store is not None:
