@@ -118,22 +118,23 @@ async def test_finished_jobs_read_back_for_their_whole_retention_whatever_the_bo
         await _run(steps, Path(d) / "jobs.db")
 
 
-async def test_evicted_runsync_jobs_are_written_to_the_journal_and_swept_at_their_expiry(tmp_path: Path) -> None:
+async def test_evicted_jobs_are_in_the_journal_and_swept_at_their_expiry(tmp_path: Path) -> None:
     now = [1_000_000]
-    cfg = BrokerConfig(sync_retention_ms=SYNC_MS, max_retained_bytes=BOUND)
+    cfg = BrokerConfig(run_retention_ms=SYNC_MS, sync_retention_ms=SYNC_MS, max_retained_bytes=BOUND)
     b = Broker(JobStore(tmp_path / "jobs.db", linger_s=0), cfg, clock=lambda: now[0])
     state = LocalState(b)
     await state.open()
     try:
         ids = []
         for i in range(40):
-            r, _ = await state.submit(RunRequest.model_validate({"input": {"i": i}}), sync=True)
+            r, _ = await state.submit(RunRequest.model_validate({"input": {"i": i}}), sync=i % 2 == 0)
             ids.append(r.id)
         for lease in await state.take("w", 100, 0):
             await state.done("w", lease.id, S.COMPLETED, output=b"1")
         await state.flush()
-        assert b.retained.evicted > 0 and ids[0] not in b.jobs
-        assert (await state.status(ids[0])).output == b"1"  # read from the journal
+        assert b.retained.evicted > 0 and ids[0] not in b.jobs and ids[1] not in b.jobs
+        assert (await state.status(ids[0])).output == b"1"  # a /runsync job, read from the journal
+        assert (await state.status(ids[1])).output == b"1"  # a /run job
         assert b.counts[S.COMPLETED] == 40  # on disk or not, every retained job is counted
         now[0] += SYNC_MS + 1000
         b.expire_due()

@@ -183,6 +183,8 @@ class Retained:
                     continue  # an entry from before a /retry
             if v.sync:
                 store.archive(thaw(job_id, v))  # a /runsync job was never journaled: written before it leaves
+            else:
+                store.expire_at(job_id, v.expires or 0)  # its row is there: the sweep deletes it then
             del jobs[job_id]
             self.bytes -= held_bytes(job_id, v)
             self.evicted += 1
@@ -217,6 +219,7 @@ class Retained:
         for r in finished:
             if r.status in (S.COMPLETED, S.CANCELLED):
                 r.input = None
+            self.on_disk = self.on_disk or r.sync  # an archived /runsync job's row waits for the sweep
             self.add(r)
         for status, expires, n in left:
             self.b.counts[S(status)] += n

@@ -1,8 +1,9 @@
 """The journal's reads: its schema migrations, the rows a start-up loads, one job read back, the expiry sweep.
 
 All of it runs in the store's thread (``JobStore`` hands these a connection there). A row carries its job's
-status and when its retention ends (``expires``, NULL until it ends), indexed with the endpoint, so a start-up
-reads the finished jobs newest first and stops at the bound, and the sweep finds the expired ones without a scan.
+status and, once its job finished and left memory (or at the next start-up), when its retention ends
+(``expires``, indexed with the endpoint where it is set): a start-up reads the finished jobs newest first and stops
+at the bound, and the sweep finds the expired ones without a scan.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _COLUMNS = {"status": "TEXT", "expires": "INTEGER"}
 # Partial: an unfinished job's row (NULL) costs no index entry, so a /run insert pays for none.
 _INDEX = "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (endpoint, expires) WHERE expires IS NOT NULL"
 _COLS = "SELECT id, input, state, output FROM jobs WHERE endpoint = ?"
+_LIVE = ("IN_QUEUE", "IN_PROGRESS")
 
 
 def restore(job_id: str, inp: bytes, state: bytes, output: bytes | None) -> JobRecord:
@@ -39,7 +41,11 @@ def migrate(conn: sqlite3.Connection, ep: str, now: int | None) -> None:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
     conn.execute(_INDEX)
     conn.execute("UPDATE jobs SET endpoint = ? WHERE endpoint = ''", (ep,))  # rows from before the scope
-    rows = conn.execute("SELECT id, state FROM jobs WHERE status IS NULL").fetchall()
+    # Status for rows from before the column; expiry for finished rows, which get one only as they leave memory
+    # (the broker deleted the rest as they expired while it ran): the one scan of a start-up, as it always was.
+    rows = conn.execute(
+        "SELECT id, state FROM jobs WHERE status IS NULL OR (expires IS NULL AND status NOT IN (?, ?))", _LIVE
+    ).fetchall()
     if rows:
         fixed = []
         for job_id, state in rows:

@@ -76,6 +76,7 @@ _Batch = tuple[
     list[str],  # stream resets
     list[tuple[str, bytes]],  # meta
     int | None,  # sweep: delete the rows that expired by then
+    list[tuple[int, str]],  # expiries of finished jobs that live here only
 ]
 
 
@@ -97,6 +98,8 @@ class JobStore:
         self._meta: dict[str, Any] = {}
         # Finished /runsync jobs leaving memory, to be written (they have no row yet).
         self._archived: dict[str, JobRecord] = {}
+        # When a finished job that left memory expires: its row gets it (and so an entry in the expires index).
+        self._expiring: dict[str, int] = {}
         self._sweep: int | None = None
         # (status, expires, n) of the finished jobs that open() left on disk, past the bound it was given.
         self.left_on_disk: list[tuple[str, int, int]] = []
@@ -232,6 +235,14 @@ class JobStore:
             self._archived[r.id] = r
         else:
             self.update(r, now=True)
+            if r.expires is not None:
+                self.expire_at(r.id, r.expires)
+
+    def expire_at(self, job_id: str, when: int) -> None:
+        """A finished /run job leaves memory: its row expires at ``when`` (the sweep deletes it then). Rows of jobs
+        in memory carry no expiry: the broker deletes them as they expire, and the index stays off the hot path."""
+        self._expiring[job_id] = when
+        self._wake.set()
 
     def sweep(self, now: int) -> None:
         """Delete, at the next commit, the rows whose retention ended by ``now`` (through the expires index)."""
@@ -242,6 +253,7 @@ class JobStore:
         for i in ids:
             self._new.pop(i, None)
             self._archived.pop(i, None)
+            self._expiring.pop(i, None)
             self._dirty.pop(i, None)
             self._since.pop(i, None)
             self._deleted.add(i)
@@ -281,7 +293,10 @@ class JobStore:
 
     def _take_batch(self) -> tuple[_Batch, _Taken] | None:
         dirty = self._due()
-        work = self._new or dirty or self._stream or self._deleted or self._meta or self._reset or self._archived
+        work = (
+            self._new or dirty or self._stream or self._deleted or self._meta or self._reset or self._archived
+            or self._expiring
+        )  # fmt: skip
         if not work and self._sweep is None:
             return None
         ep = self.endpoint_id
@@ -289,17 +304,20 @@ class JobStore:
         for r in self._archived.values():
             inserts.append((r.id, _input(r), _state(r), r.output, ep, r.status.value, r.expires))
         updates = [(_state(r), r.output, r.status.value, r.expires, r.id) for r in dirty.values()]
+        expiring = [(when, job_id) for job_id, when in self._expiring.items() if job_id not in self._deleted]
         deleted = self._deleted
         stream = [s for s in self._stream if s[0] not in deleted]
         meta = [(k, codec.dumps(v)) for k, v in self._meta.items()]
         taken = _Taken(
-            self._new, dirty, self._stream, self._deleted, self._reset, self._meta, self._archived, self._sweep
-        )
+            self._new, dirty, self._stream, self._deleted, self._reset, self._meta, self._archived, self._sweep,
+            self._expiring,
+        )  # fmt: skip
         self._new, self._stream, self._meta, self._archived, sweep, self._sweep = {}, [], {}, {}, self._sweep, None
+        self._expiring = {}
         resets = [i for i in self._reset if i not in self._deleted]
         deletes = list(self._deleted)
         self._reset, self._deleted = set(), set()
-        return (inserts, updates, stream, deletes, resets, meta, sweep), taken
+        return (inserts, updates, stream, deletes, resets, meta, sweep, expiring), taken
 
     def _put_back(self, taken: _Taken) -> None:
         """A failed commit's changes queued again, under whatever was queued since (which is newer)."""
@@ -319,9 +337,12 @@ class JobStore:
                 self._archived.setdefault(job_id, r)
         if taken.sweep is not None and self._sweep is None:
             self._sweep = taken.sweep
+        for job_id, when in taken.expiring.items():
+            if job_id not in self._deleted:
+                self._expiring.setdefault(job_id, when)
 
     def _commit(self, batch: _Batch) -> None:
-        inserts, updates, stream, deletes, resets, meta, sweep = batch
+        inserts, updates, stream, deletes, resets, meta, sweep, expiring = batch
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN")
@@ -333,7 +354,15 @@ class JobStore:
                     inserts,
                 )
             if updates:
-                conn.executemany("UPDATE jobs SET state = ?, output = ?, status = ?, expires = ? WHERE id = ?", updates)
+                # A job that runs again (a /retry) loses its expiry; a finished one keeps what it has (none, unless
+                # it left memory).
+                conn.executemany(
+                    "UPDATE jobs SET state = ?, output = ?, status = ?, "
+                    "expires = CASE WHEN ? IS NULL THEN NULL ELSE expires END WHERE id = ?",
+                    updates,
+                )
+            if expiring:
+                conn.executemany("UPDATE jobs SET expires = ? WHERE id = ?", expiring)
             if resets:
                 conn.executemany("DELETE FROM stream WHERE job_id = ?", [(i,) for i in resets])
             if stream:
@@ -425,6 +454,7 @@ class _Taken:
     meta: dict[str, Any]
     archived: dict[str, JobRecord]
     sweep: int | None
+    expiring: dict[str, int]
 
 
 def _input(r: JobRecord) -> bytes:
