@@ -3,8 +3,8 @@
 A /run job is kept 30 minutes after it ends (a /runsync one, a minute): at thousands of jobs a second that is
 millions of finished records. Each kind runs in a fresh process that fills a Broker through its own API (submit,
 take, done: what the HTTP routes call, minus the sockets) with N finished jobs, and reads its VmRSS before and
-after, after a full collection: the growth over N is everything the process holds per record (the record, its
-id string, the jobs-dict slot, the expiry heap entry, the input kept for /retry, the output bytes).
+after, after a full collection: the growth over N is everything the process holds per record (its compact form
+with the output, its id string, the jobs-dict slot, the retention FIFO's entry).
 
 Kinds: a no-op /runsync job (input ``{"prompt":"hello","n":1}``, its echo as output; the input is dropped at the
 end), the same as a /run job (input kept), and a /run job with a 1 KiB output. Goals: at most 250 B per /runsync
@@ -46,6 +46,7 @@ async def _fill(kind: str, n: int) -> dict[str, float]:
     from handler_sdk import codec
     from handler_sdk.models import JobStatus, RunRequest
     from handler_sdk.serve.state.broker import Broker, BrokerConfig
+    from handler_sdk.serve.state.finished import Finished
 
     hour = 3_600_000  # nothing expires during the fill
     broker = Broker(None, BrokerConfig(run_retention_ms=hour, sync_retention_ms=hour))
@@ -69,7 +70,12 @@ async def _fill(kind: str, n: int) -> dict[str, float]:
     gc.collect()
     after = _rss()
     assert len(broker.jobs) == n + BATCH and broker.counts[JobStatus.COMPLETED] == n + BATCH
-    return {"n": n, "before": before, "after": after, "per_record": (after - before) / n}
+    job_id, v = next(reversed(broker.jobs.items()))
+    return {
+        "n": n, "before": before, "after": after, "per_record": (after - before) / n,
+        "record": sys.getsizeof(v), "id": sys.getsizeof(job_id), "compact": isinstance(v, Finished),
+        "dict": sys.getsizeof(broker.jobs) / len(broker.jobs), "output": len(v.output or b""),
+    }  # fmt: skip
 
 
 def _measure(kind: str, n: int) -> dict[str, float]:
@@ -90,9 +96,11 @@ def run(run: Run) -> Section:
         "input": BODY.decode(),
     }
     per: dict[str, list[float]] = {k: [] for k in KINDS}
+    parts: dict[str, dict[str, float]] = {}
     for r in range(repeats):
         for kind in KINDS if r % 2 == 0 else reversed(list(KINDS)):
             m = _measure(kind, n)
+            parts[kind] = m
             value = m["per_record"] - (OUTPUT_1K if kind == "run-1k" else 0)
             per[kind].append(value)
             grown = (m["after"] - m["before"]) / 1e6
@@ -109,22 +117,20 @@ def run(run: Run) -> Section:
         f"At 5,000 jobs/s for 30 minutes (9 million /run records) the /run figure means "
         f"{worst * 9e6 / 1e9:.1f} GB of retained records, before their outputs."
     )
+    sync = parts["runsync"]
     sec.notes.append(
-        "Where a finished /runsync record's bytes go (sys.getsizeof, this Python): the JobRecord object with its 29 "
-        "slots 264 B + 16 B of collector header; its id string 90 B; created, started and ended as ints 3 x 32 B; "
-        "the output bytes 57 B for the no-op echo; the jobs dict's slot about 40-70 B (its load factor); the "
-        "retention FIFO's 8 B. About 600 B: the measured figure."
+        "Where a finished /runsync record's bytes go (sys.getsizeof, this Python, one record of the run): its "
+        f"{'compact form (finished.py: one bytes object, header and output)' if sync['compact'] else 'JobRecord'} "
+        f"{sync['record']:.0f} B, of which the output {sync['output']:.0f} B; its id string {sync['id']:.0f} B; the "
+        f"jobs dict {sync['dict']:.0f} B per entry at this size (its load factor); the retention FIFO 8 B: "
+        f"{sync['record'] + sync['id'] + sync['dict'] + 8:.0f} B, against {per['runsync'][-1]:.0f} B measured (the "
+        "allocator rounds each object up to 16 B). Before the compact form: 617 B (the 29-slot JobRecord 264 B + "
+        "16 B of collector header, three timestamp ints 96 B, the same id, output and dict slot)."
     )
     sec.notes.append(
-        "Not done yet (the design): (1) a compact form for finished records: when a job ends and nothing waits on "
-        "it, the dict keeps a small slotted Finished (id, status, created, the two durations as small ints, the "
-        "output, error, worker id), or just the /status reply pre-rendered as one bytes object (~120 B for the no-op "
-        "echo), instead of the 29-slot JobRecord; that reaches ~250 B per /runsync record. (2) --max-retained-mb "
-        "(default 1024): the broker counts the bytes its finished records hold; past the bound the oldest finished "
-        "records (from the front of the retention FIFOs) leave memory and live only in the SQLite journal (a "
-        "/runsync record is written there first), and /status, /stream and /retry read a job missing from memory "
-        "back from the store (one indexed SELECT in the store's thread) until its retention ends. The soak "
-        "(benchmark 11) then shows RSS flat."
+        "With the SQLite store, --max-retained-mb (default 1024) bounds these bytes whatever the rate: past it the "
+        "oldest finished records live only in the journal and are read back on /status (archive.py; benchmark 11 "
+        "shows RSS flat with it). This benchmark fills a broker without a store, so nothing is evicted."
     )
     sec.plot = _plot(run, sec)
     return sec

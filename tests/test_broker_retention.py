@@ -78,9 +78,8 @@ async def _run(steps: list[tuple[Any, ...]]) -> None:  # noqa: C901 - one branch
         if kind in ("submit", "finish") and ids:
             # Every finished record still held reads back as it ended (the compact path keeps it whole).
             for job_id in ids:
-                r = b.jobs.get(job_id)
-                if r is not None and r.status is JobStatus.COMPLETED:
-                    assert r.reply()["output"] is not None
+                if job_id in b.jobs and b.jobs[job_id].status is JobStatus.COMPLETED:
+                    assert b.get(job_id).reply()["output"] is not None
 
 
 @settings(max_examples=150, deadline=None)

@@ -223,3 +223,32 @@ def test_an_endpoint_id_that_cannot_be_a_path_segment_is_refused_at_start(tmp_pa
     )  # fmt: skip
     assert r.returncode == 2
     assert "endpoint id 'my endpoint/x'" in r.stderr.decode()
+
+
+def test_max_retained_mb_and_its_env_twin_move_finished_runsync_jobs_to_the_journal(process_factory, tmp_path):
+    target = str(HANDLERS / "echo_async.py")
+    for how, data in (("flag", tmp_path / "flag"), ("env", tmp_path / "env")):
+        port = free_port()
+        args = ["-m", "handler_sdk.serve", target, "--port", str(port), "--data-dir", str(data), "--no-rate-limits"]
+        env = {"HANDLER_SDK_MAX_RETAINED_MB": "0.01"} if how == "env" else {}
+        p = process_factory(*args, *(["--max-retained-mb", "0.01"] if how == "flag" else []), env=env, name=how)
+        wait_for_line(p, READY)
+        base = f"http://127.0.0.1:{port}/v2/local"
+        ids = [call("POST", f"{base}/runsync", {"input": {"i": i}})[1]["id"] for i in range(100)]
+        code, body = call("GET", f"{base}/status/{ids[0]}")
+        assert code == 200 and body["output"] == {"i": 0}  # read back from the journal
+        assert stop(p) == 0
+        conn = sqlite3.connect(data / "jobs.sqlite3")
+        try:
+            journaled = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+        finally:
+            conn.close()
+        assert ids[0] in journaled, how  # the oldest left memory: written to the journal first
+
+
+def test_a_negative_max_retained_mb_is_one_error_line_and_exit_2(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "handler_sdk.serve", "--data-dir", str(tmp_path), "--max-retained-mb", "-1"],
+        capture_output=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and "--max-retained-mb" in r.stderr.decode()

@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="run N worker subprocesses over HTTP instead of in-process")
     p.add_argument("--run-retention-ms", type=int, default=30 * 60 * 1000)
     p.add_argument("--sync-retention-ms", type=int, default=60 * 1000)
+    p.add_argument(
+        "--max-retained-mb",
+        type=float,
+        default=float(os.environ.get("HANDLER_SDK_MAX_RETAINED_MB", "1024")),
+        help="memory for finished jobs in their retention; past it the oldest live only in the SQLite journal "
+        "and are read back from it (default 1024) [env HANDLER_SDK_MAX_RETAINED_MB]",
+    )
     p.add_argument("--lease-ms", type=int, default=30_000, help="a remote worker silent this long is gone")
     p.add_argument("--max-attempts", type=int, default=3, help="tries before a job lost with its worker fails")
     p.add_argument("--hold-s", type=float, default=3.0, help="how long an empty job-take or job-stop is held open")
@@ -80,8 +87,11 @@ async def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, endpoint_id=args.endpoint_id, api_key=args.api_key or None,
         data_dir=args.data_dir, rate_limits=not args.no_rate_limits, workers=args.workers, target=args.target,
         broker=BrokerConfig(run_retention_ms=args.run_retention_ms, sync_retention_ms=args.sync_retention_ms,
-                            lease_ms=args.lease_ms, max_attempts=args.max_attempts),
+                            lease_ms=args.lease_ms, max_attempts=args.max_attempts,
+                            max_retained_bytes=int(args.max_retained_mb * (1 << 20))),
     )  # fmt: skip
+    if not args.max_retained_mb >= 0:
+        raise ConfigError(f"--max-retained-mb must be a number of MiB >= 0, not {args.max_retained_mb}")
     cfg.worker.drain_timeout_s = args.drain_timeout
     cfg.take_hold_s = args.hold_s
     cfg.webhook_secret = args.webhook_secret or None

@@ -128,7 +128,10 @@ class Server:
             self.state = LocalState(self.broker)
             self.replica = ""
         elif cfg.store.startswith(("redis://", "rediss://", "unix://")):
-            rcfg = RedisJobsConfig(**{f.name: getattr(cfg.broker, f.name) for f in fields(cfg.broker)})
+            names = {f.name for f in fields(RedisJobsConfig)}  # the bound on retained jobs is the broker's alone
+            rcfg = RedisJobsConfig(
+                **{f.name: getattr(cfg.broker, f.name) for f in fields(cfg.broker) if f.name in names}
+            )
             self.state = RedisState(cfg.store, cfg.endpoint_id, rcfg)
             self.replica = cfg.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         else:

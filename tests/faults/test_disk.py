@@ -184,7 +184,7 @@ async def test_a_retry_the_journal_refuses_answers_503_and_leaves_the_job_as_it_
     status, job, _ = await call(ep.http, "POST", f"{ep.url}/run", {"input": {"log": str(log), "n": "not-a-file"}})
     assert status == 200
     await ep.wait_status(job["id"], "COMPLETED")
-    r = ep.broker.jobs[job["id"]]
+    r = ep.broker.retained.thaw(job["id"])  # the record itself, not its compact form
     r.status, r.error = S_FAILED, "made to fail for the test"  # a FAILED job as the broker would hold it
     r.input = {"log": str(log), "n": "not-a-file"}  # a completed job's input is dropped, a failed one's kept
     ep.broker.counts[S_COMPLETED] -= 1

@@ -2,8 +2,9 @@
 
 The broker owns the truth about a job (DESIGN section 1); workers own only their lease. The pieces it coordinates
 each keep one thing and hand results back: ``jobs.py`` the records and their transitions, ``queue.py`` the queue,
-``leases.py`` the workers and their leases, ``deadlines.py`` the deadlines, ``journal.py`` what is journaled,
-``views.py`` the wire's views of them. It does no I/O of its own except through the journal and the
+``leases.py`` the workers and their leases, ``deadlines.py`` the deadlines, ``archive.py`` the finished jobs during
+their retention (in memory up to a bound, on disk past it), ``journal.py`` what is journaled, ``views.py`` the
+wire's views of them. It does no I/O of its own except through the journal, the archive's reads and the
 ``on_terminal`` hooks (webhooks). The client routes, the worker routes and the in-process worker call one broker.
 """
 
@@ -16,8 +17,10 @@ from typing import Any
 from ...errors import BadRequest, OutputNotSerializable
 from ...models import JobStatus, RunRequest, make_error_details
 from . import views
+from .archive import Retained
 from .config import BrokerConfig
 from .deadlines import Deadlines
+from .finished import Finished
 from .ids import new_job_id, now_ms
 from .jobs import JobTable, new_record
 from .journal import Journal
@@ -58,6 +61,9 @@ class Broker:
         self.on_event: list[Callable[[str, JobRecord], None]] = []
         self.queue = JobQueue()
         self.deadlines = Deadlines()
+        # Finished records by retention, in the order they ended (a FIFO holds each at 8 bytes where a deadline
+        # heap entry cost ~170), their bytes in memory and the bound past which they live on disk only.
+        self.retained = Retained(self, self.cfg.max_retained_bytes)
         self._last_reap = 0
         self._local: LocalWorker | None = None
 
@@ -67,7 +73,7 @@ class Broker:
         """Load the journal: queued jobs queue again, running ones were orphaned by the restart and requeue."""
         if self.store is None:
             return
-        records, meta = await self.store.open()
+        records, meta = await self.store.open(self.cfg.max_retained_bytes, Retained.loaded_size, self.clock())
         self.retried = int(meta.get("retried", 0))
         records.sort(key=lambda r: r.created)
         for r in records:
@@ -79,8 +85,7 @@ class Broker:
                 self.queue.add(r)
             if (due := r.ttl_due) is not None and not r.status.terminal:
                 self.deadlines.at(due, "ttl", r)
-            if r.expires is not None:
-                self.deadlines.at(r.expires, "expire", r)
+        self.retained.load([r for r in records if r.status.terminal], self.store.left_on_disk)
 
     # --- handing jobs on -----------------------------------------------------------------------------------
 
@@ -153,14 +158,17 @@ class Broker:
         self.table.finish(r, status, self.clock(), output=output, error=error, details=details)
         self.leases.release(r)
         self.journal.update(r)
-        self.deadlines.retain(r)
+        self.retained.add(r)  # (and packed: see finished.py)
         r.notify()
         for hook in self.on_terminal:
             hook(r)
 
-    def _expire(self, r: JobRecord) -> None:
-        if self.table.remove(r):  # else gone already (an earlier deadline)
-            self.journal.delete((r,))
+    def _expire(self, r: JobRecord | Finished, job_id: str) -> None:
+        if not self.table.drop(job_id, r):
+            return  # gone already (an earlier deadline)
+        self.retained.forget(job_id, r)
+        if self.store is not None and not r.sync:
+            self.store.delete([job_id])
 
     def _event(self, kind: str, r: JobRecord) -> None:
         for hook in self.on_event:
@@ -219,10 +227,13 @@ class Broker:
     def status(self, job_id: str, ttl: int | None = None) -> JobRecord:
         r = self.get(job_id)
         if ttl is not None and ttl < r.retention:
+            if r.status.terminal:
+                r = self.retained.thaw(job_id)
             r.retention = ttl
             self.journal.update(r)
             if r.expires is not None:
                 self.deadlines.at(r.expires, "expire", r)
+                self.retained.refreeze(r)
         return r
 
     def read_stream(self, job_id: str, start: int | None = None) -> tuple[JobRecord, Sequence[bytes]]:
@@ -246,6 +257,8 @@ class Broker:
 
     def retry(self, job_id: str, *, queue: bool = True) -> JobRecord:
         r = self.get(job_id)
+        self.table.retryable(r)
+        r = self.retained.reopen(job_id)
         self.table.retry(r, self.clock())
         if (due := r.ttl_due) is not None:
             self.deadlines.at(due, "ttl", r)
@@ -403,12 +416,11 @@ class Broker:
     def expire_due(self) -> None:
         """Apply every deadline that has passed: ttl, the execution backstop, and retention."""
         now = self.clock()
-        for retained in self.deadlines.expired(now):
-            self._expire(retained)
-        for r, timed_out in self.deadlines.due(now, self.jobs):
+        self.retained.expire(now)
+        for job_id, r, timed_out in self.deadlines.due(now, self.jobs):
             if timed_out is None:
-                self._expire(r)
-            else:
+                self._expire(r, job_id)
+            elif isinstance(r, JobRecord):
                 self._time_out(r, timed_out)
 
     def _time_out(self, r: JobRecord, message: str) -> None:

@@ -17,3 +17,5 @@ class BrokerConfig:
     # Server-side backstop for executionTimeout, on top of the worker's own enforcement.
     execution_grace_ms: int = 5_000
     tick_s: float = 0.05
+    # Finished records past this many (estimated) bytes live only in the store until they expire (archive.py).
+    max_retained_bytes: int = 1024 << 20

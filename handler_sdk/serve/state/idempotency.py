@@ -126,17 +126,17 @@ class IdempotencyKeys:
     def _find(self, key: str) -> JobRecord | None:
         if not self._loaded:
             self._loaded = True
-            for rec in self.broker.jobs.values():
-                if rec.idempotency is not None:
-                    self._keys[rec.idempotency[0]] = (rec.id, rec.idempotency[1])
+            for job_id, rec in self.broker.jobs.items():
+                if (k := rec.idempotency) is not None:
+                    self._keys[k[0]] = (job_id, k[1])
         hit = self._keys.get(key)
         if hit is None:
             return None
-        r = self.broker.jobs.get(hit[0])
-        if r is None or r.idempotency is None or r.idempotency[0] != key:
+        v = self.broker.jobs.get(hit[0])
+        if v is None or (k := v.idempotency) is None or k[0] != key:
             del self._keys[key]  # past its retention, or purged: the key is free again
             return None
-        return r
+        return self.broker.get(hit[0])
 
     def _sweep(self) -> None:
         """Forget keys whose jobs are gone. Run when the map has doubled since the last sweep: amortized O(1) per

@@ -1,4 +1,5 @@
-"""Every retained job by id, how many are in each status, and the transitions that change a record.
+"""Every retained job by id (a finished one in its compact form, ``finished.py``), how many are in each status,
+and the transitions that change a record.
 
 A status changes only here, checked against ``lifecycle.py``, with the per-status counts (/health's) changed in the
 same step. What a transition sets off (journaling, waking waiters, hooks, the next job's dispatch) is the
@@ -14,6 +15,7 @@ from ... import lifecycle
 from ...chunker import scrub_metrics
 from ...errors import Conflict, NotFound
 from ...models import JobStatus, RunRequest
+from .finished import Finished
 from .record import JobRecord
 
 __all__ = ["JobTable", "new_record"]
@@ -43,7 +45,8 @@ class JobTable:
     __slots__ = ("counts", "records")
 
     def __init__(self) -> None:
-        self.records: dict[str, JobRecord] = {}
+        # Finished jobs in their compact form (finished.py); get() for a JobRecord.
+        self.records: dict[str, JobRecord | Finished] = {}
         self.counts: dict[JobStatus, int] = dict.fromkeys(JobStatus, 0)
 
     def add(self, r: JobRecord) -> None:
@@ -58,11 +61,20 @@ class JobTable:
         self.counts[r.status] -= 1
         return True
 
+    def drop(self, job_id: str, v: JobRecord | Finished) -> bool:
+        """``remove`` by id, for a record that may be in its compact form (which has no ``id``)."""
+        if self.records.get(job_id) is not v:
+            return False
+        del self.records[job_id]
+        self.counts[v.status] -= 1
+        return True
+
     def get(self, job_id: str) -> JobRecord:
+        """The job's record (a finished one's is a copy: ``Retained.thaw`` or ``reopen`` first to change it)."""
         r = self.records.get(job_id)
         if r is None:
             raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
-        return r
+        return r if isinstance(r, JobRecord) else r.thaw(job_id)
 
     def leased(self, worker_id: str, job_id: str) -> JobRecord:
         """The job, if it is in progress under this worker's lease: a result from anyone else is refused."""
@@ -74,7 +86,7 @@ class JobTable:
     def held(self, worker_id: str, job_ids: Iterable[str]) -> list[JobRecord]:
         """Those of these jobs (each once) that are in progress under this worker's lease."""
         rs = (self.records.get(j) for j in dict.fromkeys(job_ids))
-        return [r for r in rs if r is not None and r.status is S.IN_PROGRESS and r.worker_id == worker_id]
+        return [r for r in rs if isinstance(r, JobRecord) and r.status is S.IN_PROGRESS and r.worker_id == worker_id]
 
     # --- transitions ---------------------------------------------------------------------------------------
 
@@ -128,10 +140,15 @@ class JobTable:
             # finished records pile up for their retention, and the collector scans every dict they hold.
             r.input = None
 
-    def retry(self, r: JobRecord, now: int) -> None:
-        """A failed or timed-out job queues again, as if submitted ``now``, with a fresh stream."""
+    @staticmethod
+    def retryable(r: JobRecord) -> None:
+        """Conflict unless the job may be retried (checked before a finished record is unpacked for it)."""
         if r.status not in (S.FAILED, S.TIMED_OUT):
             raise Conflict(f"job {r.id} is {r.status}; only FAILED or TIMED_OUT jobs can be retried")
+
+    def retry(self, r: JobRecord, now: int) -> None:
+        """A failed or timed-out job queues again, as if submitted ``now``, with a fresh stream."""
+        self.retryable(r)
         self.move(r, S.IN_QUEUE)
         r.retries += 1
         r.started = r.ended = r.output = r.error = r.error_details = r.worker_id = None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ...models import JobStatus
+from .finished import Finished
 from .record import JobRecord
 
 __all__ = ["Leases", "LocalWorker", "WorkerSeen"]
@@ -85,7 +86,7 @@ class Leases:
         return [w.id for w in self.workers.values() if not w.local and now - w.last_seen > lease_ms]
 
     @staticmethod
-    def unnamed(w: WorkerSeen, job_ids: Sequence[str], jobs: dict[str, JobRecord]) -> list[str]:
+    def unnamed(w: WorkerSeen, job_ids: Sequence[str], jobs: dict[str, JobRecord | Finished]) -> list[str]:
         """A ping's verdict: the jobs leased to ``w`` before its previous ping and missing from this one were lost
         (its process restarted under the same id). One whole ping interval of grace, because the runpod worker
         pings from a separate process whose job list lags fresh takes."""
@@ -96,7 +97,7 @@ class Leases:
         return [j for j in w.jobs if j not in named and (r := jobs.get(j)) is not None and (r.started or 0) < previous]
 
     @staticmethod
-    def restop(w: WorkerSeen, job_ids: Sequence[str], jobs: dict[str, JobRecord]) -> None:
+    def restop(w: WorkerSeen, job_ids: Sequence[str], jobs: dict[str, JobRecord | Finished]) -> None:
         """A worker still running a job it no longer holds (cancelled, timed out, or leased to another) is told to
         stop it again: the runpod worker drops a stop that reaches it before the job's task exists."""
         for job_id in job_ids:

@@ -2,7 +2,9 @@
 
 Everything here is the broker's, behind the interface of ``api.py``; what this module adds is the durability
 rule of each route (a /run job journaled before it is queued and answered, a result before the worker is told it
-was recorded, a re-run's lease before its handler starts) and the Idempotency-Key index.
+was recorded, a re-run's lease before its handler starts), the Idempotency-Key index, and the read-back of a
+finished job that the bound on retained jobs moved out of memory (``_on_disk``: /status, /stream, /retry, cancel
+and input_of find it in the store until its retention ends).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...errors import StoreError
+from ...errors import NotFound, StoreError
 from ...models import JobStatus, RunRequest
 from . import views
 from .api import JobView, Lease, Watch
@@ -112,33 +114,66 @@ class LocalState:
         await wait_terminal(job, timeout, self.broker.jobs)
         return job
 
+    async def _on_disk(self, job_id: str, *, stream: bool = False) -> JobRecord:
+        """A finished job that lives only in the store; NotFound when there is none (or its retention ended)."""
+        r = await self.broker.retained.read(job_id, stream=stream)
+        if r is None:
+            raise NotFound(f"job {job_id} not found (unknown, purged, or past its retention)")
+        return r
+
     def watch(self, job_id: str) -> Watch:
+        if job_id not in self.broker.jobs and self.broker.retained.on_disk:
+            # Finished, on disk (or unknown: the read after the watch says which): nothing will change it.
+            return Waiter(JobRecord(job_id, None, 0))
         return Waiter(self.broker.get(job_id))
 
     async def status(self, job_id: str, ttl: int | None = None) -> JobView:
-        return self.broker.status(job_id, ttl)
+        if job_id in self.broker.jobs:
+            return self.broker.status(job_id, ttl)
+        r = await self._on_disk(job_id)
+        if ttl is not None and ttl < r.retention:
+            self.broker.retained.shorten(r, ttl)
+        return r
 
     async def read_stream(self, job_id: str, start: int | None = None) -> tuple[JobView, Sequence[bytes]]:
-        return self.broker.read_stream(job_id, start)
+        if job_id in self.broker.jobs:
+            return self.broker.read_stream(job_id, start)
+        r = await self._on_disk(job_id, stream=True)
+        if start is not None:
+            return r, r.stream[max(start, 0) :]
+        items = r.stream[r.cursor :]
+        if items:
+            r.cursor = len(r.stream)
+            self.broker.store.rewrite(r)  # type: ignore[union-attr]  # on disk: there is a store
+        return r, items
 
     async def input_of(self, job_id: str) -> Any:
-        return await self.broker.input_of(self.broker.get(job_id))
+        if job_id in self.broker.jobs:
+            return await self.broker.input_of(self.broker.get(job_id))
+        r = await self._on_disk(job_id)
+        return r.input if r.input is not None or r.sync else await self.broker.input_of(r)
 
     async def cancel(self, job_id: str) -> JobView:
-        return self.broker.cancel(job_id)
+        if job_id in self.broker.jobs:
+            return self.broker.cancel(job_id)
+        return await self._on_disk(job_id)  # finished: a cancel changes nothing
 
     async def retry(self, job_id: str) -> JobView:
         """Journaled first, queued after, as /run is. On StoreError (answered 503) the job is put back as it was,
         so a client told that the retry failed never finds it running."""
         b = self.broker
-        r = b.get(job_id)
-        before = copy.copy(r)
-        b.retry(job_id, queue=False)
+        if job_id not in b.jobs:
+            on_disk = await self._on_disk(job_id)
+            if job_id not in b.jobs:  # not brought back by another /retry while we read
+                b.retained.adopt(on_disk)
+        before = copy.copy(b.get(job_id))
+        r = b.retry(job_id, queue=False)
         try:
             await b.durable()
         except StoreError:
             if r.status is JobStatus.IN_QUEUE and b.jobs.get(r.id) is r:
                 b.table.undo_retry(r, before)
+                b.retained.recount(r)
                 b.journal.update(r)  # coalesces with the unwritten retry: the journal keeps the job as it was
             raise
         b.enqueue(r)

@@ -11,6 +11,7 @@ import itertools
 from collections import deque
 
 from ...models import JobStatus
+from .finished import Finished
 from .record import JobRecord
 
 __all__ = ["JobQueue"]
@@ -38,19 +39,19 @@ class JobQueue:
         order)."""
         (self._normal.appendleft if front else self._normal.append)(r.id)
 
-    def pop(self, jobs: dict[str, JobRecord]) -> JobRecord | None:
+    def pop(self, jobs: dict[str, JobRecord | Finished]) -> JobRecord | None:
         """The next job still queued, or None."""
         for q in (self._normal, self._low):
             while q:
                 r = jobs.get(q.popleft())
-                if r is not None and r.status is _QUEUED:
+                if isinstance(r, JobRecord) and r.status is _QUEUED:
                     return r
         return None
 
-    def queued(self, jobs: dict[str, JobRecord]) -> list[JobRecord]:
+    def queued(self, jobs: dict[str, JobRecord | Finished]) -> list[JobRecord]:
         """Every job still queued, each once (a job retried after timing out in the queue is listed twice)."""
         rs = (jobs.get(i) for i in itertools.chain(self._normal, self._low))
-        return list({r.id: r for r in rs if r is not None and r.status is _QUEUED}.values())
+        return list({r.id: r for r in rs if isinstance(r, JobRecord) and r.status is _QUEUED}.values())
 
     def clear(self) -> None:
         self._normal.clear()

@@ -65,7 +65,7 @@ class Waiter:
         return changed
 
 
-async def wait_terminal(r: JobRecord, timeout: float, jobs: Mapping[str, JobRecord]) -> None:
+async def wait_terminal(r: JobRecord, timeout: float, jobs: Mapping[str, object]) -> None:
     """Wait up to ``timeout`` s for the job to end, or to leave ``jobs`` (purged, expired)."""
     if r.status.terminal or timeout <= 0:
         return

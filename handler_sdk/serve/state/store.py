@@ -9,7 +9,12 @@ IN_PROGRESS state) that young is left out even then: the job's result, usually a
 the one row write for both. No reply ever waits for a lease, so a crash loses nothing it could not lose before.
 
 ``synchronous=NORMAL`` with WAL survives a killed process (the guarantee a restart needs); a power cut can lose
-the last commits. Runsync jobs are never journaled: their client holds the connection.
+the last commits. Runsync jobs are not journaled while they run (their client holds the connection); a finished
+one is written here when the broker's bound on retained jobs (archive.py) moves it out of memory.
+
+Each row carries its status and when its retention ends (``expires``, indexed): a start-up loads every unfinished
+job and the newest finished ones up to that bound, ``read`` fetches one job that is not in memory, and ``sweep``
+deletes the rows past their retention, through the index.
 
 No single record and no failed commit stops the writer. A job input that cannot be encoded is refused when it is
 inserted (its request fails); a commit that fails (a full disk, an unwritable file) fails the flushes waiting on
@@ -28,16 +33,17 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ... import codec
 from ...errors import StoreError
 from ...models import JobStatus, make_error_details
+from . import journal_rows as rows
 from .record import JobRecord
 
-__all__ = ["JobStore", "Loaded"]
+__all__ = ["DELETED", "JobStore", "Loaded"]
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +60,23 @@ _RETRY_MAX_S = 5.0
 
 Loaded = tuple[list[JobRecord], dict[str, Any]]
 
+
+class _Deleted:
+    """What ``pending`` answers for a job whose delete is queued."""
+
+
+DELETED = _Deleted()
+
 # One commit's worth of work, built on the event loop so it sees one consistent moment.
 _Batch = tuple[
-    list[tuple[str, bytes, bytes, bytes | None, str]],  # inserts
-    list[tuple[bytes, bytes | None, str]],  # updates
+    list[tuple[str, bytes, bytes, bytes | None, str, str, int | None]],  # inserts
+    list[tuple[bytes, bytes | None, str, int | None, str]],  # updates
     list[tuple[str, int, bytes]],  # stream items
     list[str],  # deletes
     list[str],  # stream resets
     list[tuple[str, bytes]],  # meta
+    int | None,  # sweep: delete the rows that expired by then
+    list[tuple[int, str]],  # expiries of finished jobs that live here only
 ]
 
 
@@ -81,6 +96,13 @@ class JobStore:
         self._deleted: set[str] = set()
         self._reset: set[str] = set()
         self._meta: dict[str, Any] = {}
+        # Finished /runsync jobs leaving memory, to be written (they have no row yet).
+        self._archived: dict[str, JobRecord] = {}
+        # When a finished job that left memory expires: its row gets it (and so an entry in the expires index).
+        self._expiring: dict[str, int] = {}
+        self._sweep: int | None = None
+        # (status, expires, n) of the finished jobs that open() left on disk, past the bound it was given.
+        self.left_on_disk: list[tuple[str, int, int]] = []
         self._waiter: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         # Set when someone waits for a commit (flush, close): the writer stops lingering.
@@ -93,11 +115,18 @@ class JobStore:
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
-    async def open(self) -> Loaded:
-        """Open (creating) the database and return every journaled job and the meta values."""
+    async def open(
+        self,
+        max_finished_bytes: int | None = None,
+        size: Callable[[JobRecord], int] | None = None,
+        now: int | None = None,
+    ) -> Loaded:
+        """Open (creating) the database and return every unfinished job, the finished ones still retained at
+        ``now`` (all of them without one; the newest, while ``size`` of each sums to at most
+        ``max_finished_bytes``), and the meta values."""
         loop = asyncio.get_running_loop()
         try:
-            loaded = await loop.run_in_executor(self._exec, self._open_sync)
+            loaded = await loop.run_in_executor(self._exec, self._open_sync, max_finished_bytes, size, now)
         except (sqlite3.Error, OSError) as e:
             conn, self._conn = self._conn, None
             if conn is not None:
@@ -107,38 +136,36 @@ class JobStore:
         self._task = asyncio.create_task(self._writer(), name="journal-writer")
         return loaded
 
-    def _open_sync(self) -> Loaded:
+    def _open_sync(self, budget: int | None, size: Callable[[JobRecord], int] | None, now: int | None) -> Loaded:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         self._conn = conn
         conn.executescript(_SCHEMA)
-        if "endpoint" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:
-            conn.execute("ALTER TABLE jobs ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''")
-        ep = self.endpoint_id
-        conn.execute("UPDATE jobs SET endpoint = ? WHERE endpoint = ''", (ep,))  # rows from before the scope
-        streams: dict[str, list[bytes]] = {}
-        query = "SELECT s.job_id, s.item FROM stream s JOIN jobs j ON j.id = s.job_id WHERE j.endpoint = ?"
-        for job_id, item in conn.execute(query + " ORDER BY s.job_id, s.idx", (ep,)):
-            streams.setdefault(job_id, []).append(bytes(item))
-        records = []
-        for job_id, inp, state, output in conn.execute(
-            "SELECT id, input, state, output FROM jobs WHERE endpoint = ?", (ep,)
-        ):
-            r = JobRecord.restore(
-                job_id, codec.loads(inp), codec.loads(state), None if output is None else bytes(output)
-            )
-            r.stream = streams.get(job_id, [])
-            records.append(r)
-        meta: dict[str, Any] = {}
-        legacy: dict[str, Any] = {}
-        for k, v in conn.execute("SELECT key, value FROM meta"):
-            if k.startswith(ep + ":"):
-                meta[k[len(ep) + 1 :]] = codec.loads(v)
-            elif ":" not in k:
-                legacy[k] = codec.loads(v)
-        return records, {**legacy, **meta}
+        rows.migrate(conn, self.endpoint_id, now)
+        records, self.left_on_disk = rows.load(conn, self.endpoint_id, budget, size, now)
+        return records, rows.meta(conn, self.endpoint_id)
+
+    async def read(self, job_id: str, *, stream: bool = False) -> JobRecord | None:
+        """One journaled job, as its row has it (with its stream items if ``stream``); None when there is none."""
+
+        def read() -> JobRecord | None:
+            assert self._conn is not None
+            return rows.read_one(self._conn, self.endpoint_id, job_id, stream=stream)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._exec, read)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"the job store cannot read job {job_id} ({e}); retry shortly") from e
+
+    def pending(self, job_id: str) -> JobRecord | _Deleted | None:
+        """A change to this job queued and not yet committed: the record to be written, DELETED, or None."""
+        if job_id in self._deleted:
+            return DELETED
+        if (new := self._new.get(job_id)) is not None:
+            return new[0]
+        return self._dirty.get(job_id) or self._archived.get(job_id)
 
     async def read_input(self, job_id: str) -> Any:
         """A journaled job's input, which its finished record no longer holds (None when there is no row)."""
@@ -177,7 +204,10 @@ class JobStore:
     def update(self, r: JobRecord, *, now: bool = False) -> None:
         """Queue a job's new state. ``now``: write it at the next commit even if it is a young lease (a re-run's
         lease, which must be on disk before its handler runs)."""
-        if r.id not in self._new:
+        if (new := self._new.get(r.id)) is not None:
+            if new[0] is not r:  # a finished record thawed from its compact form is a new object
+                self._new[r.id] = (r, new[1])
+        else:
             if r.id not in self._dirty or now:
                 self._since[r.id] = 0.0 if now else time.monotonic()
             self._dirty[r.id] = r
@@ -193,9 +223,37 @@ class JobStore:
         self._reset.add(job_id)
         self._wake.set()
 
+    def archive(self, r: JobRecord) -> None:
+        """Write a finished /runsync job, which has no row, as it leaves memory."""
+        self._archived[r.id] = r
+        self._deleted.discard(r.id)
+        self._wake.set()
+
+    def rewrite(self, r: JobRecord) -> None:
+        """Write a job that lives only here again (read back with ``read``, then changed)."""
+        if r.id in self._archived:
+            self._archived[r.id] = r
+        else:
+            self.update(r, now=True)
+            if r.expires is not None:
+                self.expire_at(r.id, r.expires)
+
+    def expire_at(self, job_id: str, when: int) -> None:
+        """A finished /run job leaves memory: its row expires at ``when`` (the sweep deletes it then). Rows of jobs
+        in memory carry no expiry: the broker deletes them as they expire, and the index stays off the hot path."""
+        self._expiring[job_id] = when
+        self._wake.set()
+
+    def sweep(self, now: int) -> None:
+        """Delete, at the next commit, the rows whose retention ended by ``now`` (through the expires index)."""
+        self._sweep = now
+        self._wake.set()
+
     def delete(self, ids: Sequence[str]) -> None:
         for i in ids:
             self._new.pop(i, None)
+            self._archived.pop(i, None)
+            self._expiring.pop(i, None)
             self._dirty.pop(i, None)
             self._since.pop(i, None)
             self._deleted.add(i)
@@ -235,20 +293,31 @@ class JobStore:
 
     def _take_batch(self) -> tuple[_Batch, _Taken] | None:
         dirty = self._due()
-        if not (self._new or dirty or self._stream or self._deleted or self._meta or self._reset):
+        work = (
+            self._new or dirty or self._stream or self._deleted or self._meta or self._reset or self._archived
+            or self._expiring
+        )  # fmt: skip
+        if not work and self._sweep is None:
             return None
         ep = self.endpoint_id
-        inserts = [(r.id, inp, _state(r), r.output, ep) for r, inp in self._new.values()]
-        updates = [(_state(r), r.output, r.id) for r in dirty.values()]
+        inserts = [(r.id, inp, _state(r), r.output, ep, r.status.value, r.expires) for r, inp in self._new.values()]
+        for r in self._archived.values():
+            inserts.append((r.id, _input(r), _state(r), r.output, ep, r.status.value, r.expires))
+        updates = [(_state(r), r.output, r.status.value, r.expires, r.id) for r in dirty.values()]
+        expiring = [(when, job_id) for job_id, when in self._expiring.items() if job_id not in self._deleted]
         deleted = self._deleted
         stream = [s for s in self._stream if s[0] not in deleted]
         meta = [(k, codec.dumps(v)) for k, v in self._meta.items()]
-        taken = _Taken(self._new, dirty, self._stream, self._deleted, self._reset, self._meta)
-        self._new, self._stream, self._meta = {}, [], {}
+        taken = _Taken(
+            self._new, dirty, self._stream, self._deleted, self._reset, self._meta, self._archived, self._sweep,
+            self._expiring,
+        )  # fmt: skip
+        self._new, self._stream, self._meta, self._archived, sweep, self._sweep = {}, [], {}, {}, self._sweep, None
+        self._expiring = {}
         resets = [i for i in self._reset if i not in self._deleted]
         deletes = list(self._deleted)
         self._reset, self._deleted = set(), set()
-        return (inserts, updates, stream, deletes, resets, meta), taken
+        return (inserts, updates, stream, deletes, resets, meta, sweep, expiring), taken
 
     def _put_back(self, taken: _Taken) -> None:
         """A failed commit's changes queued again, under whatever was queued since (which is newer)."""
@@ -263,19 +332,37 @@ class JobStore:
         self._deleted |= taken.deleted
         self._reset |= {i for i in taken.reset if i not in taken.deleted}
         self._meta = {**taken.meta, **self._meta}
+        for job_id, r in taken.archived.items():
+            if job_id not in self._deleted:
+                self._archived.setdefault(job_id, r)
+        if taken.sweep is not None and self._sweep is None:
+            self._sweep = taken.sweep
+        for job_id, when in taken.expiring.items():
+            if job_id not in self._deleted:
+                self._expiring.setdefault(job_id, when)
 
     def _commit(self, batch: _Batch) -> None:
-        inserts, updates, stream, deletes, resets, meta = batch
+        inserts, updates, stream, deletes, resets, meta, sweep, expiring = batch
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN")
         try:
             if inserts:
                 conn.executemany(
-                    "INSERT OR REPLACE INTO jobs (id, input, state, output, endpoint) VALUES (?,?,?,?,?)", inserts
+                    "INSERT OR REPLACE INTO jobs (id, input, state, output, endpoint, status, expires) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    inserts,
                 )
             if updates:
-                conn.executemany("UPDATE jobs SET state = ?, output = ? WHERE id = ?", updates)
+                # A job that runs again (a /retry) loses its expiry; a finished one keeps what it has (none, unless
+                # it left memory).
+                conn.executemany(
+                    "UPDATE jobs SET state = ?, output = ?, status = ?, "
+                    "expires = CASE WHEN ? IS NULL THEN NULL ELSE expires END WHERE id = ?",
+                    updates,
+                )
+            if expiring:
+                conn.executemany("UPDATE jobs SET expires = ? WHERE id = ?", expiring)
             if resets:
                 conn.executemany("DELETE FROM stream WHERE job_id = ?", [(i,) for i in resets])
             if stream:
@@ -285,6 +372,8 @@ class JobStore:
                 conn.executemany("DELETE FROM stream WHERE job_id = ?", [(i,) for i in deletes])
             if meta:
                 conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", meta)
+            if sweep is not None:
+                rows.sweep(conn, self.endpoint_id, sweep)
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (a full disk does): a failed ROLLBACK must not hide why.
@@ -363,6 +452,17 @@ class _Taken:
     deleted: set[str]
     reset: set[str]
     meta: dict[str, Any]
+    archived: dict[str, JobRecord]
+    sweep: int | None
+    expiring: dict[str, int]
+
+
+def _input(r: JobRecord) -> bytes:
+    """An archived /runsync job's input: kept only while a /retry may need it (a failed job's)."""
+    try:
+        return codec.dumps(r.input)
+    except Exception:
+        return b"null"
 
 
 def _state(r: JobRecord) -> bytes:

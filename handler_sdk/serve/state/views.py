@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...models import JobStatus
+from .finished import Finished, summary_of
 from .leases import WorkerSeen
 from .record import JobRecord
 
@@ -36,24 +37,26 @@ def health(counts: dict[JobStatus, int], retried: int, workers: Iterable[WorkerS
     }
 
 
-def requests(jobs: dict[str, JobRecord], limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
+def requests(
+    jobs: dict[str, JobRecord | Finished], limit: int, offset: int, status: JobStatus | None = None
+) -> dict[str, Any]:
     """A page of /requests, newest first."""
-    rows = [r for r in reversed(jobs.values()) if status is None or r.status is status]
+    rows = [(k, r) for k, r in reversed(jobs.items()) if status is None or r.status is status]
     return {
-        "requests": [r.summary() for r in rows[offset : offset + limit]],
+        "requests": [summary_of(k, r) for k, r in rows[offset : offset + limit]],
         "total": len(rows),
         "limit": limit,
         "offset": offset,
     }
 
 
-def recent(jobs: dict[str, JobRecord], n: int) -> list[dict[str, Any]]:
+def recent(jobs: dict[str, JobRecord | Finished], n: int) -> list[dict[str, Any]]:
     """The newest ``n`` jobs as /requests lists them, with their error."""
     rows = []
-    for r in itertools.islice(reversed(jobs.values()), n):
-        d = r.summary()
-        if r.error is not None:
-            d["error"] = r.error
+    for k, r in itertools.islice(reversed(jobs.items()), n):
+        d = summary_of(k, r)
+        if (error := r.error) is not None:
+            d["error"] = error
         rows.append(d)
     return rows
 

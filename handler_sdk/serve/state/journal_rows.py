@@ -1,0 +1,125 @@
+"""The journal's reads: its schema migrations, the rows a start-up loads, one job read back, the expiry sweep.
+
+All of it runs in the store's thread (``JobStore`` hands these a connection there). A row carries its job's
+status and, once its job finished and left memory (or at the next start-up), when its retention ends
+(``expires``, indexed with the endpoint where it is set): a start-up reads the finished jobs newest first and stops
+at the bound, and the sweep finds the expired ones without a scan.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from ... import codec
+from .record import JobRecord
+
+__all__ = ["load", "meta", "migrate", "read_one", "sweep"]
+
+# The columns added with the bound on retained jobs; rows journaled before them get theirs at the next open.
+_COLUMNS = {"status": "TEXT", "expires": "INTEGER"}
+# Partial: an unfinished job's row (NULL) costs no index entry, so a /run insert pays for none.
+_INDEX = "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (endpoint, expires) WHERE expires IS NOT NULL"
+_COLS = "SELECT id, input, state, output FROM jobs WHERE endpoint = ?"
+_LIVE = ("IN_QUEUE", "IN_PROGRESS")
+
+
+def restore(job_id: str, inp: bytes, state: bytes, output: bytes | None) -> JobRecord:
+    r = JobRecord.restore(job_id, codec.loads(inp), codec.loads(state), None if output is None else bytes(output))
+    r.sync = job_id.startswith("sync-")  # an archived /runsync job (the prefix is how its id is made)
+    return r
+
+
+def migrate(conn: sqlite3.Connection, ep: str, now: int | None) -> None:
+    """Bring an older journal's table up to date, and drop the rows whose retention ended while serve was down."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    if "endpoint" not in have:
+        conn.execute("ALTER TABLE jobs ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''")
+    for name, kind in _COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    conn.execute(_INDEX)
+    conn.execute("UPDATE jobs SET endpoint = ? WHERE endpoint = ''", (ep,))  # rows from before the scope
+    # Status for rows from before the column; expiry for finished rows, which get one only as they leave memory
+    # (the broker deleted the rest as they expired while it ran): the one scan of a start-up, as it always was.
+    rows = conn.execute(
+        "SELECT id, state FROM jobs WHERE status IS NULL OR (expires IS NULL AND status NOT IN (?, ?))", _LIVE
+    ).fetchall()
+    if rows:
+        fixed = []
+        for job_id, state in rows:
+            st = codec.loads(state)
+            ended = st.get("ended")
+            fixed.append((st["status"], None if ended is None else ended + st["retention"], job_id))
+        conn.execute("BEGIN")
+        conn.executemany("UPDATE jobs SET status = ?, expires = ? WHERE id = ?", fixed)
+        conn.execute("COMMIT")
+    if now is not None:
+        sweep(conn, ep, now)
+
+
+def load(
+    conn: sqlite3.Connection, ep: str, budget: int | None, size: Callable[[JobRecord], int] | None, now: int | None
+) -> tuple[list[JobRecord], list[tuple[str, int, int]]]:
+    """Every unfinished job, and the finished ones newest first while ``size`` of each sums to at most
+    ``budget``; and (status, expires, n) of the finished ones left on disk. Without ``now``, every finished one."""
+    now = -(2**62) if now is None else now
+    records = [restore(*row) for row in conn.execute(_COLS + " AND expires IS NULL", (ep,))]
+    held, oldest = 0, None
+    for row in conn.execute(_COLS + " AND expires > ? ORDER BY expires DESC, id", (ep, now)):
+        r = restore(*row)
+        if budget is not None and size is not None:
+            held += size(r)
+            if held > budget:
+                oldest = (r.expires, r.id)
+                break
+        records.append(r)
+    left: list[tuple[str, int, int]] = []
+    if oldest is not None:
+        left = list(
+            conn.execute(
+                "SELECT status, expires, count(*) FROM jobs WHERE endpoint = ? AND expires > ? AND "
+                "(expires < ? OR (expires = ? AND id >= ?)) GROUP BY status, expires",
+                (ep, now, oldest[0], oldest[0], oldest[1]),
+            )
+        )
+    streams: dict[str, list[bytes]] = {}
+    query = (
+        "SELECT s.job_id, s.item FROM stream s JOIN jobs j ON j.id = s.job_id WHERE j.endpoint = ? "
+        "AND (j.expires IS NULL OR j.expires >= ?) ORDER BY s.job_id, s.idx"
+    )
+    for job_id, item in conn.execute(query, (ep, now if oldest is None else oldest[0])):
+        streams.setdefault(job_id, []).append(bytes(item))
+    for r in records:
+        r.stream = streams.get(r.id, [])
+    return records, left
+
+
+def meta(conn: sqlite3.Connection, ep: str) -> dict[str, Any]:
+    scoped: dict[str, Any] = {}
+    legacy: dict[str, Any] = {}
+    for k, v in conn.execute("SELECT key, value FROM meta"):
+        if k.startswith(ep + ":"):
+            scoped[k[len(ep) + 1 :]] = codec.loads(v)
+        elif ":" not in k:
+            legacy[k] = codec.loads(v)
+    return {**legacy, **scoped}
+
+
+def read_one(conn: sqlite3.Connection, ep: str, job_id: str, *, stream: bool) -> JobRecord | None:
+    row = conn.execute(_COLS + " AND id = ?", (ep, job_id)).fetchone()
+    if row is None:
+        return None
+    r = restore(*row)
+    if stream:
+        items = conn.execute("SELECT item FROM stream WHERE job_id = ? ORDER BY idx", (job_id,))
+        r.stream = [bytes(i) for (i,) in items]
+    return r
+
+
+def sweep(conn: sqlite3.Connection, ep: str, now: int) -> None:
+    """Delete the rows (and their stream items) whose retention ended by ``now``, through the expires index."""
+    gone = "SELECT id FROM jobs WHERE endpoint = ? AND expires <= ?"
+    conn.execute(f"DELETE FROM stream WHERE job_id IN ({gone})", (ep, now))
+    conn.execute("DELETE FROM jobs WHERE endpoint = ? AND expires <= ?", (ep, now))

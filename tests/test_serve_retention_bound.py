@@ -1,0 +1,146 @@
+"""--max-retained-mb over real HTTP and a real SQLite journal: with a bound a few hundred jobs overflow, the
+finished jobs past it leave memory, and every /run and /runsync result still answers /status (a streamed one
+/stream, a failed one /retry) until its retention ends; a restart loads only what fits and answers for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from handler_sdk.handler import Handler
+from handler_sdk.job import Job
+from handler_sdk.serve.state.broker import BrokerConfig
+from tests.conftest import until
+
+BOUND = 20_000  # bytes: about 80 no-op records in their compact form
+MINUTE = 60_000
+
+
+def _cfg(**kw: Any) -> BrokerConfig:
+    return BrokerConfig(run_retention_ms=MINUTE, sync_retention_ms=MINUTE, max_retained_bytes=BOUND, **kw)
+
+
+async def _echo_or_fail(job: Job) -> Any:
+    if job.input.get("fail"):
+        raise ValueError("asked to fail")
+    return job.input
+
+
+async def _submit_many(ep: Any, n: int) -> dict[str, dict[str, Any]]:
+    """n /run and n /runsync jobs; job id -> the input it echoes."""
+    sem = asyncio.Semaphore(16)
+
+    async def one(route: str, i: int) -> tuple[str, dict[str, Any]]:
+        async with sem:
+            inp = {"route": route, "i": i}
+            code, body = await ep.post(route, {"input": inp})
+            assert code == 200, body
+            return body["id"], inp
+
+    pairs = await asyncio.gather(*(one(route, i) for i in range(n) for route in ("run", "runsync")))
+    jobs = dict(pairs)
+    for job_id in jobs:
+        if not job_id.startswith("sync-"):
+            await ep.wait_status(job_id, "COMPLETED")
+    return jobs
+
+
+def _rows(data: Path) -> int:
+    conn = sqlite3.connect(f"file:{data / 'jobs.sqlite3'}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_past_the_bound_every_run_and_runsync_result_stays_readable_then_expires(endpoint_factory, tmp_path):
+    data = tmp_path / "data"
+    ep = await endpoint_factory(Handler(_echo_or_fail, concurrency=8), data_dir=data, broker=_cfg())
+    jobs = await _submit_many(ep, 200)
+    retained = ep.broker.retained
+    assert retained.evicted > 0 and retained.bytes <= BOUND
+    assert sum(job_id in ep.broker.jobs for job_id in jobs) < len(jobs) / 2  # most live on disk only
+    for job_id, inp in jobs.items():
+        code, body = await ep.get(f"status/{job_id}")
+        assert code == 200 and body["status"] == "COMPLETED" and body["output"] == inp, (job_id, body)
+    _, health = await ep.get("health")
+    assert health["jobs"]["completed"] == len(jobs)  # counted whether in memory or on disk
+    _, listed = await ep.get("requests", params={"limit": 500})
+    assert listed["total"] == len(ep.broker.jobs)  # /requests lists what memory holds
+    # Retention lowered to nothing: every job expires, from memory and from disk alike.
+    for job_id in jobs:
+        assert (await ep.get(f"status/{job_id}", params={"ttl": "0"}))[0] == 200
+
+    async def all_gone() -> bool:
+        for job_id in jobs:
+            if (await ep.get(f"status/{job_id}"))[0] != 404:
+                return False
+        return True
+
+    await until(all_gone)
+    await ep.broker.durable()
+
+    async def swept() -> bool:
+        await ep.broker.durable()
+        return _rows(data) == 0
+
+    await until(swept)
+
+    async def uncounted() -> bool:  # those on disk are counted by the second they expire in
+        return (await ep.get("health"))[1]["jobs"]["completed"] == 0
+
+    await until(uncounted)
+
+
+async def test_an_evicted_streamed_job_streams_and_an_evicted_failed_job_retries(endpoint_factory, tmp_path):
+    async def stream_or_fail(job: Job) -> Any:
+        if job.input.get("fail"):
+            raise ValueError("asked to fail")
+        for i in range(job.input.get("n", 0)):
+            yield {"piece": i}
+
+    ep = await endpoint_factory(Handler(stream_or_fail, concurrency=8), data_dir=tmp_path / "data", broker=_cfg())
+    _, streamed = await ep.post("run", {"input": {"n": 3}})
+    _, failed = await ep.post("run", {"input": {"fail": True}})
+    _, failed_sync = await ep.post("runsync", {"input": {"fail": True}})
+    await ep.wait_status(streamed["id"], "COMPLETED")
+    await ep.wait_status(failed["id"], "FAILED")
+    for i in range(60):  # streamed records are kept whole (~700 B each): these push the first ones out
+        _, body = await ep.post("runsync", {"input": {"n": 1, "i": i}})
+        assert body["status"] == "COMPLETED"
+    for job in (streamed, failed, failed_sync):
+        assert job["id"] not in ep.broker.jobs
+    code, body = await ep.get(f"stream/{streamed['id']}")
+    assert code == 200 and body["status"] == "COMPLETED"
+    assert [item["output"] for item in body["stream"]] == [{"piece": 0}, {"piece": 1}, {"piece": 2}]
+    assert (await ep.get(f"stream/{streamed['id']}"))[1]["stream"] == []  # the cursor moved, on disk too
+    for job in (failed, failed_sync):
+        code, body = await ep.post(f"retry/{job['id']}")
+        assert code == 200 and body["status"] == "IN_QUEUE"
+        reply = await ep.wait_status(job["id"], "FAILED")
+        assert reply["retries"] == 1 and "asked to fail" in reply["error"]
+
+
+async def test_a_restart_loads_only_what_fits_the_bound_and_reads_the_rest_from_disk(endpoint_factory, tmp_path):
+    data = tmp_path / "data"
+    first = await endpoint_factory(Handler(_echo_or_fail, concurrency=8), data_dir=data, broker=_cfg())
+    jobs = await _submit_many(first, 150)
+    # /runsync jobs are journaled only as the bound evicts them: those still in memory end with the process.
+    lost = {job_id for job_id in jobs if job_id.startswith("sync-") and job_id in first.broker.jobs}
+    await first.broker.durable()
+    await first.server.close()
+    second = await endpoint_factory(Handler(_echo_or_fail, concurrency=8), data_dir=data, broker=_cfg())
+    retained = second.broker.retained
+    assert 0 < retained.bytes <= BOUND and retained.on_disk
+    held = [job_id for job_id in jobs if job_id in second.broker.jobs]
+    assert 0 < len(held) < len(jobs) / 2
+    for job_id, inp in jobs.items():
+        code, body = await second.get(f"status/{job_id}")
+        if job_id in lost:
+            assert code == 404
+        else:
+            assert code == 200 and body["status"] == "COMPLETED" and body["output"] == inp, (job_id, body)
+    _, health = await second.get("health")
+    assert health["jobs"]["completed"] == len(jobs) - len(lost)
