@@ -155,3 +155,20 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> boo
 def wait_for() -> Callable[..., Awaitable[bool]]:
     """``await wait_for(predicate, timeout=10)``: poll until true; returns whether it became true in time."""
     return _wait_for
+
+
+# The tool of the tool-calling tests, bounded: random weights would otherwise fill a free string up to max_tokens.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}

@@ -5,24 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import LORA_NAME
+from conftest import LORA_NAME, WEATHER
 
 MODEL = "tiny-llama"
 MESSAGES = [{"role": "user", "content": "Say something."}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-        "strict": True,
-    },
-}
 VERDICT = {
     "type": "object",
     "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import LORA_NAME
+from conftest import LORA_NAME, WEATHER
 
 from handler_sdk.models import JobStatus
 
@@ -17,20 +17,6 @@ pytestmark = pytest.mark.vllm
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "What is the weather?"}]
 # Bounded: random weights would otherwise fill a free string up to max_tokens.
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-        "strict": True,
-    },
-}
 SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}, "n": {"type": "integer", "enum": [1, 2]}},
