@@ -68,7 +68,8 @@ async def test_past_the_bound_every_run_and_runsync_result_stays_readable_then_e
     _, health = await ep.get("health")
     assert health["jobs"]["completed"] == len(jobs)  # counted whether in memory or on disk
     _, listed = await ep.get("requests", params={"limit": 500})
-    assert listed["total"] == len(ep.broker.jobs)  # /requests lists what memory holds
+    assert listed["total"] == len(jobs)  # /requests lists the jobs on disk too, after those in memory
+    assert sorted(row["id"] for row in listed["requests"]) == sorted(jobs)
     # Retention lowered to nothing: every job expires, from memory and from disk alike.
     for job_id in jobs:
         assert (await ep.get(f"status/{job_id}", params={"ttl": "0"}))[0] == 200
@@ -121,6 +122,50 @@ async def test_an_evicted_streamed_job_streams_and_an_evicted_failed_job_retries
         assert code == 200 and body["status"] == "IN_QUEUE"
         reply = await ep.wait_status(job["id"], "FAILED")
         assert reply["retries"] == 1 and "asked to fail" in reply["error"]
+
+
+async def test_a_repeated_idempotency_key_finds_its_job_after_the_bound_moved_it_to_disk(endpoint_factory, tmp_path):
+    ep = await endpoint_factory(Handler(_echo_or_fail, concurrency=8), data_dir=tmp_path / "data", broker=_cfg())
+    first = {}
+    for route in ("run", "runsync"):
+        code, body = await ep.post(route, {"input": {"keyed": route}}, headers={"Idempotency-Key": f"k-{route}"})
+        assert code == 200, body
+        first[route] = body["id"]
+    await ep.wait_status(first["run"], "COMPLETED")
+    await _submit_many(ep, 100)
+    assert not any(job_id in ep.broker.jobs for job_id in first.values())  # both live on disk only
+    for route, job_id in first.items():
+        key = {"Idempotency-Key": f"k-{route}"}
+        async with ep.http.post(f"{ep.url}/{route}", json={"input": {"keyed": route}}, headers=key) as r:
+            body = await r.json()
+            assert r.status == 200 and body["id"] == job_id, body  # the same job, not a second one
+            assert r.headers.get("Idempotent-Replayed") == "true"
+        if route == "runsync":
+            assert body["status"] == "COMPLETED" and body["output"] == {"keyed": route}
+        code, body = await ep.post(route, {"input": {"other": 1}}, headers=key)
+        assert code == 422 and job_id in body["error"], body  # the key names that request only
+    _, health = await ep.get("health")
+    assert health["jobs"]["completed"] == 202  # no job was made twice
+
+
+async def test_requests_pages_through_memory_then_disk_with_each_job_once(endpoint_factory, tmp_path):
+    ep = await endpoint_factory(Handler(_echo_or_fail, concurrency=8), data_dir=tmp_path / "data", broker=_cfg())
+    jobs = await _submit_many(ep, 100)
+    _, failed = await ep.post("runsync", {"input": {"fail": True}})
+    assert any(job_id not in ep.broker.jobs for job_id in jobs)
+    seen: list[str] = []
+    offset = 0
+    while True:
+        _, page = await ep.get("requests", params={"limit": 37, "offset": offset})
+        assert page["total"] == len(jobs) + 1
+        if not page["requests"]:
+            break
+        seen += [row["id"] for row in page["requests"]]
+        offset += 37
+    assert sorted(seen) == sorted([*jobs, failed["id"]])
+    assert seen[0] == failed["id"]  # newest first
+    _, done = await ep.get("requests", params={"limit": 500, "status": "COMPLETED"})
+    assert done["total"] == len(jobs) and failed["id"] not in {row["id"] for row in done["requests"]}
 
 
 async def test_a_restart_loads_only_what_fits_the_bound_and_reads_the_rest_from_disk(endpoint_factory, tmp_path):

@@ -64,6 +64,30 @@ async def test_inserted_job_survives_close_and_reopen_with_every_field(tmp_path:
     await store.close()
 
 
+async def test_a_job_is_found_by_its_idempotency_key_queued_written_and_in_a_journal_from_before_the_key_column(
+    tmp_path: Path,
+) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    store.insert(record("job-1", idempotency=("k1", "fp1")))
+    store.insert(record("job-2"))
+    got = await store.read_key("k1")
+    assert got is not None and got.id == "job-1"  # queued, not committed yet
+    await store.flush()
+    got = await store.read_key("k1")
+    assert got is not None and got.id == "job-1" and got.idempotency == ("k1", "fp1")  # through the index
+    assert await store.read_key("k2") is None
+    await store.close()
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:  # as a journal written before the key column was
+        conn.execute("DROP INDEX jobs_idem")
+        conn.execute("ALTER TABLE jobs DROP COLUMN idem")
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    got = await store.read_key("k1")
+    assert got is not None and got.id == "job-1"
+    store.delete(["job-1"])
+    assert await store.read_key("k1") is None  # its delete is queued: the key is free
+    await store.close()
+
+
 async def test_updated_status_output_and_error_survive_reopen(tmp_path: Path) -> None:
     store, _, _ = await opened(tmp_path / "jobs.db")
     r = record()

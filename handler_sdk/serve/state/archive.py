@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 from ...models import JobStatus
 from .finished import Finished, freeze, held_bytes, thaw
+from .pending import DELETED
 from .record import JobRecord
-from .store import DELETED
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -151,6 +151,10 @@ class Retained:
             for status, n in self._gone.pop(second, {}).items():
                 counts[status] -= n
 
+    def count_on_disk(self, status: JobStatus | None = None) -> int:
+        """The finished jobs that live on disk only (with ``status``), as /health counts them."""
+        return sum(n for per in self._gone.values() for st, n in per.items() if status is None or st is status)
+
     def _count_gone(self, status: JobStatus, expires: int, n: int) -> None:
         second = -(-expires // 1000)  # counted until the second after it expires begins
         per = self._gone.get(second)
@@ -238,6 +242,23 @@ class Retained:
         if (v := self.b.jobs.get(job_id)) is not None:
             return thaw(job_id, v)  # back in memory while we read (a /retry): that one is the truth
         if r is None or not r.status.terminal or r.expires is None or r.expires <= self.b.clock():
+            return None
+        return r
+
+    async def by_key(self, key: str) -> JobRecord | None:
+        """The job that an Idempotency-Key names, found through the store's key index when it left memory, while
+        its retention lasts (None: there is none). A job back in memory meanwhile (a /retry) is that one."""
+        store = self.b.store
+        if store is None or not self.on_disk:
+            return None
+        r = await store.read_key(key)
+        if r is None:
+            return None
+        if (v := self.b.jobs.get(r.id)) is not None:
+            return thaw(r.id, v)
+        if isinstance(pending := store.pending(r.id), JobRecord):
+            r = pending
+        if not r.status.terminal or r.expires is None or r.expires <= self.b.clock():
             return None
         return r
 

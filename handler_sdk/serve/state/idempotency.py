@@ -9,8 +9,11 @@ webhookEvents, policy) and the route, so a /run key repeated on /runsync is a 42
 
 A key lives exactly as long as its job, because it is kept on the job's record: /run keys are journaled with the
 job (one row, one commit: a key is never on disk without its job, nor the job without its key) and so survive a
-restart; /runsync keys live in memory, like their jobs. Once the job is past its retention, or purged from the
-queue, its key is free again and a repeat makes a new job.
+restart; /runsync keys live in memory, like their jobs, and go to disk with them when the bound on retained jobs
+moves them there (archive.py). A job that lives only on disk is found through the journal's key index
+(``Retained.by_key``), so a repeat finds it for its whole retention, as it would in memory; the map here holds only
+the keys of jobs in memory. Once the job is past its retention, or purged from the queue, its key is free again and
+a repeat makes a new job.
 
 A repeat that arrives while the first is still running is not the draft's 409: submitting is one step on the
 event loop, so the repeat finds the job and waits on it like the first.
@@ -109,21 +112,27 @@ class IdempotencyKeys:
         if key is None:
             return self.broker.submit(req, sync=sync, queue=queue, trace=trace, route=route), False
         fp = fingerprint(req, "runsync" if sync else "run")
-        r = self._find(key)
+        r = self.find(key)
         if r is not None:
-            if r.idempotency != (key, fp):
-                raise Unprocessable(
-                    f"{KEY_HEADER} {key!r} was used for a different request (job {r.id}); a key names one request "
-                    "(same body, same route) for as long as its job is retained"
-                )
-            return r, True
+            return self.replay(r, key, req, sync), True
         r = self.broker.submit(req, sync=sync, idempotency=(key, fp), queue=queue, trace=trace, route=route)
         self._keys[key] = (r.id, fp)
         if len(self._keys) > self._sweep_at:
             self._sweep()
         return r, False
 
-    def _find(self, key: str) -> JobRecord | None:
+    @staticmethod
+    def replay(r: JobRecord, key: str, req: RunRequest, sync: bool) -> JobRecord:
+        """``r``, the job that ``key`` names, if this request is the one that made it; Unprocessable if not."""
+        if r.idempotency != (key, fingerprint(req, "runsync" if sync else "run")):
+            raise Unprocessable(
+                f"{KEY_HEADER} {key!r} was used for a different request (job {r.id}); a key names one request "
+                "(same body, same route) for as long as its job is retained"
+            )
+        return r
+
+    def find(self, key: str) -> JobRecord | None:
+        """The job in memory that ``key`` names, if any (one on disk only: ``Retained.by_key``)."""
         if not self._loaded:
             self._loaded = True
             for job_id, rec in self.broker.jobs.items():
@@ -134,7 +143,7 @@ class IdempotencyKeys:
             return None
         v = self.broker.jobs.get(hit[0])
         if v is None or (k := v.idempotency) is None or k[0] != key:
-            del self._keys[key]  # past its retention, or purged: the key is free again
+            del self._keys[key]  # past its retention, purged, or on disk only: not held here
             return None
         return self.broker.get(hit[0])
 

@@ -8,19 +8,25 @@ at the bound, and the sweep finds the expired ones without a scan.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from ... import codec
+from .pending import Batch
 from .record import JobRecord
 
-__all__ = ["load", "meta", "migrate", "read_one", "sweep"]
+__all__ = ["load", "meta", "migrate", "page", "read_key", "read_one", "sweep", "write"]
 
 # The columns added with the bound on retained jobs; rows journaled before them get theirs at the next open.
-_COLUMNS = {"status": "TEXT", "expires": "INTEGER"}
+_COLUMNS = {"status": "TEXT", "expires": "INTEGER", "idem": "TEXT"}
 # Partial: an unfinished job's row (NULL) costs no index entry, so a /run insert pays for none.
-_INDEX = "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (endpoint, expires) WHERE expires IS NOT NULL"
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (endpoint, expires) WHERE expires IS NOT NULL",
+    # A job's Idempotency-Key, for a repeat of a job that left memory (most jobs have none: no entry).
+    "CREATE INDEX IF NOT EXISTS jobs_idem ON jobs (endpoint, idem) WHERE idem IS NOT NULL",
+)
 _COLS = "SELECT id, input, state, output FROM jobs WHERE endpoint = ?"
 _LIVE = ("IN_QUEUE", "IN_PROGRESS")
 
@@ -39,7 +45,10 @@ def migrate(conn: sqlite3.Connection, ep: str, now: int | None) -> None:
     for name, kind in _COLUMNS.items():
         if name not in have:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-    conn.execute(_INDEX)
+    for index in _INDEXES:
+        conn.execute(index)
+    if "idem" not in have:
+        _fill_keys(conn)
     conn.execute("UPDATE jobs SET endpoint = ? WHERE endpoint = ''", (ep,))  # rows from before the scope
     # Status for rows from before the column; expiry for finished rows, which get one only as they leave memory
     # (the broker deleted the rest as they expired while it ran): the one scan of a start-up, as it always was.
@@ -57,6 +66,18 @@ def migrate(conn: sqlite3.Connection, ep: str, now: int | None) -> None:
         conn.execute("COMMIT")
     if now is not None:
         sweep(conn, ep, now)
+
+
+def _fill_keys(conn: sqlite3.Connection) -> None:
+    """The key column for rows journaled before it: one scan, once."""
+    keyed = []
+    for job_id, state in conn.execute("SELECT id, state FROM jobs"):
+        if (key := codec.loads(state).get("idempotency")) is not None:
+            keyed.append((key[0], job_id))
+    if keyed:
+        conn.execute("BEGIN")
+        conn.executemany("UPDATE jobs SET idem = ? WHERE id = ?", keyed)
+        conn.execute("COMMIT")
 
 
 def load(
@@ -118,8 +139,70 @@ def read_one(conn: sqlite3.Connection, ep: str, job_id: str, *, stream: bool) ->
     return r
 
 
+def read_key(conn: sqlite3.Connection, ep: str, key: str) -> JobRecord | None:
+    """The job whose row carries this Idempotency-Key (through its index), None when there is none."""
+    row = conn.execute(_COLS + " AND idem = ?", (ep, key)).fetchone()
+    return None if row is None else restore(*row)
+
+
+def page(
+    conn: sqlite3.Connection, ep: str, now: int, status: str | None, *, limit: int, offset: int
+) -> list[JobRecord]:
+    """Finished jobs that live here only (those with an expiry), newest first as far as their expiry tells,
+    without their input and output: a page of /requests past the jobs in memory."""
+    query = "SELECT id, X'6e756c6c', state, NULL FROM jobs WHERE endpoint = ? AND expires > ?"
+    args: list[Any] = [ep, now]
+    if status is not None:
+        query += " AND status = ?"
+        args.append(status)
+    query += " ORDER BY expires DESC, id LIMIT ? OFFSET ?"
+    return [restore(*row) for row in conn.execute(query, (*args, limit, offset))]
+
+
 def sweep(conn: sqlite3.Connection, ep: str, now: int) -> None:
     """Delete the rows (and their stream items) whose retention ended by ``now``, through the expires index."""
     gone = "SELECT id FROM jobs WHERE endpoint = ? AND expires <= ?"
     conn.execute(f"DELETE FROM stream WHERE job_id IN ({gone})", (ep, now))
     conn.execute("DELETE FROM jobs WHERE endpoint = ? AND expires <= ?", (ep, now))
+
+
+def write(conn: sqlite3.Connection | None, ep: str, batch: Batch) -> None:
+    """Commit one batch of changes (pending.py), all or nothing."""
+    inserts, updates, stream, deletes, resets, meta, sweep_to, expiring = batch
+    assert conn is not None
+    conn.execute("BEGIN")
+    try:
+        if inserts:
+            conn.executemany(
+                "INSERT OR REPLACE INTO jobs (id, input, state, output, endpoint, status, expires, idem) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                inserts,
+            )
+        if updates:
+            # A job that runs again (a /retry) loses its expiry; a finished one keeps what it has (none, unless
+            # it left memory).
+            conn.executemany(
+                "UPDATE jobs SET state = ?, output = ?, status = ?, "
+                "expires = CASE WHEN ? IS NULL THEN NULL ELSE expires END WHERE id = ?",
+                updates,
+            )
+        if expiring:
+            conn.executemany("UPDATE jobs SET expires = ? WHERE id = ?", expiring)
+        if resets:
+            conn.executemany("DELETE FROM stream WHERE job_id = ?", [(i,) for i in resets])
+        if stream:
+            conn.executemany("INSERT OR REPLACE INTO stream (job_id, idx, item) VALUES (?,?,?)", stream)
+        if deletes:
+            conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in deletes])
+            conn.executemany("DELETE FROM stream WHERE job_id = ?", [(i,) for i in deletes])
+        if meta:
+            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", meta)
+        if sweep_to is not None:
+            sweep(conn, ep, sweep_to)
+        conn.execute("COMMIT")
+    except BaseException:
+        # SQLite may have rolled back already (a full disk does): a failed ROLLBACK must not hide why.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise

@@ -81,14 +81,24 @@ class LocalState:
         trace: str | None = None,
     ) -> tuple[JobView, bool]:
         if sync:
-            return self.keys.submit(req, key, sync=True, trace=trace, route=route)
-        r, replayed = self.keys.submit(req, key, queue=False, trace=trace, route=route)
+            return await self._keyed(req, key, sync=True, trace=trace, route=route)
+        r, replayed = await self._keyed(req, key, sync=False, queue=False, trace=trace, route=route)
         if replayed:
             await self.broker.durable()  # journaled before we answer (the first may not be yet)
         else:
             # Journaled before it is queued and before we answer; a store error (503) leaves no job behind.
             await self._journal_then_queue(r)
         return r, replayed
+
+    async def _keyed(
+        self, req: RunRequest, key: str | None, *, sync: bool, route: str | None = None, **kw: Any
+    ) -> tuple[JobRecord, bool]:
+        """Submit through the key index; a key whose job lives only on disk is looked up there first."""
+        if key is not None and self.broker.retained.on_disk and self.keys.find(key) is None:
+            old = await self.broker.retained.by_key(key)
+            if old is not None and self.keys.find(key) is None:  # (and not made again while we read)
+                return self.keys.replay(old, key, req, sync), True
+        return self.keys.submit(req, key, sync=sync, route=route, **kw)
 
     async def _journal_then_queue(self, r: JobRecord) -> None:
         """Queue a job submitted with ``queue=False`` once it is journaled; on StoreError forget it and raise."""
@@ -105,7 +115,7 @@ class LocalState:
     async def runsync(
         self, req: RunRequest, *, key: str | None, trace: str | None, timeout: float
     ) -> tuple[JobView, bool]:
-        r, replayed = self.keys.submit(req, key, sync=True, trace=trace)
+        r, replayed = await self._keyed(req, key, sync=True, trace=trace)
         await wait_terminal(r, timeout, self.broker.jobs)
         return r, replayed
 
@@ -188,7 +198,18 @@ class LocalState:
         return self.broker.health()
 
     async def requests(self, limit: int, offset: int, status: JobStatus | None = None) -> dict[str, Any]:
-        return views.requests(self.broker.jobs, limit, offset, status)
+        """The jobs in memory, newest first, then those the bound moved to disk (the oldest finished ones)."""
+        b = self.broker
+        page = views.requests(b.jobs, limit, offset, status)
+        if not b.retained.on_disk or b.store is None:
+            return page
+        held = page["total"]
+        page["total"] = held + b.retained.count_on_disk(status)
+        if (room := limit - len(page["requests"])) > 0 and page["total"] > held:
+            await b.durable()  # the jobs leaving memory right now are on disk before we read it
+            rows = await b.store.page(b.clock(), status, room, max(0, offset - held))
+            page["requests"] += [r.summary() for r in rows if r.id not in b.jobs]
+        return page
 
     async def workers(self) -> list[dict[str, Any]]:
         return views.worker_rows(self.broker.workers.values())
