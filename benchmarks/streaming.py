@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import statistics
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,20 +36,15 @@ import aiohttp
 import orjson
 
 from .common import (
-    PY,
     Proc,
     Run,
     Section,
     Target,
-    free_port,
-    http_json,
-    http_ok,
     ratios,
-    serve_cmd,
     stop_all,
-    wait_until,
 )
 from .profile import profile_pid, summarize
+from .vllm_pair import MODEL, start_pair
 
 __all__ = ["run"]
 
@@ -59,7 +53,6 @@ PROMPT = "The worker takes a job from the queue and streams"
 CONCURRENCY = (1, 16)
 TTFT_PAIRS = 21
 TTFT_TOKENS = 16  # the first token is all a TTFT request needs; ignore_eos keeps the length fixed
-MODEL = "tiny"
 
 
 @dataclass
@@ -157,91 +150,13 @@ class _Variant:
     proc: Proc
 
 
-def _vllm_env(work: Path) -> dict[str, str | None]:
-    return {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "VLLM_CACHE_ROOT": str(work / "vllm-cache"),
-        "VLLM_LOGGING_LEVEL": "WARNING",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
-def _serve_ready(base: str) -> bool:
-    try:
-        workers = http_json(f"{base}/health", timeout=2)["workers"]
-    except Exception:
-        return False
-    return bool(workers.get("initializing", 0) == 0 and workers.get("idle", 0) + workers.get("running", 0) >= 1)
-
-
 def _start(run: Run, work: Path) -> list[_Variant]:
-    port_a, port_b = free_port(), free_port()
-    base = f"http://127.0.0.1:{port_b}/v2/local"
-    if run.quick:
-        serve = Proc(
-            serve_cmd("benchmarks/fake_llm.py", port_b, work / "serve-data"),
-            log=work / "serve.log",
-        )
-        wait_until(lambda: _serve_ready(base), 60, "serve (fake engine) ready", serve)
-        url = f"{base}/openai/v1/completions"
-        return [
-            _Variant("vllm", "(a) yardstick [quick: the fake engine again]", "openai", url, serve),
-            _Variant("ours", "(b) serve /openai/v1/completions", "openai", url, serve),
-            _Variant("poll", "(c) serve /run + /stream polling", "poll", base, serve),
-        ]
-    model = work / "tiny-llama"
-    subprocess.run([PY, "-m", "handler_sdk.vllm.tiny", str(model)], check=True, capture_output=True, timeout=300)
-    env = _vllm_env(work)
-    vllm = Proc(
-        [
-            PY,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model),
-            "--served-model-name",
-            MODEL,
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-            "--max-model-len",
-            "256",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port_a),
-            "--uvicorn-log-level",
-            "warning",
-            "--disable-uvicorn-access-log",
-        ],
-        env=env,
-        log=work / "vllm-server.log",
-    )
-    ours_env = {
-        **env,
-        "MODEL_NAME": str(model),
-        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": MODEL,
-        "DTYPE": "float32",
-        "ENFORCE_EAGER": "true",
-        "MAX_MODEL_LEN": "256",
-        "MAX_CONCURRENCY": "32",
-    }
-    serve = Proc(
-        serve_cmd("handler_sdk.vllm", port_b, work / "serve-data"),
-        env=ours_env,
-        log=work / "serve.log",
-    )
-    try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port_a}/v1/models"), 600, "vLLM's server ready", vllm, 0.5)
-        wait_until(lambda: _serve_ready(base), 600, "serve with the vLLM handler ready", serve, 0.5)
-    except BaseException:
-        stop_all([vllm, serve])
-        raise
+    p = start_pair(run, work, max_model_len=256)
+    a_label = "(a) yardstick [quick: the fake engine again]" if p.model is None else "(a) vLLM's own OpenAI server"
     return [
-        _Variant("vllm", "(a) vLLM's own OpenAI server", "openai", f"http://127.0.0.1:{port_a}/v1/completions", vllm),
-        _Variant("ours", "(b) serve /openai/v1/completions", "openai", f"{base}/openai/v1/completions", serve),
-        _Variant("poll", "(c) serve /run + /stream polling", "poll", base, serve),
+        _Variant("vllm", a_label, "openai", f"{p.vllm_v1}/completions", p.vllm),
+        _Variant("ours", "(b) serve /openai/v1/completions", "openai", f"{p.serve_v1}/completions", p.serve),
+        _Variant("poll", "(c) serve /run + /stream polling", "poll", p.serve_base, p.serve),
     ]
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,26 +32,20 @@ import aiohttp
 import orjson
 
 from .common import (
-    PY,
     Proc,
     Run,
     Section,
     Target,
-    free_port,
-    http_json,
-    http_ok,
     ratios,
-    serve_cmd,
     stop_all,
-    wait_until,
 )
+from .vllm_pair import MODEL, start_pair
 
 __all__ = ["run"]
 
 CONCURRENCY = 8
 PER_CLIENT = 12
 ROUNDS = 5
-MODEL = "tiny"
 MESSAGES = [{"role": "user", "content": "What is the weather in the city?"}]
 WEATHER = {
     "type": "function",
@@ -173,89 +166,30 @@ async def _wave(side: _Side, kind: str, clients: int, per_client: int) -> Wave:
     return w
 
 
-def _serve_ready(base: str) -> bool:
-    try:
-        workers = http_json(f"{base}/health", timeout=2)["workers"]
-    except Exception:
-        return False
-    return bool(workers.get("initializing", 0) == 0 and workers.get("idle", 0) + workers.get("running", 0) >= 1)
-
-
 def _start(run: Run, work: Path) -> list[_Side]:
-    port_a, port_b = free_port(), free_port()
-    base = f"http://127.0.0.1:{port_b}/v2/local"
-    if run.quick:
-        serve = Proc(serve_cmd("benchmarks/fake_llm.py", port_b, work / "serve-data"), log=work / "serve.log")
-        wait_until(lambda: _serve_ready(base), 60, "serve (fake engine) ready", serve)
-        url = f"{base}/openai/v1/chat/completions"
-        return [
-            _Side("vllm", "(a) yardstick [quick: the fake engine again]", url, serve),
-            _Side("ours", "(b) serve /openai", url, serve),
-        ]
-    model = work / "tiny-llama"
-    subprocess.run([PY, "-m", "handler_sdk.vllm.tiny", str(model)], check=True, capture_output=True, timeout=300)
-    env: dict[str, str | None] = {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "VLLM_CACHE_ROOT": str(work / "vllm-cache"),
-        "VLLM_LOGGING_LEVEL": "WARNING",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    vllm = Proc(
-        [
-            PY,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model),
-            "--served-model-name",
-            MODEL,
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-            "--max-model-len",
-            "2048",
-            "--enable-auto-tool-choice",
-            "--tool-call-parser",
-            "hermes",
-            "--structured-outputs-config",
-            STRUCTURED,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port_a),
-            "--uvicorn-log-level",
-            "warning",
-            "--disable-uvicorn-access-log",
+    p = start_pair(
+        run,
+        work,
+        max_model_len=2048,
+        vllm_flags=[
+            "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--structured-outputs-config", STRUCTURED,
             "--disable-log-stats",
         ],
-        env=env,
-        log=work / "vllm-server.log",
-    )
-    ours_env = {
-        **env,
-        "MODEL_NAME": str(model),
-        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": MODEL,
-        "DTYPE": "float32",
-        "ENFORCE_EAGER": "true",
-        "MAX_MODEL_LEN": "2048",
-        "MAX_CONCURRENCY": "32",
-        "ENABLE_AUTO_TOOL_CHOICE": "true",
-        "TOOL_CALL_PARSER": "hermes",
-        "STRUCTURED_OUTPUTS_CONFIG": STRUCTURED,
-        "DISABLE_LOG_STATS": "true",
-    }
-    serve = Proc(serve_cmd("handler_sdk.vllm", port_b, work / "serve-data"), env=ours_env, log=work / "serve.log")
-    try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port_a}/v1/models"), 600, "vLLM's server ready", vllm, 0.5)
-        wait_until(lambda: _serve_ready(base), 600, "serve with the vLLM handler ready", serve, 0.5)
-    except BaseException:
-        stop_all([vllm, serve])
-        raise
-    extra = {"logit_bias": _bias(model)}
+        serve_env={
+            "ENABLE_AUTO_TOOL_CHOICE": "true", "TOOL_CALL_PARSER": "hermes", "STRUCTURED_OUTPUTS_CONFIG": STRUCTURED,
+            "DISABLE_LOG_STATS": "true",
+        },
+    )  # fmt: skip
+    if p.model is None:
+        url = f"{p.serve_v1}/chat/completions"
+        return [
+            _Side("vllm", "(a) yardstick [quick: the fake engine again]", url, p.serve),
+            _Side("ours", "(b) serve /openai", url, p.serve),
+        ]
+    extra = {"logit_bias": _bias(p.model)}
     return [
-        _Side("vllm", "(a) vLLM's own OpenAI server", f"http://127.0.0.1:{port_a}/v1/chat/completions", vllm, extra),
-        _Side("ours", "(b) serve /openai", f"{base}/openai/v1/chat/completions", serve, extra),
+        _Side("vllm", "(a) vLLM's own OpenAI server", f"{p.vllm_v1}/chat/completions", p.vllm, extra),
+        _Side("ours", "(b) serve /openai", f"{p.serve_v1}/chat/completions", p.serve, extra),
     ]
 
 
