@@ -132,6 +132,12 @@ def run(run: Run) -> Section:
             "wrk was not used: the load generator is a Python aiohttp client, which competes with the servers "
             "for the two cores and caps every server lower than wrk would; the ratios still compare like with like."
         )
+    else:
+        sec.notes.append(
+            "The load comes from wrk (one thread, C), so each server gets the rest of the machine. Runs before "
+            "2026-12-02 used a Python aiohttp client, which took about half the CPU and capped bare aiohttp near "
+            "our figure (0.917 x then): with wrk the bare echo's own cost shows, and the ratio with it."
+        )
     servers = _start(run, "runsync")
     try:
         by_key = {s.key: s for s in servers}
