@@ -66,6 +66,9 @@ class JobStore(Pending):
         self.path = Path(path)
         self._exec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._conn: sqlite3.Connection | None = None
+        # /requests' pages past the jobs in memory read on their own connection, opened on the first one.
+        self._list_exec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-list")
+        self._lister: sqlite3.Connection | None = None
         # (status, expires, n) of the finished jobs that open() left on disk, past the bound it was given.
         self.left_on_disk: list[tuple[str, int, int]] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -95,6 +98,7 @@ class JobStore(Pending):
             if conn is not None:
                 conn.close()
             self._exec.shutdown(wait=False)
+            self._list_exec.shutdown(wait=False)
             raise StoreError(f"cannot open job store {self.path}: {e}") from e
         self._task = asyncio.create_task(self._writer(), name="journal-writer")
         return loaded
@@ -138,15 +142,19 @@ class JobStore(Pending):
         return None if r is None or self.pending(r.id) is DELETED else r
 
     async def page(self, now: int, status: JobStatus | None, limit: int, offset: int) -> list[JobRecord]:
-        """A page of the finished jobs that live here only (journal_rows.page)."""
+        """A page of the finished jobs that live here only (journal_rows.page), as last committed. It runs on a
+        connection and thread of its own: a deep offset, or a status few rows have, walks much of the index, and
+        the writer (and every /run waiting on a commit) must not wait behind it."""
 
         def read() -> list[JobRecord]:
-            assert self._conn is not None
+            if self._lister is None:
+                self._lister = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._lister.execute("PRAGMA query_only = 1")
             st = None if status is None else status.value
-            return rows.page(self._conn, self.endpoint_id, now, st, limit=limit, offset=offset)
+            return rows.page(self._lister, self.endpoint_id, now, st, limit=limit, offset=offset)
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._exec, read)
+            return await asyncio.get_running_loop().run_in_executor(self._list_exec, read)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"the job store cannot list jobs ({e}); retry shortly") from e
 
@@ -175,6 +183,10 @@ class JobStore(Pending):
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._exec, conn.close)
         self._exec.shutdown(wait=True)
+        if self._lister is not None:
+            await asyncio.get_running_loop().run_in_executor(self._list_exec, self._lister.close)
+            self._lister = None
+        self._list_exec.shutdown(wait=True)
 
     # --- queueing changes (all called on the loop) ---------------------------------------------------------
 
