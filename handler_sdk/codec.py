@@ -113,6 +113,8 @@ def loads_request(data: bytes) -> Any:
 
 def depth_over(obj: Any, limit: int) -> str | None:
     """Where ``obj`` nests more than ``limit`` containers deep (a dotted path, "" for the top), else None."""
+    if not _deeper_than(obj, limit):
+        return None  # the usual answer, found without building a path for every value
     stack: list[tuple[Any, int, str]] = [(obj, 1, "")]
     while stack:
         value, depth, path = stack.pop()
@@ -125,6 +127,22 @@ def depth_over(obj: Any, limit: int) -> str | None:
                 return path
             stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(value))
     return None
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """Whether a container sits more than ``limit`` containers deep: one level of values at a time."""
+    level = [obj]
+    for _ in range(limit):
+        below: list[Any] = []
+        for v in level:
+            if isinstance(v, dict):
+                below.extend(v.values())
+            elif isinstance(v, list):
+                below.extend(v)
+        if not below:
+            return False
+        level = below
+    return any(isinstance(v, dict | list) for v in level)
 
 
 def _has_long_digits(data: bytes | bytearray | memoryview | str) -> bool:
