@@ -87,30 +87,29 @@ class TakePump:
     async def run(self, tg: asyncio.TaskGroup) -> None:
         """Take until the worker stops taking (each take a task of ``tg``: a bug in one fails the worker); then
         wait for the takes in flight and start (or refuse) their jobs, so none is left leased and never run."""
-        try:
-            while self.host.taking():
-                free = self.host.room() - self.reserved
-                depth = self.depth()
-                if free <= 0 or len(self._takes) >= depth or self._unbusy:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):  # re-ask the modifier now and then
-                            await self._wake.wait()
-                    continue
-                # Each take in the pipeline asks for its share of the slots; one take alone asks for all.
-                n = free if depth == 1 else min(free, -(-self.host.limit // depth))
-                # busy: the endpoint reads "nothing in progress" as "this worker id lost its jobs" (a restart).
-                busy = self.host.busy() or bool(self._takes)
-                self._unbusy = not busy
-                self.reserved += n
-                task = tg.create_task(self._take(n, busy), name="job-take")
-                self._takes.add(task)
-                self.takes += 1
-                self.most_in_flight = max(self.most_in_flight, len(self._takes))
-                task.add_done_callback(self._took)
-        finally:
-            if self._takes:
-                await asyncio.gather(*self._takes)
+        while self.host.taking():
+            free = self.host.room() - self.reserved
+            depth = self.depth()
+            if free <= 0 or len(self._takes) >= depth or self._unbusy:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):  # re-ask the modifier now and then
+                        await self._wake.wait()
+                continue
+            # Each take in the pipeline asks for its share of the slots; one take alone asks for all.
+            n = free if depth == 1 else min(free, -(-self.host.limit // depth))
+            # busy: the endpoint reads "nothing in progress" as "this worker id lost its jobs" (a restart).
+            busy = self.host.busy() or bool(self._takes)
+            self._unbusy = not busy
+            self.reserved += n
+            task = tg.create_task(self._take(n, busy), name="job-take")
+            self._takes.add(task)
+            self.takes += 1
+            self.most_in_flight = max(self.most_in_flight, len(self._takes))
+            task.add_done_callback(self._took)
+        # Not on cancellation: the takes are tasks of the worker's group, cancelled with it.
+        if self._takes:
+            await asyncio.gather(*self._takes)
 
     def _took(self, task: asyncio.Task[None]) -> None:
         self._takes.discard(task)
