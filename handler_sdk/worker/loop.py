@@ -16,7 +16,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +30,12 @@ from ..models import JobStatus
 from ..runner import Outcome, error_details, run_job
 from ..threads import ElasticPool
 from .options import WorkerConfig, WorkerState
+from .polls import ping_loop, stop_loop
 from .progress import Progress
 from .reporting import Reporter
 from .sender import StreamSender
 from .spool import Spool
-from .taking import TakePump
+from .taking import TakePump, modified_limit
 from .transport import Assignment, Multiplexing, Pushing, StreamSink, Transport
 
 __all__ = ["Worker", "WorkerConfig", "WorkerState"]
@@ -124,12 +124,15 @@ class Worker:
         self.progress.loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as tg:
-                self._pinger = tg.create_task(self._ping_loop(), name="ping")
+                self._pinger = tg.create_task(
+                    ping_loop(self.t, self.cfg, self.job_ids, lambda: self.state is WorkerState.INITIALIZING),
+                    name="ping",
+                )
                 background = [self._pinger]
                 await self._setup()
                 self.state = WorkerState.READY if self.state is WorkerState.INITIALIZING else self.state
                 background += [
-                    tg.create_task(self._stop_loop(), name="job-stop"),
+                    tg.create_task(stop_loop(self.t, self.cfg, self.cancel), name="job-stop"),
                     tg.create_task(self.progress.run(), name="progress"),
                 ]
                 if self.spool is not None:
@@ -190,20 +193,7 @@ class Worker:
     # --- taking ----------------------------------------------------------------------------------------------
 
     def _apply_modifier(self) -> None:
-        mod = self.h.concurrency_modifier
-        if mod is None:
-            return
-        try:
-            new = mod(self.limit)
-        except Exception:
-            log.exception("concurrency modifier raised; keeping concurrency %d", self.limit)
-            return
-        if not isinstance(new, int) or isinstance(new, bool) or new < 1:
-            log.error("concurrency modifier returned %r, not an int >= 1; keeping %d", new, self.limit)
-            return
-        if new != self.limit:
-            log.info("concurrency %d -> %d", self.limit, new)
-            self.limit = new
+        self.limit = modified_limit(self.h.concurrency_modifier, self.limit)
 
     # TakeHost, for the pump.
 
@@ -377,34 +367,6 @@ class Worker:
 
     def job_ids(self) -> list[str]:
         return [*self.running, *self.reporter.reporting, *self.reporter.spooled]
-
-    async def _ping_loop(self) -> None:
-        while True:
-            try:
-                await self.t.ping(self.job_ids(), initializing=self.state is WorkerState.INITIALIZING)
-            except Exception as e:  # a failed heartbeat is retried at the next one; it never stops the worker
-                log.warning("ping failed: %s", e)
-            await asyncio.sleep(self.cfg.ping_interval_s)
-
-    async def _stop_loop(self) -> None:
-        delay = self.cfg.backoff_base_s
-        while True:
-            asked = asyncio.get_running_loop().time()
-            try:
-                ids = await self.t.stops()
-            except TransportError as e:
-                log.warning("job-stop poll failed (%s)", e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.cfg.backoff_max_s)
-                continue
-            if not ids and not self.t.direct and asyncio.get_running_loop().time() - asked < self.cfg.backoff_base_s:
-                # Nothing, at once: a server that does not hold job-stop open. Re-asking at once would spin.
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self.cfg.backoff_max_s, 1.0)
-                continue
-            delay = self.cfg.backoff_base_s
-            for job_id in ids:
-                self.cancel(job_id)
 
     def cancel(self, job_id: str) -> bool:
         rj = self.running.get(job_id)

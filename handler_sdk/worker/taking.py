@@ -15,19 +15,38 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..errors import TransportError
 from .options import WorkerConfig
 from .transport import Assignment, Pipelining, Transport
 
-__all__ = ["PIPELINE", "TakeHost", "TakePump"]
+__all__ = ["PIPELINE", "TakeHost", "TakePump", "modified_limit"]
 
 log = logging.getLogger(__name__)
 
 # Takes in flight at once over our endpoint: two keep one batch running while the next is fetched; more would
 # only split the slots into smaller batches (more requests per job) without shortening the wait.
 PIPELINE = 2
+
+
+def modified_limit(modifier: Callable[[int], Any] | None, limit: int) -> int:
+    """The limit the handler's ``concurrency_modifier`` asks for, asked before each take; a result that is not an
+    int >= 1, or an exception, keeps ``limit``."""
+    if modifier is None:
+        return limit
+    try:
+        new = modifier(limit)
+    except Exception:
+        log.exception("concurrency modifier raised; keeping concurrency %d", limit)
+        return limit
+    if not isinstance(new, int) or isinstance(new, bool) or new < 1:
+        log.error("concurrency modifier returned %r, not an int >= 1; keeping %d", new, limit)
+        return limit
+    if new != limit:
+        log.info("concurrency %d -> %d", limit, new)
+    return new
 
 
 class TakeHost(Protocol):
