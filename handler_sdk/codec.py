@@ -43,6 +43,10 @@ _TWO_EMPTY = (b"", b"")
 # string, a float, or an integer that fits) only costs a second, exact parse.
 _LONG_DIGITS_B = re.compile(rb"\d{19}")
 _LONG_DIGITS_S = re.compile(r"\d{19}")
+# For bytes: every digit becomes "0", then one substring search (C speed) finds a run. The regex took four times
+# as long as orjson's whole parse of a 50-job take reply.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_ZEROS = b"0" * 19
 _INT_RANGE_ERROR = "Integer exceeds 64-bit range"
 
 
@@ -148,6 +152,8 @@ def _deeper_than(obj: Any, limit: int) -> bool:
 def _has_long_digits(data: bytes | bytearray | memoryview | str) -> bool:
     if isinstance(data, str):
         return _LONG_DIGITS_S.search(data) is not None
+    if isinstance(data, bytes | bytearray):
+        return _ZEROS in data.translate(_DIGITS_TO_ZERO)
     return _LONG_DIGITS_B.search(data) is not None
 
 
