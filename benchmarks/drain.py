@@ -398,7 +398,8 @@ def run(run: Run) -> Section:
     )
     sec.notes.append(
         f"The endpoint announces `X-Handler-SDK: {run.shared.get('drain_extensions')}`: the worker takes in "
-        "batches (job-take-batch, up to its 100 free slots) and sends the results that finish while one "
+        "batches (job-take-batch) with two takes in flight (take-pipeline), each for half of its 100 slots, so the "
+        "next batch is on its way while the last one runs; it sends the results that finish while one "
         "job-done-batch request is in flight together in the next one, which the endpoint commits at once."
     )
     sec.notes.append(

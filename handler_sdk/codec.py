@@ -43,6 +43,10 @@ _TWO_EMPTY = (b"", b"")
 # string, a float, or an integer that fits) only costs a second, exact parse.
 _LONG_DIGITS_B = re.compile(rb"\d{19}")
 _LONG_DIGITS_S = re.compile(r"\d{19}")
+# For bytes: every digit becomes "0", then one substring search (C speed) finds a run. The regex took four times
+# as long as orjson's whole parse of a 50-job take reply.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_ZEROS = b"0" * 19
 _INT_RANGE_ERROR = "Integer exceeds 64-bit range"
 
 
@@ -113,6 +117,8 @@ def loads_request(data: bytes) -> Any:
 
 def depth_over(obj: Any, limit: int) -> str | None:
     """Where ``obj`` nests more than ``limit`` containers deep (a dotted path, "" for the top), else None."""
+    if not _deeper_than(obj, limit):
+        return None  # the usual answer, found without building a path for every value
     stack: list[tuple[Any, int, str]] = [(obj, 1, "")]
     while stack:
         value, depth, path = stack.pop()
@@ -127,9 +133,27 @@ def depth_over(obj: Any, limit: int) -> str | None:
     return None
 
 
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """Whether a container sits more than ``limit`` containers deep: one level of values at a time."""
+    level = [obj]
+    for _ in range(limit):
+        below: list[Any] = []
+        for v in level:
+            if isinstance(v, dict):
+                below.extend(v.values())
+            elif isinstance(v, list):
+                below.extend(v)
+        if not below:
+            return False
+        level = below
+    return any(isinstance(v, dict | list) for v in level)
+
+
 def _has_long_digits(data: bytes | bytearray | memoryview | str) -> bool:
     if isinstance(data, str):
         return _LONG_DIGITS_S.search(data) is not None
+    if isinstance(data, bytes | bytearray):
+        return _ZEROS in data.translate(_DIGITS_TO_ZERO)
     return _LONG_DIGITS_B.search(data) is not None
 
 

@@ -42,3 +42,20 @@ def test_large_outputs_come_back_whole() -> None:
 def test_unencodable_values_raise_output_not_serializable(bad: Any) -> None:
     with pytest.raises(OutputNotSerializable):
         codec.dumps(bad)
+
+
+@given(st.lists(st.integers(-(10**25), 10**25) | st.text(alphabet="0123456789x", max_size=30), max_size=8))
+def test_integers_beyond_64_bits_come_back_exact_from_bytes_bytearray_memoryview_and_str(values: list[Any]) -> None:
+    import json
+
+    text = json.dumps(values)
+    for data in (text.encode(), bytearray(text.encode()), memoryview(text.encode()), text):
+        assert codec.loads(data) == values
+
+
+@given(st.integers(0, 40), st.integers(0, 40))
+def test_a_nesting_depth_is_refused_exactly_above_the_limit(depth: int, limit: int) -> None:
+    value: Any = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    assert (codec.depth_over(value, limit) is None) == (depth <= limit)

@@ -23,6 +23,8 @@ from .server import ServeConfig, Server
 from .state.broker import BrokerConfig
 
 log = logging.getLogger("handler_sdk.serve")
+# The GIL switch interval in serve (see main).
+SWITCH_INTERVAL_S = 0.0005
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             raw = args.test_input or _test_input_file(args.target).read_text()
             out = _stdout_for_the_result()
             return loop.run(run_once(load_handler(args.target), codec.loads_request(raw.encode()), out))
+        # The journal writer thread holds the GIL while it binds rows; each time the event loop gives the GIL up
+        # (every socket write and poll), it then waits up to the switch interval to get it back. At the default
+        # 5 ms a drain spent a fifth of the loop's time waiting so (py-spy: in aiohttp's socket write).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         return loop.run(_serve(args))
     except (ConfigError, BadRequest, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -41,7 +41,7 @@ from pathlib import Path
 from yarl import URL
 
 from ..errors import ConfigError
-from .loop import WorkerConfig
+from .options import WorkerConfig
 
 __all__ = ["Endpoints", "endpoints_from_env", "request_timeout_from_env", "worker_config_from_env"]
 

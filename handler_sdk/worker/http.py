@@ -45,6 +45,8 @@ class HttpTransport:
         # stream-multi: every job's stream items that queue while one request is in flight leave in the next,
         # each request within the 1 MiB stream limit.
         self.multi_stream = False
+        # take-pipeline: several takes of this worker id may be in flight at once.
+        self.takes_in_flight = 1
         self._mux = Mux(self._post_streams, self._post_one, MAX_STREAM_BYTES, interval_s=STREAM_INTERVAL_S)
         # Results waiting for the next job-done-batch request: the job id, its {"id":...} item, and the future
         # its reporter awaits; and the items' bytes in all.
@@ -74,6 +76,7 @@ class HttpTransport:
             self.can_hand_back = "hand-back" in names
             self.batch_done = "done-batch" in names
             self.multi_stream = "stream-multi" in names
+            self.takes_in_flight = 2 if "take-pipeline" in names else 1
 
     async def _request(
         self,

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import inspect
 import logging
-import random
-import socket
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from .. import codec, trace
+from .. import trace
 from ..batching import Batcher, Ticket
 from ..checks import run_checks
 from ..collector import after_setup
@@ -31,10 +27,15 @@ from ..errors import SetupError, StaleResult, TransportError, WorkerDead
 from ..handler import Handler
 from ..job import Job
 from ..models import JobStatus
-from ..runner import DEFAULT_RESULT_CAP, Outcome, error_details, run_job
+from ..runner import Outcome, error_details, run_job
 from ..threads import ElasticPool
+from .options import WorkerConfig, WorkerState
+from .polls import ping_loop, stop_loop
+from .progress import Progress
+from .reporting import Reporter
 from .sender import StreamSender
 from .spool import Spool
+from .taking import TakePump, modified_limit
 from .transport import Assignment, Multiplexing, Pushing, StreamSink, Transport
 
 __all__ = ["Worker", "WorkerConfig", "WorkerState"]
@@ -44,30 +45,6 @@ log = logging.getLogger(__name__)
 # Once the process is declared dead, running jobs get this long to fail on their own (with their own error,
 # which names the cause more precisely) before they are failed with the reason.
 DEAD_GRACE_S = 2.0
-
-
-class WorkerState(enum.Enum):
-    INITIALIZING = "initializing"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class WorkerConfig:
-    ping_interval_s: float = 10.0
-    drain_timeout_s: float = 30.0
-    # Result delivery: retried with exponential backoff and jitter, then spooled to disk and re-sent.
-    report_retries: int = 5
-    backoff_base_s: float = 0.2
-    backoff_max_s: float = 10.0
-    # Takes back off to this at most: a worker must notice soon that an outage has ended (results may wait longer).
-    take_backoff_max_s: float = 2.0
-    spool_dir: Path | None = None
-    spool_retry_s: float = 2.0
-    result_cap: int = DEFAULT_RESULT_CAP
-    progress_interval_s: float = 0.1
-    hostname: str = field(default_factory=socket.gethostname)
 
 
 @dataclass(slots=True, eq=False)
@@ -101,15 +78,10 @@ class Worker:
         self.running: dict[str, _Running] = {}
         self.refresh = False
         self.setup_state: Any = None
-        self.spool = Spool(self.cfg.spool_dir) if self.cfg.spool_dir is not None else None
-        self._spooled: set[str] = set()
-        # Jobs whose result is on its way: still leased to us, so still named in pings and takes.
-        self._reporting: set[str] = set()
-        self._slot = asyncio.Event()
+        self.reporter = Reporter(transport, self.cfg)
+        self.pump = TakePump(transport, self.cfg, self)
+        self.progress = Progress(transport, self.cfg.progress_interval_s, self.running.__contains__)
         self._stopping = asyncio.Event()
-        self._progress: dict[str, Any] = {}
-        self._progress_wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._streams = h.kind.streams
         self._pusher: Pushing | None = None
@@ -120,6 +92,10 @@ class Worker:
         self.dead: str | None = None
         self._pinger: asyncio.Task[None] | None = None
 
+    @property
+    def spool(self) -> Spool | None:
+        return self.reporter.spool
+
     # --- public ----------------------------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -129,7 +105,7 @@ class Worker:
         log.info("worker %s draining (%d running)", self.t.worker_id, len(self.running))
         self.state = WorkerState.DRAINING
         self._stopping.set()
-        self._slot.set()
+        self.pump.wake()
 
     def die(self, reason: str) -> None:
         """The process can serve no further job: take nothing more, stop pinging, fail the running jobs with
@@ -145,19 +121,22 @@ class Worker:
 
     async def run(self) -> None:
         """Run until stopped (or a job asks for a refresh). Raises SetupError if the setup hook fails."""
-        self._loop = asyncio.get_running_loop()
+        self.progress.loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as tg:
-                self._pinger = tg.create_task(self._ping_loop(), name="ping")
+                self._pinger = tg.create_task(
+                    ping_loop(self.t, self.cfg, self.job_ids, lambda: self.state is WorkerState.INITIALIZING),
+                    name="ping",
+                )
                 background = [self._pinger]
                 await self._setup()
                 self.state = WorkerState.READY if self.state is WorkerState.INITIALIZING else self.state
                 background += [
-                    tg.create_task(self._stop_loop(), name="job-stop"),
-                    tg.create_task(self._progress_loop(), name="progress"),
+                    tg.create_task(stop_loop(self.t, self.cfg, self.cancel), name="job-stop"),
+                    tg.create_task(self.progress.run(), name="progress"),
                 ]
                 if self.spool is not None:
-                    background.append(tg.create_task(self._spool_loop(), name="spool"))
+                    background.append(tg.create_task(self.reporter.spool_loop(), name="spool"))
                 until_dead = getattr(self.setup_state, "until_dead", None)
                 if callable(until_dead):
                     background.append(tg.create_task(self._watch(until_dead), name="until-dead"))
@@ -165,7 +144,7 @@ class Worker:
                 if isinstance(self.t, Pushing):
                     await self._pushed(self.t)
                 else:
-                    await self._take_loop(tg)
+                    await self.pump.run(tg)
                 await self._drain()
                 for b in background:
                     b.cancel()
@@ -214,55 +193,26 @@ class Worker:
     # --- taking ----------------------------------------------------------------------------------------------
 
     def _apply_modifier(self) -> None:
-        mod = self.h.concurrency_modifier
-        if mod is None:
-            return
-        try:
-            new = mod(self.limit)
-        except Exception:
-            log.exception("concurrency modifier raised; keeping concurrency %d", self.limit)
-            return
-        if not isinstance(new, int) or isinstance(new, bool) or new < 1:
-            log.error("concurrency modifier returned %r, not an int >= 1; keeping %d", new, self.limit)
-            return
-        if new != self.limit:
-            log.info("concurrency %d -> %d", self.limit, new)
-            self.limit = new
+        self.limit = modified_limit(self.h.concurrency_modifier, self.limit)
 
-    async def _take_loop(self, tg: asyncio.TaskGroup) -> None:
-        delay = self.cfg.backoff_base_s
-        while self.state is WorkerState.READY:
-            self._apply_modifier()
-            free = self._room()
-            if free <= 0:
-                self._slot.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):  # re-ask the modifier now and then
-                        await self._slot.wait()
-                continue
-            asked = asyncio.get_running_loop().time()
-            try:
-                # busy: the endpoint reads "nothing in progress" as "this worker id lost its jobs" (a restart).
-                jobs = await self.t.take(free, busy=bool(self.running or self._reporting or self._spooled))
-            except TransportError as e:
-                # Not "job take failed": JSON logs read the word after "job " as a job id.
-                log.warning("taking jobs failed (%s); retrying in %.2fs", e, delay)
-                await self._sleep_unless_stopping(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self.cfg.take_backoff_max_s)
-                continue
-            if not jobs and not self.t.direct and asyncio.get_running_loop().time() - asked < self.cfg.backoff_base_s:
-                # Nothing, at once: a server that does not hold takes open. Re-asking at once would spin.
-                await self._sleep_unless_stopping(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self.cfg.backoff_max_s, 1.0)
-                continue
-            delay = self.cfg.backoff_base_s
-            if self.dead is not None:
-                await self._refuse(jobs)
-                return
-            for a in jobs:
-                self._start(tg, a)
+    # TakeHost, for the pump.
 
-    async def _refuse(self, jobs: list[Assignment]) -> None:
+    def taking(self) -> bool:
+        return self.state is WorkerState.READY
+
+    def room(self) -> int:
+        self._apply_modifier()
+        return self._room()
+
+    def busy(self) -> bool:
+        return bool(self.running) or self.reporter.holding()
+
+    def start_all(self, jobs: list[Assignment]) -> None:
+        assert self._tg is not None
+        for a in jobs:
+            self._start(self._tg, a)
+
+    async def refuse(self, jobs: list[Assignment]) -> None:
         """Jobs a take brought back after the process was declared dead: hand them back, or fail them."""
         if not jobs:
             return
@@ -271,12 +221,12 @@ class Worker:
                 await self.t.hand_back([a.id for a in jobs])
                 return
         for a in jobs:
-            await self._report(a.id, self._dead_outcome())
+            await self.reporter.report(a.id, self._dead_outcome())
 
     async def _pushed(self, pusher: Pushing) -> None:
         """Jobs arrive through ``_start_all`` while we are attached; nothing to do here but wait for the stop."""
         self._pusher = pusher
-        pusher.attach(self._free, self._start_all)
+        pusher.attach(self._free, self.start_all)
         try:
             await self._stopping.wait()
         finally:
@@ -295,18 +245,15 @@ class Worker:
             return self._batcher.free()
         return self.limit - len(self.running)
 
-    def _start_all(self, assignments: list[Assignment]) -> None:
-        assert self._tg is not None
-        for a in assignments:
-            self._start(self._tg, a)
-
-    async def _sleep_unless_stopping(self, seconds: float) -> None:
+    async def sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
 
     def _start(self, tg: asyncio.TaskGroup, a: Assignment) -> None:
-        job = Job(a.raw, input=a.input, state=self.setup_state, on_progress=functools.partial(self._on_progress, a.id))
+        job = Job(
+            a.raw, input=a.input, state=self.setup_state, on_progress=functools.partial(self.progress.update, a.id)
+        )
         rj = _Running(a, job)
         self.running[a.id] = rj
         if self._batcher is not None and a.ready is None:
@@ -358,14 +305,14 @@ class Worker:
             outcome, reporting = stopped, True
         finally:
             self.running.pop(a.id, None)
-            self._progress.pop(a.id, None)
-            self._slot.set()
+            self.progress.discard(a.id)
+            self.pump.wake()
             if self._pusher is not None and not reporting:
                 # With a result to report, done() offers the slot once the result is recorded: the next job
                 # must not start (by the endpoint's clock) before this one has ended.
                 self._pusher.slot_freed()
         self._note(a.id, outcome)
-        await self._deliver(a.id, outcome)
+        await self.reporter.deliver(a.id, outcome)
 
     def _sender(self, job_id: str) -> StreamSink:
         """The job's stream on the transport's multiplexer when it has one (every job's items in one request),
@@ -376,20 +323,6 @@ class Worker:
             if sink is not None:
                 return sink
         return StreamSender(self.t, job_id, retries=retries, backoff_s=backoff)
-
-    async def _deliver(self, job_id: str, outcome: Outcome) -> None:
-        self._reporting.add(job_id)
-        try:
-            if self.t.direct:
-                # The in-process endpoint records the result before done() first suspends: a cancel can't lose it.
-                await self._report(job_id, outcome)
-            else:
-                await self._report_or_keep(job_id, outcome)
-        except Exception:
-            # One job's report must never take the worker (and every other job) down with it.
-            log.exception("reporting the result of job %s failed", job_id)
-        finally:
-            self._reporting.discard(job_id)
 
     def _stopped(self, job_id: str, sender: StreamSink | None) -> Outcome | None:
         """A job's task was cancelled: no report (None), unless the worker died, which fails the job."""
@@ -430,142 +363,10 @@ class Worker:
                            error_details=error_details(e, tb=False))  # fmt: skip
         return outcome
 
-    async def _report_or_keep(self, job_id: str, outcome: Outcome) -> None:
-        """Report; if the worker is torn down meanwhile, keep the result in the spool for the next start.
-
-        (Not asyncio.shield: its task per job was a sixth of a no-op job's cost, and a shielded report still dies
-        with the event loop, while the spool outlives the process.)"""
-        try:
-            await self._report(job_id, outcome)
-        except asyncio.CancelledError:
-            if self.spool is not None:
-                self._keep(job_id, outcome)
-                log.warning("result of job %s spooled: the worker stopped before it was delivered", job_id)
-            else:
-                log.error("result of job %s lost: the worker stopped before it was delivered", job_id)
-            raise
-
-    async def _report(self, job_id: str, outcome: Outcome) -> None:
-        delay = self.cfg.backoff_base_s
-        for attempt in range(self.cfg.report_retries + 1):
-            try:
-                await self.t.done(job_id, outcome)
-                return
-            except StaleResult as e:
-                log.warning("result of job %s refused by the endpoint: %s", job_id, e)
-                return
-            except TransportError as e:
-                if attempt == self.cfg.report_retries:
-                    break
-                log.warning("result of job %s not delivered (%s); retry in %.2fs", job_id, e, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self.cfg.backoff_max_s)
-        if self.spool is not None:
-            try:
-                self._keep(job_id, outcome)
-                return
-            except OSError as e:  # a full disk: the result stays in memory and is retried
-                log.error("result of job %s could not be spooled (%s); still retrying", job_id, e)
-        # No disk to fall back on: keep trying rather than drop a result.
-        await asyncio.sleep(delay)
-        await self._report(job_id, outcome)
-
-    def _keep(self, job_id: str, outcome: Outcome) -> None:
-        """Put an undelivered result in the spool, for ``_spool_loop`` (or the next start) to send."""
-        assert self.spool is not None
-        self.spool.save(job_id, outcome)
-        self._spooled.add(job_id)
-
-    async def _spool_loop(self) -> None:
-        assert self.spool is not None
-        self._spooled.update(self.spool.ids())
-        while True:
-            try:
-                await self._send_spooled()
-            except Exception:  # an unreadable spool (or a full disk) is retried, never the worker's end
-                log.exception("re-sending spooled results failed")
-            await asyncio.sleep(self.cfg.spool_retry_s)
-
-    async def _send_spooled(self) -> None:
-        assert self.spool is not None
-        for job_id, outcome, path in self.spool.pending():
-            try:
-                await self.t.done(job_id, outcome)
-            except StaleResult as e:
-                log.warning("spooled result of job %s refused: %s", job_id, e)
-            except TransportError:
-                return
-            else:
-                log.info("spooled result of job %s delivered", job_id)
-            self.spool.remove(path)
-            self._spooled.discard(job_id)
-
-    # --- progress --------------------------------------------------------------------------------------------
-
-    def _on_progress(self, job_id: str, update: Any) -> None:
-        """Called from the handler (any thread): latest update wins, sent by the progress loop."""
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._set_progress(job_id, update)
-        else:
-            loop.call_soon_threadsafe(self._set_progress, job_id, update)
-
-    def _set_progress(self, job_id: str, update: Any) -> None:
-        if job_id in self.running:
-            self._progress[job_id] = update
-            self._progress_wake.set()
-
-    async def _progress_loop(self) -> None:
-        while True:
-            await self._progress_wake.wait()
-            self._progress_wake.clear()
-            pending, self._progress = self._progress, {}
-            for job_id, update in pending.items():
-                try:
-                    await self.t.progress(job_id, codec.dumps(update))
-                except Exception as e:  # not encodable (too deep, not JSON), or not delivered: this update only
-                    log.warning("progress update of job %s dropped: %s", job_id, e)
-            if not self.t.direct:
-                await asyncio.sleep(self.cfg.progress_interval_s)
-
     # --- heartbeat and stop ----------------------------------------------------------------------------------
 
     def job_ids(self) -> list[str]:
-        return [*self.running, *self._reporting, *self._spooled]
-
-    async def _ping_loop(self) -> None:
-        while True:
-            try:
-                await self.t.ping(self.job_ids(), initializing=self.state is WorkerState.INITIALIZING)
-            except Exception as e:  # a failed heartbeat is retried at the next one; it never stops the worker
-                log.warning("ping failed: %s", e)
-            await asyncio.sleep(self.cfg.ping_interval_s)
-
-    async def _stop_loop(self) -> None:
-        delay = self.cfg.backoff_base_s
-        while True:
-            asked = asyncio.get_running_loop().time()
-            try:
-                ids = await self.t.stops()
-            except TransportError as e:
-                log.warning("job-stop poll failed (%s)", e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.cfg.backoff_max_s)
-                continue
-            if not ids and not self.t.direct and asyncio.get_running_loop().time() - asked < self.cfg.backoff_base_s:
-                # Nothing, at once: a server that does not hold job-stop open. Re-asking at once would spin.
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self.cfg.backoff_max_s, 1.0)
-                continue
-            delay = self.cfg.backoff_base_s
-            for job_id in ids:
-                self.cancel(job_id)
+        return [*self.running, *self.reporter.reporting, *self.reporter.spooled]
 
     def cancel(self, job_id: str) -> bool:
         rj = self.running.get(job_id)
@@ -592,11 +393,11 @@ class Worker:
                 ids = [job_id for job_id, rj in self.running.items() if rj.task in pending]
                 log.warning("drain deadline reached; handing back %d unfinished job(s): %s", len(ids), ids)
                 # Still ours until handed back: a ping without them would say they were lost.
-                self._reporting.update(ids)
+                self.reporter.reporting.update(ids)
                 for job_id in ids:
                     self.cancel(job_id)
                 await asyncio.wait(pending)
                 if self.t.can_hand_back:
                     with contextlib.suppress(TransportError):
                         await self.t.hand_back(ids)
-                self._reporting.difference_update(ids)
+                self.reporter.reporting.difference_update(ids)

@@ -21,7 +21,7 @@ from ..chunker import EncodedItem
 from ..errors import ConfigError, StaleResult
 from ..models import JobStatus
 from ..runner import Outcome
-from .transport import Assignment, Multiplexing, StreamSink, Transport
+from .transport import Assignment, Multiplexing, Pipelining, StreamSink, Transport
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -91,6 +91,10 @@ class MeteredTransport:
     @can_hand_back.setter
     def can_hand_back(self, value: bool) -> None:
         self.inner.can_hand_back = value
+
+    @property
+    def takes_in_flight(self) -> int:
+        return self.inner.takes_in_flight if isinstance(self.inner, Pipelining) else 1
 
     async def take(self, n: int, busy: bool) -> list[Assignment]:
         jobs = await self.inner.take(n, busy)

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..chunker import EncodedItem
 from ..runner import Outcome
 
-__all__ = ["Assignment", "Multiplexing", "Pushing", "StreamSink", "Transport"]
+__all__ = ["Assignment", "Multiplexing", "Pipelining", "Pushing", "StreamSink", "Transport"]
 
 
 @dataclass(slots=True)
@@ -91,3 +91,12 @@ class Multiplexing(Protocol):
     stream-multi): the worker asks it for each streaming job's sink, and falls back to a StreamSender on None."""
 
     def open_stream(self, job_id: str, *, retries: int = 5, backoff_s: float = 0.2) -> StreamSink | None: ...
+
+
+@runtime_checkable
+class Pipelining(Protocol):
+    """A transport that may have several takes in flight at once (the HTTP transport, once the endpoint announces
+    take-pipeline): the worker fetches the next batch while the last one runs. 1 means one take at a time."""
+
+    @property
+    def takes_in_flight(self) -> int: ...

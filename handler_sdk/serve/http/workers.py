@@ -29,7 +29,7 @@ from .web import query_int, read_json
 
 __all__ = ["EXTENSIONS", "add_worker_routes", "normalize_error"]
 
-EXTENSIONS = "1; ext=stream-batch,hand-back,done-batch,stream-multi"
+EXTENSIONS = "1; ext=stream-batch,hand-back,done-batch,stream-multi,take-pipeline"
 _HEADERS = {"X-Handler-SDK": EXTENSIONS}
 # Results of one job-done-batch applied between two turns of the event loop (about 0.3 ms of work).
 _YIELD_EVERY = 64
