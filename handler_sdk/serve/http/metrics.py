@@ -48,17 +48,18 @@ class ServeMetrics:
         self.finished: dict[JobStatus, int] = dict.fromkeys(_TERMINAL, 0)
         r = self.exporter.replica
         ex = self.exporter
-        self._delay = ex.histogram("handler_sdk_job_delay_seconds", "time queued (delayTime)").labels(replica=r)
-        self._execution = ex.histogram("handler_sdk_job_execution_seconds", "time run (executionTime)").labels(r)
+        self._delay = metrics.Latency("handler_sdk_job_delay_seconds", "time queued (delayTime)")
+        self._execution = metrics.Latency("handler_sdk_job_execution_seconds", "time run (executionTime)")
+        ex.add(lambda: (self._delay.family(r), self._execution.family(r)))
         ex.add(self._families)
         state.on_terminal.append(self.on_terminal)
 
     def on_terminal(self, r: Any) -> None:
         self.finished[r.status] += 1
-        if r.started is not None:
-            self._delay.observe((r.started - r.created) / 1000)
-            if r.ended is not None:
-                self._execution.observe((r.ended - r.started) / 1000)
+        if (started := r.started) is not None:
+            self._delay.observe_ms(started - r.created)
+            if (ended := r.ended) is not None:
+                self._execution.observe_ms(ended - started)
 
     def _families(self) -> Iterable[Metric]:
         b, rep = self.state, self.exporter.replica

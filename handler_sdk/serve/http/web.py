@@ -21,6 +21,8 @@ async def read_body(request: web.Request, cap: int) -> bytes:
     """The whole body, or 413 once it passes ``cap`` bytes (checked before reading when the length is declared),
     or 408 when it has not all arrived within the body timeout: a stalled upload must not hold its route's
     concurrency slot (and a connection) for ever."""
+    if request.content.is_eof():
+        return await _read_body(request, cap)  # all of it has arrived (a small body usually has): nothing to wait for
     timeout = request.config_dict.get(BODY_TIMEOUT, 30.0)
     try:
         async with asyncio.timeout(timeout):
