@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 
 from ...models import JobStatus
 from .finished import Finished
@@ -58,6 +59,35 @@ class JobQueue:
         self._low.clear()
 
     # --- takes waiting for work ----------------------------------------------------------------------------
+
+    async def take(
+        self,
+        jobs: dict[str, JobRecord | Finished],
+        n: int,
+        wait: float,
+        lease: Callable[[JobRecord], None],
+        gone: Callable[[], bool] | None,
+    ) -> list[JobRecord]:
+        """Up to ``n`` queued jobs, each passed to ``lease`` as it leaves the queue, holding an empty take open up
+        to ``wait`` s. ``gone`` says whether the taker has hung up meanwhile: it then takes nothing, and the job it
+        was woken for goes to the next taker."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        taken: list[JobRecord] = []
+        while True:
+            if gone is not None and gone():
+                if self:
+                    self.wake()
+                return []
+            while len(taken) < n and (r := self.pop(jobs)) is not None:
+                lease(r)
+                taken.append(r)
+            remaining = deadline - loop.time()
+            if taken or remaining <= 0:
+                if taken and self:
+                    self.wake()  # more work than this taker took: let the next one at it
+                return taken
+            await self.wait(remaining)  # then one last look: a wake-up may have raced the timeout
 
     async def wait(self, timeout: float) -> None:
         """Wait until ``wake`` picks this take, or ``timeout`` s (no error: the caller looks again either way)."""
