@@ -7,6 +7,7 @@ except the two latency histograms, which observe each finished job: nothing else
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -88,7 +89,8 @@ class Latency:
     def __init__(self, name: str, doc: str, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
         self.name, self.doc = name, doc
         self._labels = list(buckets)
-        self._bounds = [b * 1000 for b in self._labels]
+        # A whole number of ms is at most a bound exactly when it is at most the bound's floor: int comparisons.
+        self._bounds = [math.floor(round(b * 1000, 6)) for b in self._labels]
         self.counts = [0] * (len(self._bounds) + 1)  # the last: over every bound (+Inf only)
         self.sum_ms = 0
         self._created = time.time()
