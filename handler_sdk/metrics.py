@@ -84,19 +84,19 @@ class Latency:
     prometheus-client Histogram takes a lock for each of its bucket, count and sum: serve observes two per job.
     An integer count of ms is in a bucket exactly when its seconds (ms / 1000) are."""
 
-    __slots__ = ("_bounds", "_created", "_labels", "counts", "doc", "name", "sum_ms")
+    __slots__ = ("_created", "_labels", "bounds", "counts", "doc", "name", "sum_ms")
 
     def __init__(self, name: str, doc: str, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
         self.name, self.doc = name, doc
         self._labels = list(buckets)
         # A whole number of ms is at most a bound exactly when it is at most the bound's floor: int comparisons.
-        self._bounds = [math.floor(round(b * 1000, 6)) for b in self._labels]
-        self.counts = [0] * (len(self._bounds) + 1)  # the last: over every bound (+Inf only)
+        self.bounds = [math.floor(round(b * 1000, 6)) for b in self._labels]
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: over every bound (+Inf only)
         self.sum_ms = 0
         self._created = time.time()
 
     def observe_ms(self, ms: int) -> None:
-        self.counts[bisect_left(self._bounds, ms)] += 1
+        self.counts[bisect_left(self.bounds, ms)] += 1
         self.sum_ms += ms
 
     def family(self, replica: str) -> Metric:

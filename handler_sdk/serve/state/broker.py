@@ -88,7 +88,7 @@ class Broker:
                 leased.append(r)
             if leased:
                 local.start(leased)
-        if queue:
+        if queue.takers and queue:
             queue.wake()
 
     def attach_local(self, worker: LocalWorker) -> None:

@@ -21,12 +21,13 @@ _QUEUED = JobStatus.IN_QUEUE
 
 
 class JobQueue:
-    __slots__ = ("_low", "_normal", "_takers")
+    __slots__ = ("_low", "_normal", "takers")
 
     def __init__(self) -> None:
         self._normal: deque[str] = deque()
         self._low: deque[str] = deque()
-        self._takers: deque[asyncio.Future[None]] = deque()
+        # The held takes, longest waiting first (read by the broker, which wakes one only when there is one).
+        self.takers: deque[asyncio.Future[None]] = deque()
 
     def __bool__(self) -> bool:
         return bool(self._normal or self._low)
@@ -92,7 +93,7 @@ class JobQueue:
     async def wait(self, timeout: float) -> None:
         """Wait until ``wake`` picks this take, or ``timeout`` s (no error: the caller looks again either way)."""
         f = asyncio.get_running_loop().create_future()
-        self._takers.append(f)
+        self.takers.append(f)
         try:
             async with asyncio.timeout(timeout):
                 await f
@@ -103,8 +104,8 @@ class JobQueue:
 
     def wake(self) -> None:
         """Wake one waiting take (the longest waiting that is still there)."""
-        while self._takers:
-            f = self._takers.popleft()
+        while self.takers:
+            f = self.takers.popleft()
             if not f.done():
                 f.set_result(None)
                 return
