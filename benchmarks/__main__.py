@@ -34,13 +34,16 @@ MODULES = {
     "redis_state": "benchmarks.redis_state",
     "vllm_openai": "benchmarks.vllm_openai",
 }
+# Parts of a benchmark that run alone and update their figures in its section (not run by default).
+PARTS = {"sqlite_paired": "benchmarks.sqlite_paired"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(ORDER)} (default: all)")
+    names = ", ".join([*ORDER, *PARTS])
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"any of {names} (default: all but the parts)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and no vLLM: a smoke test of the code")
     p.add_argument("--out", type=Path, default=None, help="where RESULTS.md, results.json and plots/ go")
     p.add_argument(
@@ -51,15 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of a missed target")
     args = p.parse_args(argv)
-    unknown = [n for n in args.names if n not in ORDER]
+    unknown = [n for n in args.names if n not in ORDER and n not in PARTS]
     if unknown:
-        p.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(ORDER)}")
+        p.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join([*ORDER, *PARTS])}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = [n for n in ORDER if n in args.names] if args.names else list(ORDER)
+    names = [n for n in [*ORDER, *PARTS] if n in args.names] if args.names else list(ORDER)
     out = args.out or (BENCH_DIR / ".runs" / "quick" if args.quick else BENCH_DIR)
     run = Run(out=out.resolve(), quick=args.quick, loadgen=args.loadgen, profile=not args.no_profile)
     if args.out is not None or args.quick:
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         load_before = os.getloadavg()[0]
         try:
-            sec = importlib.import_module(MODULES[name]).run(run)
+            sec = importlib.import_module(MODULES.get(name) or PARTS[name]).run(run)
         except Exception as e:  # one broken benchmark must not cost the others their results
             traceback.print_exc()
             failed.append(name)

@@ -14,6 +14,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ import orjson
 
 from .common import PY, ROOT, Proc, Run, free_port, http_ok, stop_all, wait_until
 from .drain import INPUT, _cpu_s, _preload, _span_ms, _total_cpu_s, _wait_drained, _WorkerCpu
+from .profile import profile_pid
 
 __all__ = ["Drained", "RedisServer", "Replicas", "Tree", "children_cpu_s", "drain", "serve_proc"]
 
@@ -206,10 +208,12 @@ def drain(
     redis: RedisServer | None = None,
     tag: str,
     concurrency: int = 100,
+    profile: Path | None = None,
 ) -> Drained:
     """Pre-load ``n`` jobs through /run (over every replica), then one ``handler_sdk.worker`` process per replica
     drains them over the HTTP worker protocol; the rate is read from the endpoint's own timestamps, as in
-    benchmark 2. ``redis`` None: one SQLite serve of ``tree``; else ``replicas`` replicas on it."""
+    benchmark 2. ``redis`` None: one SQLite serve of ``tree``; else ``replicas`` replicas on it. ``profile``: py-spy
+    samples the first serve process for 3 s from the workers' start into this file (the figures then mean less)."""
     endpoint = f"drain{tag}"
     if redis is None:
         serve, base = serve_proc(tree, work, endpoint, target=None, extra=["--no-rate-limits"])
@@ -236,7 +240,13 @@ def drain(
             workers.append(Proc([PY, "-m", "handler_sdk.worker", NOOP], env=env, cwd=tree.root,
                                 log=work / f"worker-{endpoint}-{i}.log"))  # fmt: skip
         cpu = _WorkerCpu()
+        spy = None
+        if profile is not None:
+            spy = threading.Thread(target=profile_pid, args=(reps.pids[0], 3, profile))
+            spy.start()
         asyncio.run(_wait_drained(reps.bases[0], n, 600, workers, cpu))
+        if spy is not None:
+            spy.join()
         serve_s = sum(cpu_of(reps.pids)) - sum(serve0)
         redis_s = (_cpu_s(redis.pid) or 0.0) - redis0 if redis is not None and redis0 is not None else None
         trips = reps.counts() - trips0 if redis is not None else Counter()

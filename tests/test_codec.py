@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from handler_sdk import codec
-from handler_sdk.errors import OutputNotSerializable
+from handler_sdk.errors import NestedTooDeep, OutputNotSerializable
 
 OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -59,3 +59,45 @@ def test_a_nesting_depth_is_refused_exactly_above_the_limit(depth: int, limit: i
     for i in range(depth):
         value = [value] if i % 2 else {"k": value}
     assert (codec.depth_over(value, limit) is None) == (depth <= limit)
+
+
+def _deep(depth: int, dicts: bool) -> bytes:
+    """JSON text nesting ``depth`` containers (every second one an object when ``dicts``): orjson cannot write it."""
+    opens = [b'{"k":' if dicts and i % 2 else b"[" for i in range(depth)]
+    return b"".join(opens) + b"1" + b"".join(b"}" if o != b"[" else b"]" for o in reversed(opens))
+
+
+@given(st.integers(1, 300), st.booleans(), st.integers(0, 300))
+@example(249, False, 300)
+@example(250, False, 300)
+@example(249, True, 0)
+@example(250, True, 300)
+def test_a_body_is_refused_exactly_when_the_walk_finds_it_too_deep(depth: int, dicts: bool, pad: int) -> None:
+    # Padding brackets make bodies that pass the bracket count without nesting deep: the orjson write check
+    # (the fast path) must then agree with the walk.
+    body = b'{"pad":[' + b",".join([b"[]"] * pad) + b'],"v":' + _deep(depth, dicts) + b"}"
+    deep = codec.depth_over(orjson.loads(body), codec.MAX_DEPTH) is not None
+    try:
+        codec.loads_request(body)
+        refused = False
+    except NestedTooDeep:
+        refused = True
+    assert refused == deep
+    assert deep == (depth + 1 > codec.MAX_DEPTH)  # the body's object is one level more
+
+
+def test_the_fast_depth_check_is_on_with_this_orjson() -> None:
+    assert codec._EXACT_LIMIT
+
+
+@given(st.binary(max_size=64) | st.text("0123456789x\u0660", max_size=64).map(str.encode))
+def test_long_digit_runs_in_bytes_are_found_as_the_regex_finds_them(data: bytes) -> None:
+    expected = codec._LONG_DIGITS_B.search(data) is not None
+    assert codec._has_long_digits(data) == expected
+    assert codec._has_long_digits(bytearray(data)) == expected
+    assert codec._has_long_digits(memoryview(data)) == expected
+
+
+def test_an_integer_beyond_64_bits_in_a_big_body_stays_exact() -> None:
+    body = b'{"results":[' + b",".join(b'{"n":%d}' % i for i in range(300)) + b',{"n":%d}]}' % 2**70
+    assert codec.loads_request(body)["results"][-1]["n"] == 2**70

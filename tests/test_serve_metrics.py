@@ -181,3 +181,27 @@ def test_a_bad_metrics_port_is_refused_naming_the_variable():
     for bad in ("http", "70000", "-1"):
         with pytest.raises(ConfigError, match="HANDLER_SDK_METRICS_PORT"):
             metrics_port_from_env({"HANDLER_SDK_METRICS_PORT": bad})
+
+
+def test_latency_histogram_counts_as_prometheus_clients_does() -> None:
+    """serve's plain-int histogram renders the samples a prometheus-client Histogram of the same seconds gives."""
+    from handler_sdk import metrics
+
+    ex = metrics.Exporter("r1")
+    theirs = ex.histogram("a_seconds", "doc").labels(replica="r1")
+    ours = metrics.Latency("b_seconds", "doc")
+    ex.add(lambda: [ours.family("r1")])
+    edges = [int(b * 1000) for b in metrics.LATENCY_BUCKETS if b * 1000 == int(b * 1000)]
+    for ms in [0, 2, 3, 7, 24, 26, 10**7, *edges, *(e + 1 for e in edges), *range(0, 400, 7)]:
+        theirs.observe(ms / 1000)
+        ours.observe_ms(ms)
+    samples: dict[str, dict[str, float]] = {"a": {}, "b": {}}
+    for fam in text_string_to_metric_families(ex.render().decode()):
+        for s in fam.samples:
+            if s.name[0] in samples:
+                samples[s.name[0]][s.name[1:] + str(sorted(s.labels.items()))] = s.value
+    a, b = samples["a"], samples["b"]
+    assert a.keys() == b.keys() and len(a) == len(metrics.LATENCY_BUCKETS) + 4  # buckets, +Inf, count, sum, created
+    for k in a:
+        if "_created" not in k:
+            assert a[k] == pytest.approx(b[k], rel=1e-12), k

@@ -36,6 +36,8 @@ __all__ = ["History", "add_dashboard_routes"]
 S = JobStatus
 RECENT = 50
 SERIES_S = 300
+# A bucket's count column by status (failed and timed out share one).
+_COLUMN = {S.COMPLETED: 1, S.CANCELLED: 3}
 
 
 class History:
@@ -45,29 +47,25 @@ class History:
         self.span_s = span_s
         # [second, completed, failed, cancelled, delay sum, delays, execution sum, executions]
         self._buckets: deque[list[int]] = deque()
+        self._last: list[int] | None = None  # the latest bucket (the deque's last)
 
     def on_terminal(self, r: JobView) -> None:
-        if r.ended is None:
+        if (ended := r.ended) is None:
             return
-        sec = r.ended // 1000
-        b = self._buckets[-1] if self._buckets else None
+        sec = ended // 1000
+        b = self._last
         if b is None or b[0] < sec:
-            b = [sec, 0, 0, 0, 0, 0, 0, 0]
-            self._buckets.append(b)
-            while self._buckets[0][0] <= sec - self.span_s:
-                self._buckets.popleft()
-        elif b[0] > sec:  # a clock that stepped back: count it in the latest second
-            pass
-        if r.status is S.COMPLETED:
-            b[1] += 1
-        elif r.status is S.CANCELLED:
-            b[3] += 1
-        else:
-            b[2] += 1
-        if r.started is not None:
-            b[4] += r.started - r.created
+            b = self._last = [sec, 0, 0, 0, 0, 0, 0, 0]
+            buckets = self._buckets
+            buckets.append(b)
+            while buckets[0][0] <= sec - self.span_s:
+                buckets.popleft()
+        # (an earlier second: a clock that stepped back, counted in the latest second)
+        b[_COLUMN.get(r.status, 2)] += 1
+        if (started := r.started) is not None:
+            b[4] += started - r.created
             b[5] += 1
-            b[6] += r.ended - r.started
+            b[6] += ended - started
             b[7] += 1
 
     def series(self, now_ms: int) -> list[dict[str, Any]]:

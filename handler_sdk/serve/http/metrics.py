@@ -10,6 +10,7 @@ store (aggregate them with ``max()``, not ``sum()``).
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -48,17 +49,23 @@ class ServeMetrics:
         self.finished: dict[JobStatus, int] = dict.fromkeys(_TERMINAL, 0)
         r = self.exporter.replica
         ex = self.exporter
-        self._delay = ex.histogram("handler_sdk_job_delay_seconds", "time queued (delayTime)").labels(replica=r)
-        self._execution = ex.histogram("handler_sdk_job_execution_seconds", "time run (executionTime)").labels(r)
+        self._delay = metrics.Latency("handler_sdk_job_delay_seconds", "time queued (delayTime)")
+        self._execution = metrics.Latency("handler_sdk_job_execution_seconds", "time run (executionTime)")
+        ex.add(lambda: (self._delay.family(r), self._execution.family(r)))
         ex.add(self._families)
         state.on_terminal.append(self.on_terminal)
 
     def on_terminal(self, r: Any) -> None:
         self.finished[r.status] += 1
-        if r.started is not None:
-            self._delay.observe((r.started - r.created) / 1000)
-            if r.ended is not None:
-                self._execution.observe((r.ended - r.started) / 1000)
+        if (started := r.started) is not None:
+            # Latency.observe_ms, inline: two observations a job.
+            h, ms = self._delay, started - r.created
+            h.counts[bisect_left(h.bounds, ms)] += 1
+            h.sum_ms += ms
+            if (ended := r.ended) is not None:
+                h, ms = self._execution, ended - started
+                h.counts[bisect_left(h.bounds, ms)] += 1
+                h.sum_ms += ms
 
     def _families(self) -> Iterable[Metric]:
         b, rep = self.state, self.exporter.replica

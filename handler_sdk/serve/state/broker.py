@@ -1,16 +1,17 @@
 """The endpoint's side of every job, coordinated: what each change sets off, in order.
 
 The broker owns the truth about a job (DESIGN section 1); workers own only their lease. The pieces it coordinates
-each keep one thing and hand results back: ``jobs.py`` the records and their transitions, ``queue.py`` the queue,
-``leases.py`` the workers and their leases, ``deadlines.py`` the deadlines, ``archive.py`` the finished jobs during
-their retention (in memory up to a bound, on disk past it), ``journal.py`` what is journaled, ``views.py`` the
-wire's views of them. It does no I/O of its own except through the journal, the archive's reads and the
+each keep one thing and hand results back: ``jobs.py`` the records and their transitions, ``queue.py`` the queue
+and the takes waiting on it, ``leases.py`` the workers and their leases, ``deadlines.py`` the deadlines and
+``ticker.py`` what comes due, ``archive.py`` the finished jobs during their retention (in memory up to a bound, on
+disk past it), ``journal.py`` what is journaled and what a start-up reads back, ``views.py`` the wire's views of
+them. What remains here is the order of each transition's effects: the journal write, the wake-ups, the hooks,
+the next dispatch. It does no I/O of its own except through the journal, the archive's reads and the
 ``on_terminal`` hooks (webhooks). The client routes, the worker routes and the in-process worker call one broker.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,11 +24,12 @@ from .deadlines import Deadlines
 from .finished import Finished
 from .ids import new_job_id, now_ms
 from .jobs import JobTable, new_record
-from .journal import Journal
+from .journal import Journal, recover
 from .leases import Leases, LocalWorker, WorkerSeen
 from .queue import JobQueue
 from .record import JobRecord
 from .store import JobStore
+from .ticker import Ticker
 
 __all__ = ["Broker", "BrokerConfig", "LocalWorker", "WorkerSeen", "new_job_id", "now_ms"]
 
@@ -64,28 +66,14 @@ class Broker:
         # Finished records by retention, in the order they ended (a FIFO holds each at 8 bytes where a deadline
         # heap entry cost ~170), their bytes in memory and the bound past which they live on disk only.
         self.retained = Retained(self, self.cfg.max_retained_bytes)
-        self._last_reap = 0
+        self.ticker = Ticker(self)
         self._local: LocalWorker | None = None
 
     # --- start-up ------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Load the journal: queued jobs queue again, running ones were orphaned by the restart and requeue."""
-        if self.store is None:
-            return
-        records, meta = await self.store.open(self.cfg.max_retained_bytes, Retained.loaded_size, self.clock())
-        self.retried = int(meta.get("retried", 0))
-        records.sort(key=lambda r: r.created)
-        for r in records:
-            self.table.add(r)
-            r.recovered = not r.status.terminal
-            if r.status is S.IN_PROGRESS:
-                self._requeue(r, front=False)
-            elif r.status is S.IN_QUEUE:
-                self.queue.add(r)
-            if (due := r.ttl_due) is not None and not r.status.terminal:
-                self.deadlines.at(due, "ttl", r)
-        self.retained.load([r for r in records if r.status.terminal], self.store.left_on_disk)
+        await recover(self)
 
     # --- handing jobs on -----------------------------------------------------------------------------------
 
@@ -100,7 +88,7 @@ class Broker:
                 leased.append(r)
             if leased:
                 local.start(leased)
-        if queue:
+        if queue.takers and queue:
             queue.wake()
 
     def attach_local(self, worker: LocalWorker) -> None:
@@ -126,7 +114,7 @@ class Broker:
         if r.webhook_events is not None:
             self._event("start", r)
 
-    def _requeue(self, r: JobRecord, *, front: bool = True) -> None:
+    def requeue(self, r: JobRecord, *, front: bool = True) -> None:
         """Lost lease: back to the queue, or FAILED once it has been tried max_attempts times."""
         self.retried += 1
         self.journal.set_meta("retried", self.retried)
@@ -296,40 +284,21 @@ class Broker:
         gone: Callable[[], bool] | None = None,
         busy: bool | None = None,
     ) -> list[JobRecord]:
-        """Lease up to ``n`` queued jobs to the worker, holding an empty take open up to ``wait`` seconds.
-
-        ``gone`` says whether the worker has hung up meanwhile (its connection closed): a held take of a worker
-        that died leases nothing, and the job it was woken for goes to the next taker instead of sitting on a dead
-        worker until the lease lapses.
+        """Lease up to ``n`` queued jobs to the worker, holding an empty take open up to ``wait`` seconds (``gone``:
+        the worker hung up, see ``JobQueue.take``).
 
         ``busy=False`` (``job_in_progress=0``) says the worker runs nothing: jobs still leased to its id were lost
         with an earlier process of the same id (a restarted container keeps its pod id) and queue again."""
         w = self.seen(worker_id, local=local, initializing=False)
         if busy is False and w.jobs and not w.local:
             self._lost(w, list(w.jobs))
-        queue = self.queue
-        taken: list[JobRecord] = []
-        deadline = asyncio.get_running_loop().time() + wait
-        while True:
-            if gone is not None and gone():
-                if queue:
-                    queue.wake()
-                return []
-            while len(taken) < n and (r := queue.pop(self.jobs)) is not None:
-                self._lease(r, w)
-                taken.append(r)
-            remaining = deadline - asyncio.get_running_loop().time()
-            if taken or remaining <= 0:
-                if taken and queue:
-                    queue.wake()  # more work than this worker took: let the next taker at it
-                return taken
-            await queue.wait(remaining)  # then one last look: a wake-up may have raced the timeout
+        return await self.queue.take(self.jobs, n, wait, lambda r: self._lease(r, w), gone)
 
     def _lost(self, w: WorkerSeen, job_ids: Sequence[str]) -> None:
         """These jobs' leases are lost with a process of the worker ``w``: they queue again (counted)."""
         w.jobs.difference_update(job_ids)
         for r in self.table.held(w.id, job_ids):
-            self._requeue(r)
+            self.requeue(r)
 
     def stream(self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]) -> int:
         """Append stream items in order; outputs and metrics (JSON objects, or None) come serialized. Returns the
@@ -403,37 +372,21 @@ class Broker:
         if w is None:
             return
         for r in self.table.held(worker_id, w.jobs):
-            self._requeue(r)
+            self.requeue(r)
         w.wake()
 
-    # --- time ----------------------------------------------------------------------------------------------
-
-    def reap(self) -> None:
-        """Remote workers silent for longer than their lease are gone."""
-        for worker_id in self.leases.lapsed(self.clock(), self.cfg.lease_ms):
-            self.leave(worker_id)
+    # --- time (ticker.py finds what is due) ----------------------------------------------------------------
 
     def expire_due(self) -> None:
-        """Apply every deadline that has passed: ttl, the execution backstop, and retention."""
-        now = self.clock()
-        self.retained.expire(now)
-        for job_id, r, timed_out in self.deadlines.due(now, self.jobs):
-            if timed_out is None:
-                self._expire(r, job_id)
-            elif isinstance(r, JobRecord):
-                self._time_out(r, timed_out)
+        self.ticker.expire_due()
 
-    def _time_out(self, r: JobRecord, message: str) -> None:
+    def reap(self) -> None:
+        self.ticker.reap()
+
+    async def run_clock(self) -> None:
+        await self.ticker.run()
+
+    def time_out(self, r: JobRecord, message: str) -> None:
         if r.status is S.IN_PROGRESS:
             self.leases.stop(r)
         self._finish(r, S.TIMED_OUT, error_type="TimeoutError", message=message)
-
-    async def run_clock(self) -> None:
-        """The background ticker; run it in the server's task group."""
-        while True:
-            await asyncio.sleep(self.cfg.tick_s)
-            self.expire_due()
-            now = self.clock()
-            if now - self._last_reap >= self.cfg.lease_ms // 4:
-                self._last_reap = now
-                self.reap()

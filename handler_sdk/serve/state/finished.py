@@ -216,8 +216,8 @@ def freeze(r: JobRecord) -> Finished | None:
     if not (-1 <= start_off <= _I32 and 0 <= end_off <= _I32 and 0 <= r.retention <= _U32):
         return None
     tail = _tail_of(r)
-    worker = _worker_code(r.worker_id)
-    if worker is None:
+    worker = _index.get(r.worker_id) if r.worker_id is not None else _NO_WORKER  # (a known worker: the usual case)
+    if worker is None and (worker := _worker_code(r.worker_id)) is None:
         worker, tail["worker_id"] = _NO_WORKER, r.worker_id
     out = r.output
     if out is not None and len(out) > _U32:
@@ -237,9 +237,15 @@ def _tail_of(r: JobRecord) -> dict[str, Any]:
     """The fields that differ from their defaults."""
     values = (r.error, r.error_details, r.retries, r.webhook, r.execution_timeout, r.ttl, r.requeued, r.low_priority,
               r.webhook_items, r.trace, r.cursor)  # fmt: skip
-    tail: dict[str, Any] = (
-        {} if values == _PLAIN else {k: v for k, v, d in zip(_FIELDS, values, _PLAIN, strict=True) if v != d}
-    )
+    if (
+        values == _PLAIN
+        and r.attempt == (0 if r.started is None else 1)
+        and r.webhook_events is None
+        and r.idempotency is None
+        and r.input is None
+    ):
+        return {}  # most jobs: one comparison of the plain fields, and no dict built
+    tail: dict[str, Any] = {k: v for k, v, d in zip(_FIELDS, values, _PLAIN, strict=True) if v != d}
     if r.attempt != (0 if r.started is None else 1):
         tail["attempt"] = r.attempt
     if r.webhook_events is not None:

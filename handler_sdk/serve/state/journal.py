@@ -1,19 +1,24 @@
-"""What the SQLite journal keeps: one rule, ``keeps``, and the broker's writes through it.
+"""What the SQLite journal keeps: one rule, ``keeps``, the broker's writes through it, and its read back at start-up.
 
 A /run job is journaled from its submit to its expiry, so that it survives a restart. A /runsync or OpenAI job
 never is: its client holds the connection, which a restart ends anyway. Every write below applies the rule, so
-that no caller checks it again.
+that no caller checks it again. ``recover`` puts what the journal kept back into a broker that starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ...models import JobStatus
+from .archive import Retained
 from .record import JobRecord
 from .store import JobStore
 
-__all__ = ["Journal", "keeps"]
+if TYPE_CHECKING:
+    from .broker import Broker
+
+__all__ = ["Journal", "keeps", "recover"]
 
 
 def keeps(r: JobRecord) -> bool:
@@ -70,3 +75,24 @@ class Journal:
         if r.input is None and self.store is not None and not r.sync:
             return await self.store.read_input(r.id)
         return r.input
+
+
+async def recover(b: Broker) -> None:
+    """A start-up: queued jobs queue again in the order they were submitted, running ones were orphaned by the
+    restart and requeue (a lost lease, counted), and finished ones are retained for what is left of their
+    retention (the newest up to the bound on retained jobs)."""
+    if b.store is None:
+        return
+    records, meta = await b.store.open(b.cfg.max_retained_bytes, Retained.loaded_size, b.clock())
+    b.retried = int(meta.get("retried", 0))
+    records.sort(key=lambda r: r.created)
+    for r in records:
+        b.table.add(r)
+        r.recovered = not r.status.terminal
+        if r.status is JobStatus.IN_PROGRESS:
+            b.requeue(r, front=False)
+        elif r.status is JobStatus.IN_QUEUE:
+            b.queue.add(r)
+        if (due := r.ttl_due) is not None and not r.status.terminal:
+            b.deadlines.at(due, "ttl", r)
+    b.retained.load([r for r in records if r.status.terminal], b.store.left_on_disk)

@@ -226,14 +226,17 @@ class LocalState:
         self, worker_id: str, n: int, wait: float, *, gone: Callable[[], bool] | None = None, busy: bool | None = None
     ) -> list[Lease]:
         jobs = await self.broker.take(worker_id, n, wait, gone=gone, busy=busy)
-        if any(r.rerun for r in jobs):
-            # A re-run's lease is on disk before its worker may start it (see Broker._lease).
-            try:
-                await self.broker.durable()
-            except StoreError:
-                self.broker.hand_back(worker_id, [r.id for r in jobs])
-                raise
-        return [Lease(r.id, r.input, r.traceparent, r.execution_timeout, r.rerun) for r in jobs]
+        leases = [Lease(r.id, r.input, r.traceparent, r.execution_timeout, r.rerun) for r in jobs]
+        for x in leases:
+            if x.rerun:
+                # A re-run's lease is on disk before its worker may start it (see Broker._lease).
+                try:
+                    await self.broker.durable()
+                except StoreError:
+                    self.broker.hand_back(worker_id, [r.id for r in jobs])
+                    raise
+                break
+        return leases
 
     async def stream(
         self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 
 from ...models import JobStatus
 from .finished import Finished
@@ -20,12 +21,13 @@ _QUEUED = JobStatus.IN_QUEUE
 
 
 class JobQueue:
-    __slots__ = ("_low", "_normal", "_takers")
+    __slots__ = ("_low", "_normal", "takers")
 
     def __init__(self) -> None:
         self._normal: deque[str] = deque()
         self._low: deque[str] = deque()
-        self._takers: deque[asyncio.Future[None]] = deque()
+        # The held takes, longest waiting first (read by the broker, which wakes one only when there is one).
+        self.takers: deque[asyncio.Future[None]] = deque()
 
     def __bool__(self) -> bool:
         return bool(self._normal or self._low)
@@ -59,10 +61,39 @@ class JobQueue:
 
     # --- takes waiting for work ----------------------------------------------------------------------------
 
+    async def take(
+        self,
+        jobs: dict[str, JobRecord | Finished],
+        n: int,
+        wait: float,
+        lease: Callable[[JobRecord], None],
+        gone: Callable[[], bool] | None,
+    ) -> list[JobRecord]:
+        """Up to ``n`` queued jobs, each passed to ``lease`` as it leaves the queue, holding an empty take open up
+        to ``wait`` s. ``gone`` says whether the taker has hung up meanwhile: it then takes nothing, and the job it
+        was woken for goes to the next taker."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        taken: list[JobRecord] = []
+        while True:
+            if gone is not None and gone():
+                if self:
+                    self.wake()
+                return []
+            while len(taken) < n and (r := self.pop(jobs)) is not None:
+                lease(r)
+                taken.append(r)
+            remaining = deadline - loop.time()
+            if taken or remaining <= 0:
+                if taken and self:
+                    self.wake()  # more work than this taker took: let the next one at it
+                return taken
+            await self.wait(remaining)  # then one last look: a wake-up may have raced the timeout
+
     async def wait(self, timeout: float) -> None:
         """Wait until ``wake`` picks this take, or ``timeout`` s (no error: the caller looks again either way)."""
         f = asyncio.get_running_loop().create_future()
-        self._takers.append(f)
+        self.takers.append(f)
         try:
             async with asyncio.timeout(timeout):
                 await f
@@ -73,8 +104,8 @@ class JobQueue:
 
     def wake(self) -> None:
         """Wake one waiting take (the longest waiting that is still there)."""
-        while self._takers:
-            f = self._takers.popleft()
+        while self.takers:
+            f = self.takers.popleft()
             if not f.done():
                 f.set_result(None)
                 return

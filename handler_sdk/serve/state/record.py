@@ -152,7 +152,7 @@ class JobRecord:
 
     def reply(self) -> dict[str, Any]:
         """The job reply of /status, /status-sync and a finished /runsync."""
-        d: dict[str, Any] = {"id": self.id, "status": self.status.value}
+        d: dict[str, Any] = {"id": self.id, "status": self.status._value_}
         if self.started is not None:
             d["delayTime"] = self.started - self.created
             if self.ended is not None:
@@ -171,7 +171,7 @@ class JobRecord:
 
     def summary(self) -> dict[str, Any]:
         """One row of /requests."""
-        d: dict[str, Any] = {"id": self.id, "status": self.status.value, "createdAt": self.created}
+        d: dict[str, Any] = {"id": self.id, "status": self.status._value_, "createdAt": self.created}
         if self.started is not None:
             d["delayTime"] = self.started - self.created
             if self.ended is not None:
@@ -183,7 +183,7 @@ class JobRecord:
     def state(self) -> dict[str, Any]:
         """Everything but the input, output and stream, which the store keeps in their own columns."""
         return {
-            "status": self.status.value,
+            "status": self.status._value_,
             "created": self.created,
             "started": self.started,
             "ended": self.ended,
