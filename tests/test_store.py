@@ -88,6 +88,23 @@ async def test_a_job_is_found_by_its_idempotency_key_queued_written_and_in_a_jou
     await store.close()
 
 
+def test_a_journaled_state_leaves_defaults_out_and_reads_back_every_field_old_rows_included() -> None:
+    fresh = record(retention=60_000)
+    assert set(fresh.state()) == {"status", "created", "retention"}  # a third of the old row
+    assert JobRecord.restore("job-1", None, fresh.state(), None).state() == fresh.state()
+    busy = record(retention=60_000, webhook="http://hook", ttl=5_000, low_priority=True, retries=2)
+    busy.started, busy.ended, busy.worker_id, busy.cursor, busy.error = 1_001, 1_002, "w-1", 3, "boom"
+    assert JobRecord.restore("job-1", None, busy.state(), None).state() == busy.state()
+    old = {  # a row as journals before this change wrote it: every field, defaults included
+        "status": "COMPLETED", "created": 1_000, "started": 1_001, "ended": 1_002, "error": None,
+        "error_details": None, "retries": 0, "attempt": 0, "worker_id": "w-1", "webhook": None,
+        "execution_timeout": None, "ttl": None, "requeued": None, "low_priority": False, "retention": 60_000,
+        "cursor": 0, "webhook_events": None, "idempotency": None, "trace": None,
+    }  # fmt: skip
+    back = JobRecord.restore("job-1", None, old, None)
+    assert back.state() == {k: v for k, v in old.items() if v is not None and v != 0}
+
+
 async def test_updated_status_output_and_error_survive_reopen(tmp_path: Path) -> None:
     store, _, _ = await opened(tmp_path / "jobs.db")
     r = record()

@@ -181,10 +181,10 @@ class JobRecord:
     # --- persistence ---------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """Everything but the input, output and stream, which the store keeps in their own columns."""
-        return {
-            "status": self.status._value_,
-            "created": self.created,
+        """Everything but the input, output and stream, which the store keeps in their own columns. A field at its
+        default is left out (``restore`` fills it back in): most jobs have no error, webhook, ttl or key, and the
+        row, written once or twice a job and kept on disk for the whole retention, is then half the size."""
+        optional = {
             "started": self.started,
             "ended": self.ended,
             "error": self.error,
@@ -197,23 +197,33 @@ class JobRecord:
             "ttl": self.ttl,
             "requeued": self.requeued,
             "low_priority": self.low_priority,
-            "retention": self.retention,
             "cursor": self.cursor,
             "webhook_events": None if self.webhook_events is None else sorted(self.webhook_events),
             "idempotency": self.idempotency,
             "trace": self.trace,
         }
+        d = {"status": self.status._value_, "created": self.created, "retention": self.retention}
+        d.update({k: v for k, v in optional.items() if v is not None and v != 0})  # 0 and False: the defaults
+        return d
 
     @classmethod
     def restore(cls, job_id: str, input: Any, state: dict[str, Any], output: bytes | None) -> JobRecord:
         r = cls(job_id, input, state["created"])
         r.status = JobStatus(state["status"])
-        for k in (
-            "started", "ended", "error", "error_details", "retries", "worker_id", "webhook",
-            "execution_timeout", "ttl", "low_priority", "retention", "cursor",
-        ):  # fmt: skip
-            setattr(r, k, state[k])
-        r.requeued = state.get("requeued")  # journals written before these existed lack them
+        # A missing field is at its default (see state()), as in rows journaled before some fields existed.
+        r.retention = state.get("retention", 0)
+        r.started = state.get("started")
+        r.ended = state.get("ended")
+        r.error = state.get("error")
+        r.error_details = state.get("error_details")
+        r.retries = state.get("retries", 0)
+        r.worker_id = state.get("worker_id")
+        r.webhook = state.get("webhook")
+        r.execution_timeout = state.get("execution_timeout")
+        r.ttl = state.get("ttl")
+        r.low_priority = state.get("low_priority", False)
+        r.cursor = state.get("cursor", 0)
+        r.requeued = state.get("requeued")
         r.attempt = state.get("attempt", 0)
         if (events := state.get("webhook_events")) is not None:
             r.webhook_events = frozenset(events)
