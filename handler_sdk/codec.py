@@ -43,6 +43,11 @@ _TWO_EMPTY = (b"", b"")
 # string, a float, or an integer that fits) only costs a second, exact parse.
 _LONG_DIGITS_B = re.compile(rb"\d{19}")
 _LONG_DIGITS_S = re.compile(r"\d{19}")
+# The same test on bytes in two C passes: every ASCII digit made "0" and every other byte a space, then a search
+# for 19 zeros. A regex search costs ~10 ns a byte (~150 µs for a worker's 14 KB job-stream-batch answer, 50 times
+# a second); this costs under one.
+_DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN_ZEROS = b"0" * 19
 _INT_RANGE_ERROR = "Integer exceeds 64-bit range"
 
 
@@ -128,6 +133,8 @@ def depth_over(obj: Any, limit: int) -> str | None:
 
 
 def _has_long_digits(data: bytes | bytearray | memoryview | str) -> bool:
+    if isinstance(data, bytes | bytearray):
+        return _NINETEEN_ZEROS in data.translate(_DIGITS_TO_ZERO)
     if isinstance(data, str):
         return _LONG_DIGITS_S.search(data) is not None
     return _LONG_DIGITS_B.search(data) is not None

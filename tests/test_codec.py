@@ -42,3 +42,18 @@ def test_large_outputs_come_back_whole() -> None:
 def test_unencodable_values_raise_output_not_serializable(bad: Any) -> None:
     with pytest.raises(OutputNotSerializable):
         codec.dumps(bad)
+
+
+@given(st.binary(max_size=64) | st.text(alphabet="0123456789a\u0660 ", max_size=64).map(str.encode))
+def test_the_long_digit_check_on_bytes_finds_exactly_the_runs_the_regex_finds(data: bytes) -> None:
+    # The fast check decides whether a document is read again for exact integers: it must never miss a run of
+    # 19 ASCII digits, nor see one where there is none.
+    expected = codec._LONG_DIGITS_B.search(data) is not None
+    assert codec._has_long_digits(data) is expected
+    assert codec._has_long_digits(bytearray(data)) is expected
+    assert codec._has_long_digits(memoryview(data)) is expected
+
+
+def test_integers_beyond_64_bits_in_bytes_are_still_read_exactly() -> None:
+    assert codec.loads(b'{"n":' + str(2**70).encode() + b"}") == {"n": 2**70}
+    assert codec.loads(bytearray(b"[" + str(-(2**65)).encode() + b"]")) == [-(2**65)]
