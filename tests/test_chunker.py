@@ -168,6 +168,14 @@ def test_encode_item_drops_the_endpoints_reserved_metrics_keys() -> None:
     assert orjson.loads(item.metrics) == {"tokens": 3}
 
 
+@pytest.mark.parametrize("key", ["stream_index", "scenario", "attempt"])
+def test_encode_drops_each_reserved_metrics_key_on_its_own(key: str) -> None:
+    # encode checks the reserved keys one by one (cheaper than a set test per token): each must be caught alone.
+    item = encode("tok", {key: 7, "tokens": 3})
+    assert not isinstance(item, list) and item.metrics is not None
+    assert orjson.loads(item.metrics) == {"tokens": 3}
+
+
 def test_encode_item_with_only_reserved_keys_keeps_an_empty_metrics_object() -> None:
     item = encode_item(b"1", {"stream_index": 1})
     assert item.metrics is not None and orjson.loads(item.metrics) == {}

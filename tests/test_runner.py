@@ -1,6 +1,7 @@
 """run_job: the four handler kinds, input validation, errors, limits, timeout and cancel, streaming outcomes."""
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -8,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from handler_sdk import Chunk, Final, Handler, JobStatus, handler
@@ -510,6 +513,71 @@ async def test_timeout_of_an_async_generator_keeps_the_items_sent_before_it() ->
     assert run.outputs == [1]
 
 
+async def test_timeout_of_an_async_generator_cancels_it_and_closes_it_before_the_outcome() -> None:
+    # The generator runs in a task of its own: the job's deadline must still reach it, and its cleanup must be
+    # over by the time the outcome is known (the worker reports it next).
+    seen: list[str] = []
+
+    @handler
+    async def h(job: Job) -> AsyncIterator[Any]:
+        try:
+            yield 1
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        finally:
+            seen.append("closed")
+
+    run = Run(h)
+    o = await run(timeout=0.1)
+    assert o.status is JobStatus.TIMED_OUT
+    assert seen == ["cancelled", "closed"]
+    assert run.job.cancelled
+
+
+async def test_cancelling_the_awaiting_task_cancels_an_async_generator_and_closes_it() -> None:
+    started, seen = asyncio.Event(), []
+
+    @handler
+    async def h(job: Job) -> AsyncIterator[Any]:
+        try:
+            yield 1
+            started.set()
+            await asyncio.sleep(30)
+            yield 2
+        finally:
+            seen.append("closed")
+
+    run = Run(h)
+    task = asyncio.create_task(run())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["closed"]
+    assert run.outputs == [1]
+    assert run.job.cancelled
+
+
+async def test_an_async_generator_sees_the_context_of_the_task_that_runs_its_job() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    @handler
+    async def h(job: Job) -> AsyncIterator[Any]:
+        yield var.get()
+
+    run = Run(h)
+
+    async def job_task() -> Outcome:
+        var.set("the job's")  # as the worker sets the job's trace in the job's task
+        return await run()
+
+    o = await asyncio.create_task(job_task())
+    assert o.status is JobStatus.COMPLETED
+    assert run.outputs == ["the job's"]
+
+
 @pytest.mark.parametrize("typed", [False, True], ids=["job-arg", "model-arg"])
 async def test_timeout_of_a_sync_generator_blocked_in_its_thread_ends_timed_out(typed: bool) -> None:
     release = threading.Event()
@@ -651,3 +719,44 @@ async def test_progress_from_a_sync_handler_reaches_the_callback() -> None:
     o = await run_job(h, job, emit=Run(h).emit, pool=ElasticPool(idle_timeout=1))
     assert o.status is JobStatus.COMPLETED
     assert updates == [{"pct": 50}, {"pct": 100}]
+
+
+# --- the async generator's inlined path ---------------------------------------------------------------------------
+
+_yields = st.lists(
+    st.one_of(
+        st.text(max_size=6),
+        st.integers(-3, 3),
+        st.dictionaries(st.sampled_from(["text", "n", "error"]), st.integers(0, 3) | st.text(max_size=3), max_size=2),
+        st.builds(
+            Chunk,
+            st.text(max_size=6) | st.dictionaries(st.sampled_from(["text", "error"]), st.text(max_size=3), max_size=2),
+            st.none()
+            | st.dictionaries(st.sampled_from(["tps", "stream_index", "scenario", "attempt"]), st.integers(0, 9)),
+        ),
+        st.builds(Final, st.integers(0, 3)),
+        st.just(object()),  # not JSON: fails the job at its yield
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=_yields, aggregate=st.booleans())
+async def test_an_async_generator_streams_what_a_sync_generator_does_for_any_yields(
+    values: list[Any], aggregate: bool
+) -> None:
+    # Sync generators go through publish; async ones through _pump's inlined copy of it for Chunks and strings.
+    # Whatever is yielded (errors, Final, values orjson refuses, reserved metrics), both end the same way.
+    def sync_fn(job: Job) -> Iterator[Any]:
+        yield from values
+
+    async def async_fn(job: Job) -> AsyncIterator[Any]:  # type: ignore[misc]
+        for v in values:
+            yield v
+
+    runs = [Run(handler(aggregate_stream=aggregate)(fn)) for fn in (sync_fn, async_fn)]
+    outcomes = [await r() for r in runs]
+    assert runs[0].items == runs[1].items
+    (a, b) = outcomes
+    assert (a.status, a.output, a.error) == (b.status, b.output, b.error)
