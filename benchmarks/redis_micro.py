@@ -18,7 +18,8 @@ from redis.asyncio.connection import Connection
 
 from handler_sdk.models import JobStatus
 from handler_sdk.serve.state.limits import Limit
-from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig, connect
+from handler_sdk.serve.state.redis_client import connect
+from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig
 from handler_sdk.serve.state.redis_limits import RedisRateLimiter
 from handler_sdk.serve.state.scripts import SCRIPTS
 

@@ -22,7 +22,8 @@ from redis_server import RedisServer
 from handler_sdk.errors import Conflict, NotFound
 from handler_sdk.lifecycle import TRANSITIONS
 from handler_sdk.models import JobStatus as S
-from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig, connect
+from handler_sdk.serve.state.redis_client import connect
+from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig
 
 LEASE_MS = 1_000
 MAX_ATTEMPTS = 3
