@@ -1,0 +1,133 @@
+"""A queued job wakes one idle taker, on whichever replica holds it, and never strands: a wake that reaches a
+replica which cannot use it goes on to the next idle taker, and a gone replica's taker is skipped. Engines on one
+real redis-server; every held take here waits far longer than the test, so only a wake can end it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis_engine import Clock, replicas
+
+from benchmarks.redis_micro import CountingConnection
+from handler_sdk.serve.state.redis_jobs import RedisJobs
+
+HOLD = 600.0
+
+
+async def idle(e: RedisJobs) -> list[str]:
+    """The idle takers in the order they will be woken."""
+    return [m.decode() for m in await e.client.zrange(e.prefix + "idle", 0, -1)]  # type: ignore[misc]
+
+
+async def until_idle(e: RedisJobs, *workers: str) -> None:
+    for _ in range(500):
+        if await idle(e) == list(workers):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"idle takers {await idle(e)}, expected {list(workers)}")
+
+
+async def test_a_queued_job_wakes_the_taker_idle_longest_and_no_other(redis_url: str) -> None:
+    clock = Clock()
+    CountingConnection.reset()
+    async with replicas(redis_url, 3, clock=clock, connection_class=CountingConnection) as engines:
+        takes = []
+        for i, e in enumerate(engines):
+            takes.append(asyncio.create_task(e.take(f"w{i}", 1, wait=HOLD)))
+            await until_idle(e, *(f"w{j}" for j in range(i + 1)))
+            clock.advance(1)
+        before = CountingConnection.sent
+        await engines[2].submit("j", b"1")
+        assert [t.id for t in await asyncio.wait_for(takes[0], 10)] == ["j"]
+        assert CountingConnection.sent - before == 2  # the submit and w0's take: w1 and w2 were not woken
+        assert not takes[1].done() and not takes[2].done()
+        assert await idle(engines[0]) == ["w1", "w2"]
+        for t in takes[1:]:
+            t.cancel()
+
+
+async def test_a_wake_for_a_worker_with_no_take_waiting_goes_to_the_next_idle_taker(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+        assert await a.take("ended", 1, wait=0.05) == []  # its hold ended: idle in Redis, no take waiting on a
+        clock.advance(1)
+        live = asyncio.create_task(b.take("live", 1, wait=HOLD))
+        await until_idle(a, "ended", "live")
+        await a.submit("j", b"1")
+        assert [t.id for t in await asyncio.wait_for(live, 10)] == ["j"]
+        assert a.takes.passed == 1
+
+
+async def test_a_wake_for_a_worker_with_no_free_slot_goes_to_the_next_idle_taker(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+        await a.submit("first", b"1")
+        # Two slots, one job: the queue is empty, so "full" stays idle and its watch is parked for its next take,
+        # which it will not send while its one job (say) fills its slots.
+        assert [t.id for t in await a.take("full", 2, wait=HOLD)] == ["first"]
+        clock.advance(1)
+        free = asyncio.create_task(b.take("free", 1, wait=HOLD))
+        await until_idle(a, "full", "free")
+        await b.submit("j", b"1")
+        assert [t.id for t in await asyncio.wait_for(free, 10)] == ["j"]
+        assert a.takes.passed == 1
+        # Its next take asks Redis (the parked watch went with the wake), and finds the queue empty.
+        assert await a.take("full", 1) == []
+
+
+async def test_a_burst_of_jobs_wakes_one_idle_taker_per_job(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+        took = asyncio.create_task(a.take("one", 1, wait=HOLD))
+        await until_idle(a, "one")
+        clock.advance(1)
+        other = asyncio.create_task(b.take("other", 1, wait=HOLD))
+        await until_idle(a, "one", "other")
+        # Two jobs in one burst: "one" takes the first, its slot is full, so it is not idle; "other" takes the next.
+        await b.submit("j1", b"1")
+        await b.submit("j2", b"1")
+        assert [t.id for t in await asyncio.wait_for(took, 10)] == ["j1"]
+        assert [t.id for t in await asyncio.wait_for(other, 10)] == ["j2"]
+        assert await idle(a) == []
+
+
+async def test_the_taker_of_a_replica_that_died_is_skipped_for_the_next(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+        dead = asyncio.create_task(a.take("dead", 1, wait=HOLD))
+        await until_idle(a, "dead")
+        clock.advance(1)
+        live = asyncio.create_task(b.take("live", 1, wait=HOLD))
+        await until_idle(a, "dead", "live")
+        # a's process goes away: its pub/sub connection closes with it, and nothing of it tells Redis.
+        dead.cancel()
+        await asyncio.gather(dead, return_exceptions=True)
+        await a.feed.stop()
+        await b.submit("j", b"1")
+        assert [t.id for t in await asyncio.wait_for(live, 10)] == ["j"]
+        assert await idle(b) == []  # the gone taker left with the wake that skipped it
+
+
+async def test_a_replica_shutting_down_passes_its_wakes_on(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+        leaving = asyncio.create_task(a.take("leaving", 1, wait=HOLD))
+        await until_idle(a, "leaving")
+        clock.advance(1)
+        staying = asyncio.create_task(b.take("staying", 1, wait=HOLD))
+        await until_idle(a, "leaving", "staying")
+        a.interrupt()
+        assert await asyncio.wait_for(leaving, 10) == []
+        await b.submit("j", b"1")
+        assert [t.id for t in await asyncio.wait_for(staying, 10)] == ["j"]
+
+
+async def test_a_requeued_job_wakes_an_idle_taker(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+        await a.submit("j", b"1")
+        [t] = await a.take("quits", 1)
+        waiting = asyncio.create_task(b.take("waiting", 1, wait=HOLD))
+        await until_idle(a, "waiting")
+        assert await a.hand_back("quits", [t.id]) == 1
+        assert [t.id for t in await asyncio.wait_for(waiting, 10)] == ["j"]
