@@ -1,9 +1,10 @@
 """Two engines (two replicas, separate connections) on one real redis-server, driven by random interleavings of
-submit, take, stream, done, cancel, retry, purge and lease lapse (a fake clock), against a model.
+submit, take (held or not), stream, done, cancel, retry, purge and lease lapse (a fake clock), against a model.
 
-After every step: the idle takers are attached workers, each with its wake channel; each record's status equals the model's, a status moved only along lifecycle.TRANSITIONS (whose
+After every step: each record's status equals the model's, a status moved only along lifecycle.TRANSITIONS (whose
 two moves back are the lapsed lease and /retry), every result the lease holder sent is the one recorded, each
-lapsed lease was requeued exactly once, and the /health counts equal the records.
+lapsed lease was requeued exactly once, the /health counts equal the records, and the idle takers are attached
+workers, each with its wake channel. And whatever came before, a job submitted reaches a take waiting for it.
 """
 
 from __future__ import annotations
