@@ -49,7 +49,11 @@ async def test_a_queued_job_wakes_the_taker_idle_longest_and_no_other(redis_url:
 async def test_a_wake_for_a_worker_with_no_take_waiting_goes_to_the_next_idle_taker(redis_url: str) -> None:
     clock = Clock()
     async with replicas(redis_url, 2, clock=clock) as [a, b]:
-        assert await a.take("ended", 1, wait=0.05) == []  # its hold ended: idle in Redis, no take waiting on a
+        # A take that went away mid-hold (its request handler cancelled): idle in Redis, no take waiting on a.
+        gone = asyncio.create_task(a.take("ended", 1, wait=HOLD))
+        await until_idle(a, "ended")
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
         clock.advance(1)
         live = asyncio.create_task(b.take("live", 1, wait=HOLD))
         await until_idle(a, "ended", "live")
@@ -131,3 +135,12 @@ async def test_a_requeued_job_wakes_an_idle_taker(redis_url: str) -> None:
         await until_idle(a, "waiting")
         assert await a.hand_back("quits", [t.id]) == 1
         assert [t.id for t in await asyncio.wait_for(waiting, 10)] == ["j"]
+
+
+async def test_a_take_whose_hold_ended_leaves_its_worker_idle_no_more(redis_url: str) -> None:
+    async with replicas(redis_url) as [a]:
+        assert await a.take("w", 1, wait=0.05) == []
+        assert await idle(a) == []
+        held = asyncio.create_task(a.take("w", 1, wait=HOLD))
+        await until_idle(a, "w")
+        held.cancel()

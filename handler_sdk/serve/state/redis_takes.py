@@ -69,12 +69,13 @@ class Takes:
         parked = self._parked.pop(worker_id, None)
         w = parked[0] if parked is not None else self.feed.watch(_key(worker_id))
         ask = parked is None or wait <= 0 or bool(w.seen)
-        held = self.tag if wait > 0 else ""
-        keep = False
+        held, keep = "", False
         try:
             while True:
                 if self._closing():
                     return []
+                # Idle only while it will wait: the ask after the hold ended leaves the worker idle no more.
+                held = self.tag if loop.time() < deadline else ""
                 reply = (
                     await self._call("take", worker_id, n, self.cfg.lease_ms, self.cfg.execution_grace_ms, held)
                     if ask
