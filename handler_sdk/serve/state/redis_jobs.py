@@ -20,7 +20,8 @@ braces are a cluster hash tag, so one endpoint's keys share a slot and two endpo
 ``rl:<group>``          list: the rate-limit window of a route group
 ``idem:<key>``          hash: the job an Idempotency-Key names (id) and its request fingerprint (fp)
 ``hooks``               sorted set: jobs whose completed webhook is due, by due ms (a claim moves it on)
-``idle``, ``idlech``    sorted set of idle takers by since when, and hash: each one's replica wake channel tag
+``idle``, ``idlech``    sorted set of idle takers (scored by ``idleseq``, a counter: the one idle longest first),
+                        and hash: each one's replica wake channel tag
 ``changed``             pub/sub channel: ``<id> <status>``, ``w:<worker>`` (stops)
 ``wake:<tag>``          pub/sub channel of one replica process: ``<worker>``, one job queued for its idle take
 ======================  =====================================================================================

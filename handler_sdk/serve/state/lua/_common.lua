@@ -50,10 +50,11 @@ end
 -- cares about the end need not read the record to know it is not there yet.
 local function changed(id, status) redis.call('PUBLISH', CH, id .. ' ' .. status) end
 
--- The idle takers: a worker whose held take left the queue empty is in IDLE (scored by when, so the one idle
--- longest is woken first) with the wake channel of the replica holding its take in IDLECH.
+-- The idle takers: a worker whose held take left the queue empty is in IDLE, with the wake channel of the replica
+-- holding its take in IDLECH. Scored by a counter, not a replica's clock (clocks differ): the one idle longest is
+-- woken first, whichever replica it is on.
 local function idle(wid, ch)
-  redis.call('ZADD', IDLE, NOW, wid)
+  redis.call('ZADD', IDLE, redis.call('INCR', IDLE .. 'seq'), wid)
   redis.call('HSET', IDLECH, wid, ch)
 end
 
