@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from redis_engine import Clock, replicas
+from redis_engine import replicas
 
 from benchmarks.redis_micro import CountingConnection
 from handler_sdk.serve.state.redis_jobs import RedisJobs
@@ -28,14 +28,12 @@ async def until_idle(e: RedisJobs, *workers: str) -> None:
 
 
 async def test_a_queued_job_wakes_the_taker_idle_longest_and_no_other(redis_url: str) -> None:
-    clock = Clock()
     CountingConnection.reset()
-    async with replicas(redis_url, 3, clock=clock, connection_class=CountingConnection) as engines:
+    async with replicas(redis_url, 3, connection_class=CountingConnection) as engines:
         takes = []
         for i, e in enumerate(engines):
             takes.append(asyncio.create_task(e.take(f"w{i}", 1, wait=HOLD)))
             await until_idle(e, *(f"w{j}" for j in range(i + 1)))
-            clock.advance(1)
         before = CountingConnection.sent
         await engines[2].submit("j", b"1")
         assert [t.id for t in await asyncio.wait_for(takes[0], 10)] == ["j"]
@@ -47,14 +45,12 @@ async def test_a_queued_job_wakes_the_taker_idle_longest_and_no_other(redis_url:
 
 
 async def test_a_wake_for_a_worker_with_no_take_waiting_goes_to_the_next_idle_taker(redis_url: str) -> None:
-    clock = Clock()
-    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+    async with replicas(redis_url, 2) as [a, b]:
         # A take that went away mid-hold (its request handler cancelled): idle in Redis, no take waiting on a.
         gone = asyncio.create_task(a.take("ended", 1, wait=HOLD))
         await until_idle(a, "ended")
         gone.cancel()
         await asyncio.gather(gone, return_exceptions=True)
-        clock.advance(1)
         live = asyncio.create_task(b.take("live", 1, wait=HOLD))
         await until_idle(a, "ended", "live")
         await a.submit("j", b"1")
@@ -63,13 +59,11 @@ async def test_a_wake_for_a_worker_with_no_take_waiting_goes_to_the_next_idle_ta
 
 
 async def test_a_wake_for_a_worker_with_no_free_slot_goes_to_the_next_idle_taker(redis_url: str) -> None:
-    clock = Clock()
-    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+    async with replicas(redis_url, 2) as [a, b]:
         await a.submit("first", b"1")
         # Two slots, one job: the queue is empty, so "full" stays idle and its watch is parked for its next take,
         # which it will not send while its one job (say) fills its slots.
         assert [t.id for t in await a.take("full", 2, wait=HOLD)] == ["first"]
-        clock.advance(1)
         free = asyncio.create_task(b.take("free", 1, wait=HOLD))
         await until_idle(a, "full", "free")
         await b.submit("j", b"1")
@@ -80,11 +74,9 @@ async def test_a_wake_for_a_worker_with_no_free_slot_goes_to_the_next_idle_taker
 
 
 async def test_a_burst_of_jobs_wakes_one_idle_taker_per_job(redis_url: str) -> None:
-    clock = Clock()
-    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+    async with replicas(redis_url, 2) as [a, b]:
         took = asyncio.create_task(a.take("one", 1, wait=HOLD))
         await until_idle(a, "one")
-        clock.advance(1)
         other = asyncio.create_task(b.take("other", 1, wait=HOLD))
         await until_idle(a, "one", "other")
         # Two jobs in one burst: "one" takes the first, its slot is full, so it is not idle; "other" takes the next.
@@ -96,11 +88,9 @@ async def test_a_burst_of_jobs_wakes_one_idle_taker_per_job(redis_url: str) -> N
 
 
 async def test_the_taker_of_a_replica_that_died_is_skipped_for_the_next(redis_url: str) -> None:
-    clock = Clock()
-    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+    async with replicas(redis_url, 2) as [a, b]:
         dead = asyncio.create_task(a.take("dead", 1, wait=HOLD))
         await until_idle(a, "dead")
-        clock.advance(1)
         live = asyncio.create_task(b.take("live", 1, wait=HOLD))
         await until_idle(a, "dead", "live")
         # a's process goes away: its pub/sub connection closes with it, and nothing of it tells Redis.
@@ -113,11 +103,9 @@ async def test_the_taker_of_a_replica_that_died_is_skipped_for_the_next(redis_ur
 
 
 async def test_a_replica_shutting_down_passes_its_wakes_on(redis_url: str) -> None:
-    clock = Clock()
-    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+    async with replicas(redis_url, 2) as [a, b]:
         leaving = asyncio.create_task(a.take("leaving", 1, wait=HOLD))
         await until_idle(a, "leaving")
-        clock.advance(1)
         staying = asyncio.create_task(b.take("staying", 1, wait=HOLD))
         await until_idle(a, "leaving", "staying")
         a.interrupt()
@@ -127,8 +115,7 @@ async def test_a_replica_shutting_down_passes_its_wakes_on(redis_url: str) -> No
 
 
 async def test_a_requeued_job_wakes_an_idle_taker(redis_url: str) -> None:
-    clock = Clock()
-    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+    async with replicas(redis_url, 2) as [a, b]:
         await a.submit("j", b"1")
         [t] = await a.take("quits", 1)
         waiting = asyncio.create_task(b.take("waiting", 1, wait=HOLD))
