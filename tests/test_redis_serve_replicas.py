@@ -180,3 +180,24 @@ async def test_jobs_queued_after_an_idle_replica_was_killed_all_go_to_live_ones(
         assert b"r0-local" not in await r.zrange(key_prefix("local") + "idle", 0, -1)  # skipped, and gone
     finally:
         await r.aclose()
+
+
+async def test_a_job_queued_while_one_replica_is_busy_is_run_by_an_idle_one(
+    replica: Callable[..., Replica], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    long = ("--hold-s", "600", "--lease-ms", "600000")  # only a wake can end a held take within the test
+    a, b = replica("ra", "ep_gate.py", *long), replica("rb", "ep_gate.py", *long)
+    gate = tmp_path / "gate"
+    _, held = await call(http, "POST", f"{a.url}/run", {"input": {"wait_for": str(gate)}})
+
+    async def running() -> dict[str, Any] | None:
+        st = await status(http, a, held["id"])
+        return st if st["status"] == "IN_PROGRESS" else None
+
+    busy = (await until(running, 20))["workerId"]  # its one slot is taken: concurrency 1
+    busy_rep = a if busy == "ra-local" else b
+    for i in range(3):
+        code, body = await call(http, "POST", f"{busy_rep.url}/runsync?wait=20000", {"input": {"tag": i}})
+        assert (code, body["status"], body["output"]) == (200, "COMPLETED", {"tag": i}), body
+        assert body["workerId"] != busy
+    gate.touch()
