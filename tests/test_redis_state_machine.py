@@ -3,8 +3,9 @@ submit, take (held or not), stream, done, cancel, retry, purge and lease lapse (
 
 After every step: each record's status equals the model's, a status moved only along lifecycle.TRANSITIONS (whose
 two moves back are the lapsed lease and /retry), every result the lease holder sent is the one recorded, each
-lapsed lease was requeued exactly once, the /health counts equal the records, and the idle takers are attached
-workers, each with its wake channel. And whatever came before, a job submitted reaches a take waiting for it.
+lapsed lease was requeued exactly once, the /health counts equal the records, and the idle and woken takers are
+attached workers, with their wake channels and free slots counted. And whatever came before, a job submitted
+reaches a take waiting for it.
 """
 
 from __future__ import annotations
@@ -280,12 +281,17 @@ class TwoReplicas(RuleBasedStateMachine):
             self.observed[job_id] = j.status
 
     @invariant()
-    def idle_takers_are_attached_workers_with_a_wake_channel(self) -> None:
+    def idle_and_woken_takers_are_attached_workers_with_their_slots_counted(self) -> None:
         c: Any = self.engines[0].client
         p = self.engines[0].prefix
         idle = set(self.run(c.zrange(p + "idle", 0, -1)))
-        assert idle == set(self.run(c.hkeys(p + "idlech")))
-        assert idle <= set(self.run(c.hkeys(p + "workers")))  # a lapsed worker is idle no more
+        assert idle == set(self.run(c.hkeys(p + "idlech"))) == set(self.run(c.hkeys(p + "idleroom")))
+        workers = set(self.run(c.hkeys(p + "workers")))
+        assert idle <= workers  # a lapsed worker is idle no more
+        # The woken takers not yet asking, and the free slots counted on them.
+        awake = self.run(c.hgetall(p + "awakeroom"))
+        assert set(self.run(c.zrange(p + "awake", 0, -1))) == set(awake) <= workers
+        assert int(self.run(c.get(p + "awroom")) or 0) == sum(int(v) for v in awake.values())
 
     @invariant()
     def health_counts_equal_the_records(self) -> None:

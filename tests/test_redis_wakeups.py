@@ -10,6 +10,7 @@ from redis_engine import replicas
 
 from benchmarks.redis_micro import CountingConnection
 from handler_sdk.serve.state.redis_jobs import RedisJobs
+from handler_sdk.serve.state.scripts import SCRIPTS
 
 HOLD = 600.0
 
@@ -131,3 +132,29 @@ async def test_a_take_whose_hold_ended_leaves_its_worker_idle_no_more(redis_url:
         held = asyncio.create_task(a.take("w", 1, wait=HOLD))
         await until_idle(a, "w")
         held.cancel()
+
+
+async def _wakes_for_a_burst(redis_url: str, slots: int, jobs: int) -> list[str]:
+    """Three takers idle with ``slots`` free each, on a replica that never asks (a bare subscriber): the workers
+    woken by a burst of ``jobs`` submits."""
+    async with replicas(redis_url) as [e]:
+        sub = e.client.pubsub()
+        await sub.subscribe(e.prefix + "wake:mute")
+        await sub.get_message(timeout=5)  # the subscription's confirmation
+        for w in ("t0", "t1", "t2"):
+            assert await SCRIPTS.call(e.client, "take", e.prefix, e.clock(), w, slots, 1000, 100, "mute") == []
+        for i in range(jobs):
+            await e.submit(f"j{i}", b"1")
+        woken = []
+        while (m := await sub.get_message(timeout=0.2)) is not None:
+            woken.append(m["data"].decode())
+        await sub.aclose()  # type: ignore[no-untyped-call]
+        return woken
+
+
+async def test_a_burst_wakes_one_taker_with_room_for_it_all(redis_url: str) -> None:
+    assert await _wakes_for_a_burst(redis_url, slots=100, jobs=5) == ["t0"]
+
+
+async def test_a_burst_wakes_one_single_slot_taker_per_job(redis_url: str) -> None:
+    assert await _wakes_for_a_burst(redis_url, slots=1, jobs=5) == ["t0", "t1", "t2"]  # then nobody is idle

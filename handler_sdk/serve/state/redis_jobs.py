@@ -20,8 +20,10 @@ braces are a cluster hash tag, so one endpoint's keys share a slot and two endpo
 ``rl:<group>``          list: the rate-limit window of a route group
 ``idem:<key>``          hash: the job an Idempotency-Key names (id) and its request fingerprint (fp)
 ``hooks``               sorted set: jobs whose completed webhook is due, by due ms (a claim moves it on)
-``idle``, ``idlech``    sorted set of idle takers (scored by ``idleseq``, a counter: the one idle longest first),
-                        and hash: each one's replica wake channel tag
+``idle``                sorted set of idle takers (scored by ``idleseq``, a counter: the one idle longest first);
+``idlech``, ``idleroom``  hashes: each one's replica wake channel tag, and its free slots
+``awake``               sorted set of woken takers not yet asking, by when; ``awakeroom`` (hash) their free slots,
+                        ``awroom`` their sum
 ``changed``             pub/sub channel: ``<id> <status>``, ``w:<worker>`` (stops)
 ``wake:<tag>``          pub/sub channel of one replica process: ``<worker>``, one job queued for its idle take
 ======================  =====================================================================================

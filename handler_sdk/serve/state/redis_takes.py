@@ -1,10 +1,13 @@
 """A worker's take on the Redis engine, and how a held take waits for work: a queued job wakes one taker.
 
 A held take whose script left the queue empty makes its worker idle in Redis (``take.lua``: the ``idle`` set, with
-this replica's wake channel), in the script that found the queue empty. The script that queues work (submit, a
-requeue, /retry) pops the taker idle longest and publishes the worker's id on its replica's own channel
-(``wake:<tag>``); PUBLISH's count of subscribers tells a gone replica, whose taker is skipped for the next. So a
-job costs one take, however many replicas are idle, and waiting stays push: no Redis call while a take waits.
+this replica's wake channel and its free slots), in the script that found the queue empty. The script that queues
+work (submit, a requeue, /retry) pops the taker idle longest and publishes the worker's id on its replica's own
+channel (``wake:<tag>``); PUBLISH's count of subscribers tells a gone replica, whose taker is skipped for the next.
+It wakes another only while the queue holds more jobs than the takers woken and not yet asking have free slots
+for (``awake``), so a burst wakes one taker with room for it all, or one per job for single-slot workers; a take
+that fills its slots with work still queued wakes the next. So a job costs one take however many replicas are
+idle, and waiting stays push: no Redis call while a take waits.
 
 A woken taker leaves ``idle``: its take asks Redis again, and either leases the job or, finding the queue empty,
 is idle again. A wake that reaches this replica and cannot be used here goes on to the next idle taker (``wake.lua``,
@@ -93,7 +96,8 @@ class Takes:
             if not keep:
                 self.feed.forget(w)
                 # Wakes that came after this take's last ask: meant for an idle taker, which this one is not now.
-                self._pass_on(w.seen.count(WAKE))
+                if WAKE in w.seen:
+                    self._pass_on(worker_id)
 
     def woken(self, worker_id: str) -> None:
         """A script woke ``worker_id`` on this replica's channel: one job was queued for it."""
@@ -101,23 +105,21 @@ class Takes:
         if parked is not None:
             # Between takes, maybe with no free slot for a while: the wake goes on; its next take asks Redis.
             self.feed.forget(parked[0])
-            self._pass_on(1)
+            self._pass_on(worker_id)
         elif self._closing() or not self.feed.push(_key(worker_id), WAKE):
-            self._pass_on(1)
+            self._pass_on(worker_id)
 
-    def _pass_on(self, k: int) -> None:
-        if k <= 0:
-            return
-        self.passed += k
-        t = asyncio.get_running_loop().create_task(self._wake(k))
+    def _pass_on(self, worker_id: str) -> None:
+        self.passed += 1
+        t = asyncio.get_running_loop().create_task(self._wake(worker_id))
         self._passing.add(t)
         t.add_done_callback(self._passing.discard)
 
-    async def _wake(self, k: int) -> None:
+    async def _wake(self, worker_id: str) -> None:
         try:
-            await self._call("wake", k)
+            await self._call("wake", worker_id)
         except StoreError as e:  # Redis is down: every take asks again once the feed is back (it wakes them all)
-            log.warning("could not pass on %d take wake-up(s): %s", k, e)
+            log.warning("could not pass on the wake-up of %s: %s", worker_id, e)
 
     def _park(self, worker_id: str, w: Watch, now: float) -> None:
         self.sweep(now)

@@ -2,10 +2,11 @@
 -- worker. Returns {id, input, exec or '', meta or ''} per job. Queues hold stale ids (cancelled, timed out, purged
 -- or expired while queued): they are dropped here. `held`: the wake channel of the caller's replica when the take
 -- will wait for work ('' for a take that returns at once); fewer than n jobs means both queues are now empty, so a
--- held take makes its worker idle, and the next job queued wakes it (and no other) there. In the same script as
--- the pop, so no job is queued between "empty" and "idle" unseen.
+-- held take makes its worker idle (with its n - #out free slots), and work queued next wakes it (and no other)
+-- there. In the same script as the pop, so no job is queued between "empty" and "idle" unseen.
 local wid, n, grace = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
 seen(wid, tonumber(ARGV[5]), '0')
+asked(wid)
 local out = {}
 for _, q in ipairs({ Q, QLOW }) do
   while #out < n do
@@ -30,5 +31,11 @@ for _, q in ipairs({ Q, QLOW }) do
     end
   end
 end
-if #out < n and ARGV[7] ~= '' then idle(wid, ARGV[7]) else not_idle(wid) end
+if #out < n and ARGV[7] ~= '' then
+  idle(wid, ARGV[7], n - #out)
+else
+  not_idle(wid)
+  -- Full, with work still queued that other woken takers may not have room for: wake the next.
+  if #out == n then wake_for_work() end
+end
 return out

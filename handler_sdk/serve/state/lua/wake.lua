@@ -1,10 +1,5 @@
--- ARGV: P NOW k. A replica got k wakes it cannot use (no take of that worker waiting there, a take that filled
--- its slots, a replica shutting down): each goes on to the next idle taker while work is still queued. Returns
--- how many were woken.
-local left = math.min(tonumber(ARGV[3]), redis.call('LLEN', Q) + redis.call('LLEN', QLOW))
-local n = 0
-for _ = 1, left do
-  if wake_one() == 0 then break end
-  n = n + 1
-end
-return n
+-- ARGV: P NOW worker... Wakes these workers got here and cannot use (no take of the worker waiting, a take that
+-- filled its slots, a replica shutting down): they are counted on no more, and more idle takers are woken while
+-- the queue holds more than those still woken have room for. Returns how many were woken.
+for i = 3, #ARGV do asked(ARGV[i]) end
+return wake_for_work()
