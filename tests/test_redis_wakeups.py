@@ -142,7 +142,7 @@ async def _wakes_for_a_burst(redis_url: str, slots: int, jobs: int) -> list[str]
         await sub.subscribe(e.prefix + "wake:mute")
         await sub.get_message(timeout=5)  # the subscription's confirmation
         for w in ("t0", "t1", "t2"):
-            assert await SCRIPTS.call(e.client, "take", e.prefix, e.clock(), w, slots, 1000, 100, "mute") == []
+            assert await SCRIPTS.call(e.client, "take", e.prefix, e.clock(), w, slots, 1000, 100, "mute", 1) == []
         for i in range(jobs):
             await e.submit(f"j{i}", b"1")
         woken = []
@@ -153,8 +153,19 @@ async def _wakes_for_a_burst(redis_url: str, slots: int, jobs: int) -> list[str]
 
 
 async def test_a_burst_wakes_one_taker_with_room_for_it_all(redis_url: str) -> None:
-    assert await _wakes_for_a_burst(redis_url, slots=100, jobs=5) == ["t0"]
+    assert await _wakes_for_a_burst(redis_url, slots=100, jobs=5) == ["w t0"]
 
 
 async def test_a_burst_wakes_one_single_slot_taker_per_job(redis_url: str) -> None:
-    assert await _wakes_for_a_burst(redis_url, slots=1, jobs=5) == ["t0", "t1", "t2"]  # then nobody is idle
+    assert await _wakes_for_a_burst(redis_url, slots=1, jobs=5) == ["w t0", "w t1", "w t2"]  # then nobody is idle
+
+
+async def test_a_worker_that_took_through_another_replica_is_woken_where_it_waits_next(redis_url: str) -> None:
+    async with replicas(redis_url, 2) as [a, b]:
+        await a.submit("first", b"1")
+        assert [t.id for t in await a.take("w", 2, wait=HOLD)] == ["first"]  # idle on a, its watch kept there
+        assert await b.take("w", 1) == []  # through b (a load balancer), at once: idle no more, and a is told
+        nxt = asyncio.create_task(a.take("w", 1, wait=HOLD))  # back on a: it must ask Redis, to be idle again
+        await until_idle(a, "w")
+        await b.submit("j", b"1")
+        assert [t.id for t in await asyncio.wait_for(nxt, 10)] == ["j"]

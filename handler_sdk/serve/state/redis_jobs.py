@@ -25,7 +25,8 @@ braces are a cluster hash tag, so one endpoint's keys share a slot and two endpo
 ``awake``               sorted set of woken takers not yet asking, by when; ``awakeroom`` (hash) their free slots,
                         ``awroom`` their sum
 ``changed``             pub/sub channel: ``<id> <status>``, ``w:<worker>`` (stops)
-``wake:<tag>``          pub/sub channel of one replica process: ``<worker>``, one job queued for its idle take
+``wake:<tag>``          pub/sub channel of one replica process: ``w <worker>`` (work queued for its idle take),
+                        ``d <worker>`` (it became idle through another replica)
 ======================  =====================================================================================
 
 Time is the caller's: each script gets ``now_ms`` from the engine's clock, never Redis's, and no key expires on
@@ -98,7 +99,7 @@ class RedisJobs:
         # the in-process worker's drain for their hold time.
         self.closing = False
         self.takes = Takes(self._call, self.feed, self.cfg, tag, lambda: self.closing)
-        self.feed.on_own = self.takes.woken
+        self.feed.on_own = self.takes.message
 
     async def open(self) -> None:
         """Load the scripts and subscribe to the endpoint's change channel."""

@@ -18,7 +18,9 @@ when its hold ends, and the dead worker's lease lapses).
 
 A take that got jobs but fewer than it asked for left the queue empty; a worker takes again as soon as those jobs
 start, so its watch is parked for that next take, which waits without first asking Redis unless something came
-in since (a wake is never kept on a parked watch: it is passed on, and the next take asks).
+in since (a wake is never kept on a parked watch: it is passed on, and the next take asks). A worker that takes
+through another replica meanwhile (behind a load balancer) is idle there, or not at all: that take's script tells
+this replica (``d <worker>``), which drops the parked watch, so the worker's next take here asks Redis.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ...errors import StoreError
-from .changes import ChangeFeed, Watch
+from .changes import LOST, ChangeFeed, Watch
 from .redis_records import RedisJobsConfig, Taken
 
 __all__ = ["Takes"]
@@ -72,22 +74,24 @@ class Takes:
         parked = self._parked.pop(worker_id, None)
         w = parked[0] if parked is not None else self.feed.watch(_key(worker_id))
         ask = parked is None or wait <= 0 or bool(w.seen)
-        held, keep = "", False
+        held, keep = False, False
         try:
             while True:
                 if self._closing():
                     return []
                 # Idle only while it will wait: the ask after the hold ended leaves the worker idle no more.
-                held = self.tag if loop.time() < deadline else ""
+                held = loop.time() < deadline
                 reply = (
-                    await self._call("take", worker_id, n, self.cfg.lease_ms, self.cfg.execution_grace_ms, held)
+                    await self._call(
+                        "take", worker_id, n, self.cfg.lease_ms, self.cfg.execution_grace_ms, self.tag, int(held)
+                    )
                     if ask
                     else []
                 )
                 ask = True
                 remaining = deadline - loop.time()
                 if reply or remaining <= 0:
-                    keep = bool(held) and 0 < len(reply) < n and WAKE not in w.seen
+                    keep = held and 0 < len(reply) < n and WAKE not in w.seen
                     if keep:
                         self._park(worker_id, w, loop.time())
                     return [Taken(i.decode(), inp, int(ex) if ex else None, meta or None) for i, inp, ex, meta in reply]
@@ -99,8 +103,21 @@ class Takes:
                 if WAKE in w.seen:
                     self._pass_on(worker_id)
 
+    def message(self, data: str) -> None:
+        """A message on this replica's channel: ``w <worker>``, work was queued for it; ``d <worker>``, it became
+        idle through another replica."""
+        kind, _, worker_id = data.partition(" ")
+        if kind == "w":
+            self.woken(worker_id)
+        elif kind == "d":
+            parked = self._parked.pop(worker_id, None)
+            if parked is not None:
+                self.feed.forget(parked[0])
+            else:  # a take that began on the watch before this came: it asks Redis again
+                self.feed.push(_key(worker_id), LOST)
+
     def woken(self, worker_id: str) -> None:
-        """A script woke ``worker_id`` on this replica's channel: one job was queued for it."""
+        """A script woke ``worker_id`` on this replica's channel: work was queued for it."""
         parked = self._parked.pop(worker_id, None)
         if parked is not None:
             # Between takes, maybe with no free slot for a while: the wake goes on; its next take asks Redis.

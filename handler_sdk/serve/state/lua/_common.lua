@@ -95,7 +95,7 @@ local function wake_one()
     local room = tonumber(redis.call('HGET', IDLEROOM, wid) or '1')
     redis.call('HDEL', IDLECH, wid)
     redis.call('HDEL', IDLEROOM, wid)
-    if ch and redis.call('PUBLISH', P .. 'wake:' .. ch, wid) > 0 then
+    if ch and redis.call('PUBLISH', P .. 'wake:' .. ch, 'w ' .. wid) > 0 then
       redis.call('ZADD', AWAKE, NOW, wid)
       redis.call('HSET', AWAKE .. 'room', wid, room)
       redis.call('INCRBY', AWROOM, room)
