@@ -9,6 +9,7 @@ import asyncio
 from redis_engine import replicas
 
 from benchmarks.redis_micro import CountingConnection
+from handler_sdk.models import JobStatus as S
 from handler_sdk.serve.state.redis_jobs import RedisJobs
 from handler_sdk.serve.state.scripts import SCRIPTS
 
@@ -169,3 +170,73 @@ async def test_a_worker_that_took_through_another_replica_is_woken_where_it_wait
         await until_idle(a, "w")
         await b.submit("j", b"1")
         assert [t.id for t in await asyncio.wait_for(nxt, 10)] == ["j"]
+
+
+async def test_bursts_on_every_replica_reach_workers_of_every_size_and_none_strands(redis_url: str) -> None:
+    """Four replicas, each with workers of 1, 3 and 50 slots holding takes that only a wake can end, and bursts of
+    jobs submitted on all of them at once: every job is run, exactly once."""
+    ran: list[str] = []
+
+    async def worker(e: RedisJobs, wid: str, slots: int) -> None:
+        running: set[asyncio.Task[None]] = set()
+
+        async def run(job_id: str) -> None:
+            await asyncio.sleep(0.001 * (hash(job_id) % 5))
+            await e.done(wid, job_id, S.COMPLETED)
+            ran.append(job_id)
+
+        while True:
+            while len(running) >= slots:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for t in await e.take(wid, slots - len(running), wait=HOLD):
+                task = asyncio.create_task(run(t.id))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+    async with replicas(redis_url, 4) as engines:
+        tasks = [
+            asyncio.create_task(worker(e, f"r{i}-s{slots}", slots))
+            for i, e in enumerate(engines)
+            for slots in (1, 3, 50)
+        ]
+        await until_idle_count(engines[0], 12)
+        ids = [f"b{k}-{i}" for k in range(10) for i in range(40)]
+        for k in range(10):
+            await asyncio.gather(*(engines[i % 4].submit(f"b{k}-{i}", b"1") for i in range(40)))
+            await asyncio.sleep(0.01 * (k % 3))
+        for _ in range(1000):
+            if len(ran) >= len(ids):
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(ran) == sorted(ids)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_idle_count(e: RedisJobs, n: int) -> None:
+    for _ in range(500):
+        if len(await idle(e)) == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"idle takers {await idle(e)}, expected {n}")
+
+
+async def test_a_woken_taker_that_takes_fewer_than_its_slots_promised_wakes_the_next(redis_url: str) -> None:
+    async with replicas(redis_url, 2) as [a, b]:
+        sub = a.client.pubsub()
+        await sub.subscribe(a.prefix + "wake:mute")
+        await sub.get_message(timeout=5)
+        # "shrinks" is idle with 3 free slots on a replica that never asks by itself; "other" waits on b.
+        assert await SCRIPTS.call(a.client, "take", a.prefix, a.clock(), "shrinks", 3, 1000, 100, "mute", 1) == []
+        other = asyncio.create_task(b.take("other", 5, wait=HOLD))
+        await until_idle(a, "shrinks", "other")
+        for i in range(3):
+            await a.submit(f"j{i}", b"1")  # one wake: "shrinks" has room for all three
+        assert await sub.get_message(timeout=5) is not None
+        assert not other.done()
+        # Its concurrency dropped to 1 meanwhile: it takes one, full, with two still queued.
+        [t] = await SCRIPTS.call(a.client, "take", a.prefix, a.clock(), "shrinks", 1, 1000, 100, "mute", 1)
+        assert t[0] == b"j0"
+        assert sorted(x.id for x in await asyncio.wait_for(other, 10)) == ["j1", "j2"]
+        await sub.aclose()  # type: ignore[no-untyped-call]
