@@ -18,11 +18,12 @@ from redis.asyncio.connection import Connection
 
 from handler_sdk.models import JobStatus
 from handler_sdk.serve.state.limits import Limit
-from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig, connect
+from handler_sdk.serve.state.redis_client import connect
+from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig
 from handler_sdk.serve.state.redis_limits import RedisRateLimiter
 from handler_sdk.serve.state.scripts import SCRIPTS
 
-__all__ = ["CountingConnection", "redis_benchmark", "round_trips"]
+__all__ = ["CountingConnection", "redis_benchmark", "replica_round_trips", "round_trips"]
 
 LIMITS = {g: Limit(10**9, 10**6) for g in ("run", "runsync", "status")}
 
@@ -112,6 +113,58 @@ async def round_trips(url: str, jobs: int = 200) -> dict[str, float]:
     finally:
         await _close(e)
         await _close(w)
+    return out
+
+
+async def replica_round_trips(url: str, n: int = 4, jobs: int = 20) -> dict[str, float]:
+    """Round trips per job with ``n`` replicas on one endpoint, each with an idle worker holding a take open as the
+    in-process worker does (concurrency 100, a long hold), both sides counted: /run on one replica with one
+    /status read on the next once the job ended, and /runsync. Also the wakes the replicas passed on, per job."""
+    ep = f"rtx{n}"
+    engines = [await _engine(url, ep) for _ in range(n)]
+    ended: dict[str, asyncio.Event] = {}
+
+    async def worker(e: RedisJobs, wid: str) -> None:
+        while True:
+            for t in await e.take(wid, 100, wait=600):
+                await e.done(wid, t.id, JobStatus.COMPLETED, output=b'"ok"')
+                if t.id in ended:
+                    ended[t.id].set()
+
+    tasks = [asyncio.create_task(worker(e, f"w{i}")) for i, (e, _) in enumerate(engines)]
+    out: dict[str, float] = {}
+    try:
+        e0 = engines[0][0]
+        while await e0.client.zcard(e0.prefix + "idle") < n:  # every worker's first take found the queue empty
+            await asyncio.sleep(0.01)
+        CountingConnection.reset()
+        for i in range(jobs):
+            (e, rl), (e2, rl2) = engines[i % n], engines[(i + 1) % n]
+            ended[f"r{i}"] = asyncio.Event()
+            await rl.acquire("run")
+            await e.submit(f"r{i}", b'{"prompt":"hi"}')
+            rl.release("run")
+            await asyncio.wait_for(ended[f"r{i}"].wait(), 10)
+            await rl2.acquire("status")
+            r = await e2.status(f"r{i}")
+            rl2.release("status")
+            assert r is not None and r.status is JobStatus.COMPLETED
+        out["run"] = CountingConnection.sent / jobs
+        CountingConnection.reset()
+        for i in range(jobs):
+            e, rl = engines[i % n]
+            await rl.acquire("runsync")
+            r = await e.submit_and_wait(f"s{i}", b'{"prompt":"hi"}', 10)
+            rl.release("runsync")
+            assert r is not None and r.status is JobStatus.COMPLETED
+        out["runsync"] = CountingConnection.sent / jobs
+        out["passed"] = sum(e.takes.passed for e, _ in engines) / (2 * jobs)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for e, _ in engines:
+            await _close(e)
     return out
 
 

@@ -10,21 +10,24 @@
    generator), redis-benchmark's rates as Redis's own ceiling, and from these the projection to N machines.
 4. The SQLite default before (0a938fa) and after, paired (``sqlite_paired.py``).
 
-It starts its own redis-server (no persistence) on a free port.
+It starts its own redis-server (no persistence) on a free port. ``BENCH_REDIS_ONLY=counts python -m benchmarks
+redis_state`` runs item 2's counting runs alone (round trips are counts, insensitive to the machine's load) and
+keeps every other figure, table and note of the section as the last full run left them in results.json.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections import Counter
 from typing import Any
 
-from .common import Run, Section, Target, http_json, http_ok, ratios, wait_until
+from .common import Figure, Run, Section, Target, http_json, http_ok, ratios, wait_until
 from .loadgen import have_wrk, run_load
 from .redis_micro import redis_benchmark, round_trips
-from .redis_text import breakdown_table, projection
+from .redis_text import UNDER_LOAD, breakdown_table, counting_table, projection
 from .replicas import NEW, NOOP, RedisServer, Replicas, children_cpu_s, cpu_of, drain, serve_proc
 from .sqlite_paired import run_pairs
 
@@ -183,8 +186,14 @@ def _goals(sec: Section, counted: dict[str, Any], n: int) -> dict[str, float]:
     return {"run": run_job, "runsync": sync_job, "status": per_status}
 
 
+TITLE = "12. Redis store: replicas on one redis-server, round trips, CPU per job"
+COUNTED = ", counted, "  # in the names of item 2's figures
+
+
 def run(run: Run) -> Section:
-    sec = Section("redis_state", "12. Redis store: replicas on one redis-server, round trips, CPU per job")
+    if os.environ.get("BENCH_REDIS_ONLY") == "counts":
+        return _counts_only(run)
+    sec = Section("redis_state", TITLE)
     tool = run.loadgen if run.loadgen != "auto" else ("wrk" if have_wrk() else "async")
     work = run.dir("redis_state")
     sec.params = {
@@ -219,6 +228,54 @@ def run(run: Run) -> Section:
     sec.text.append(projection(sec, counted, bench, goals))
     sec.notes += _notes(goals, counted)
     sec.plot = _plot(run, sec)
+    return sec
+
+
+_AGAIN = "Item 2, the counting runs"
+
+
+def _figure(d: dict[str, Any]) -> Figure:
+    return Figure(d["name"], d["unit"], list(d["values"]))
+
+
+def _counts_only(run: Run) -> Section:
+    """Item 2 again, alone, onto the section of the last full run (results.json): its counted figures, their
+    targets, the counting half of the breakdown and its note replaced; everything else kept, with a note."""
+    path = run.out / "results.json"
+    old = json.loads(path.read_text())["sections"].get("redis_state") if path.exists() else None
+    if old is None:
+        raise RuntimeError("BENCH_REDIS_ONLY=counts updates a full run's section: run redis_state in full first")
+    full = old["params"].get("other_figures_from_run_of", old["date"])
+    params = {**old["params"], "other_figures_from_run_of": full}
+    notes = [x for x in old["notes"] if not x.startswith(_AGAIN)]
+    sec = Section("redis_state", TITLE, params=params, notes=notes, plot=old["plot"])
+    sec.figures = [_figure(f) for f in old["figures"]]
+    for f in sec.figures:
+        if COUNTED in f.name:
+            f.values = []
+    work = run.dir("redis_state")
+    redis = RedisServer(work)
+    try:
+        counted = {n: _count(run, work, redis, n) for n in SETS[1:]}
+    finally:
+        redis.stop()
+    goals = {n: _goals(sec, counted[n], n) for n in SETS[1:]}
+    fresh, sec.targets = sec.targets, []
+    for t in old["targets"]:
+        if t["label"].startswith("Redis round trips per "):
+            sec.targets += fresh
+            fresh = []
+        else:
+            sec.targets.append(Target(t["label"], _figure(t["ratio"]), t["bound"], t["op"]))
+    sec.targets += fresh
+    breakdown, *rest = old["text"]
+    sec.text = [counting_table(counted) + "\n\n" + breakdown[breakdown.index(UNDER_LOAD) :], *rest]
+    mine = next(x for x in _notes(goals, counted) if x.startswith("Round trips per job in the counting runs"))
+    sec.notes = [mine if x.startswith("Round trips per job in the counting runs") else x for x in sec.notes]
+    sec.notes.append(
+        f"{_AGAIN} (the counted round trips, their targets and the first breakdown table), was run again alone at "
+        f"{sec.date} (BENCH_REDIS_ONLY=counts); every other figure, table and note is from the full run of {full}."
+    )
     return sec
 
 

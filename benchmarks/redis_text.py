@@ -8,7 +8,7 @@ from typing import Any
 
 from .common import Section, fmt
 
-__all__ = ["breakdown_table", "projection"]
+__all__ = ["UNDER_LOAD", "breakdown_table", "counting_table", "projection"]
 
 # What each call is, in the order a job meets them.
 CALLS = {
@@ -16,6 +16,7 @@ CALLS = {
     "fcall:ratelimit:runsync": "/runsync's rate limit",
     "fcall:submit": "submit (/run, /runsync)",
     "fcall:take": "take (in-process worker or HTTP job-take; an empty take counts too)",
+    "fcall:wake": "a wake passed on (it reached a replica that could not use it)",
     "fcall:stream": "stream items",
     "fcall:done": "done",
     "fcall:ratelimit:status": "/status's rate limit",
@@ -47,10 +48,12 @@ def _table(cols: list[tuple[str, Counter[str], float]]) -> list[str]:
     return [*rows, "| **all** | " + " | ".join(tot) + " |"]
 
 
-def breakdown_table(
-    counted: dict[int, dict[str, Any]], rs: dict[int, Counter[str]], dr: dict[int, Counter[str]]
-) -> str:
-    """Round trips per job by call: the counting runs (one job at a time), then under load (/runsync, drain)."""
+# Where the under-load half of the breakdown starts (a counts-only run keeps that half as it was).
+UNDER_LOAD = "**Under load**"
+
+
+def counting_table(counted: dict[int, dict[str, Any]]) -> str:
+    """Round trips per job by call in the counting runs (one job at a time)."""
     one = counted[SETS[0]]
     cols: list[tuple[str, Counter[str], float]] = []
     for n in SETS:
@@ -58,23 +61,30 @@ def breakdown_table(
         cols += [(f"/run + /status, {n} repl.", c["run"][0], c["run"][1]),
                  (f"/runsync, {n} repl.", c["runsync"][0], c["runsync"][1])]  # fmt: skip
     cols.append((f"idle, {SETS[-1]} repl., per second", counted[SETS[-1]]["idle"][0], counted[SETS[-1]]["idle"][2]))
-    load = [(f"/runsync under load, {n} repl.", rs[n], rs[n]["_jobs"]) for n in SETS]
-    load += [(f"drain, {n} repl.", dr[n], dr[n]["_jobs"]) for n in SETS]
     polls = ", ".join(f"{counted[n]['polls']}" for n in SETS)
     intro = (
         f"Redis round trips per job by call, summed over the replicas. **Counting runs** (rate limits on, one job "
         f"at a time, {one['run'][1]} jobs per route): each /run job is submitted on one replica and its /status "
         f"polled on the next until it ends ({polls} /status calls in all for 1, 2, 4 replicas: the /status rows "
         "are per job, not per call); the goals leave out the background calls and the connection handshakes. "
-        "The in-process worker of every idle replica wakes for each job and asks for it: one take per replica "
-        "per job while the queue runs dry."
+        "A queued job wakes one idle taker (the one idle longest, on whichever replica), so it costs one take "
+        "however many replicas are idle; the idle column's takes are held takes asking again as their holds end."
     )
+    return "\n".join([intro, "", *_table(cols)])
+
+
+def breakdown_table(
+    counted: dict[int, dict[str, Any]], rs: dict[int, Counter[str]], dr: dict[int, Counter[str]]
+) -> str:
+    """Round trips per job by call: the counting runs (one job at a time), then under load (/runsync, drain)."""
+    load = [(f"/runsync under load, {n} repl.", rs[n], rs[n]["_jobs"]) for n in SETS]
+    load += [(f"drain, {n} repl.", dr[n], dr[n]["_jobs"]) for n in SETS]
     under = (
-        "**Under load** (the rounds of /runsync at 32 connections and of the drains, rate limits off): every call "
+        f"{UNDER_LOAD} (the rounds of /runsync at 32 connections and of the drains, rate limits off): every call "
         "the replicas made during the measured load, background and new pool connections included, over the jobs "
         "finished. The drain's submits came before it (the pre-load), so its columns hold the worker side only."
     )
-    return "\n".join([intro, "", *_table(cols), "", under, "", *_table(load)])
+    return "\n".join([counting_table(counted), "", under, "", *_table(load)])
 
 
 def _median(sec: Section, name: str) -> float:
@@ -126,7 +136,7 @@ def projection(
         "hash slot (`hsdk:{endpoint}:`), so one endpoint's ceiling is one Redis core: 1e6 / (redis-server CPU µs "
         "per job) jobs/s. On the serve side a job costs `a` µs of CPU in the replica that runs it (HTTP included, "
         "the load generator not), and every other replica pays `b` µs for it too: each reads every job's changes "
-        f"on the shared channel, and its idle taker wakes for queued work. `a` is the 1-replica figure, `b` the "
+        f"on the shared channel. `a` is the 1-replica figure, `b` the "
         f"growth from 1 to {hi} replicas per added replica. R replicas (one per core, R = N x c) carry "
         "R x 1e6 / (a + b(R - 1)) jobs/s, which tends to 1e6 / b as R grows: the broadcast, not the cores, caps "
         "the cluster, and below that one Redis core does. N machines give the smaller of the two."

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig, connect
+from handler_sdk.serve.state.redis_client import connect
+from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig
 
 _endpoints = itertools.count()
 

@@ -7,6 +7,7 @@ load generator instead of wrk (so wrk need not be installed), and writes into a 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,32 @@ def test_a_single_benchmark_run_keeps_the_other_sections(tmp_path: Path) -> None
     assert "## 5. Footprint" in md and "not run" in md
     assert "| chunker | x ≥ 0.800 | 0.100 | **MISS** |" in md
     assert "1.00 [0.500, 2.00]" not in md
+
+
+def test_the_redis_counts_alone_replace_the_counted_figures_and_keep_the_rest(tmp_path: Path) -> None:
+    """``BENCH_REDIS_ONLY=counts``: the counting runs again onto a full run's section (here the committed one)."""
+    full = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    old = full["sections"]["redis_state"]
+    counted = {f["name"] for f in old["figures"] if ", counted, " in f["name"]}
+    for f in old["figures"]:
+        if f["name"] in counted:
+            f["values"] = [99.0]  # a value no counting run gives
+    (tmp_path / "results.json").write_text(json.dumps({"sections": {"redis_state": old}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "redis_state", "--quick", "--no-profile", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "BENCH_REDIS_ONLY": "counts"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    new = json.loads((tmp_path / "results.json").read_text())["sections"]["redis_state"]
+    assert [f["name"] for f in new["figures"]] == [f["name"] for f in old["figures"]]
+    for a, b in zip(old["figures"], new["figures"], strict=True):
+        if a["name"] in counted:
+            assert b["values"] and b["values"] != [99.0], a["name"]
+        else:
+            assert b["values"] == a["values"], a["name"]
+    assert [t["label"] for t in new["targets"]] == [t["label"] for t in old["targets"]]
+    assert new["text"][1:] == old["text"][1:]  # the projection
+    under = old["text"][0].index("**Under load**")
+    assert new["text"][0].endswith(old["text"][0][under:]) and new["text"][0] != old["text"][0]
+    assert sum("run again alone" in x for x in new["notes"]) == 1

@@ -9,7 +9,7 @@ from redis_engine import Clock, new_endpoint
 
 from handler_sdk.errors import TooManyRequests
 from handler_sdk.serve.state.limits import Limit, RateLimiter
-from handler_sdk.serve.state.redis_jobs import connect
+from handler_sdk.serve.state.redis_client import connect
 from handler_sdk.serve.state.redis_limits import RedisRateLimiter
 
 

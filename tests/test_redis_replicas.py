@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis_engine import Clock, replicas
 from redis_server import RedisServer
 
@@ -140,3 +141,13 @@ async def test_round_trips_per_job_stay_within_the_goal(redis_url: str) -> None:
     rt = await round_trips(redis_url, jobs=20)
     assert rt["run"] <= 8
     assert rt["runsync"] <= 6
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+async def test_a_queued_job_costs_the_same_round_trips_however_many_replicas_are_idle(redis_url: str, n: int) -> None:
+    from benchmarks.redis_micro import replica_round_trips
+
+    rt = await replica_round_trips(redis_url, n, jobs=12)
+    # Rate limit + submit, one take, done, rate limit + read: no empty take from the other idle replicas.
+    assert (rt["run"], rt["runsync"]) == (6, 5)
+    assert rt["passed"] == 0

@@ -16,7 +16,8 @@ from redis_server import RedisServer
 
 from handler_sdk.models import JobStatus as S
 from handler_sdk.serve.state.broker import BrokerConfig
-from handler_sdk.serve.state.redis_jobs import RedisJobs, connect
+from handler_sdk.serve.state.redis_client import connect
+from handler_sdk.serve.state.redis_jobs import RedisJobs
 from tests.conftest import ROOT, free_port, until
 
 pytestmark = pytest.mark.timeout(120)

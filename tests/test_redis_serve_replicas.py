@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from handler_sdk.serve.state.redis_client import connect, key_prefix
 from tests.conftest import HANDLERS, Proc, free_port, until, wait_for_line
 
 pytestmark = pytest.mark.timeout(120)
@@ -154,3 +155,49 @@ async def test_a_lapsed_lease_is_requeued_exactly_once_whichever_replica_notices
         _, h = await call(http, "GET", f"{rep.url}/health")
         assert h["jobs"]["retried"] == 1 and h["jobs"]["inQueue"] == 1
     assert (await status(http, reps[0], job["id"]))["retries"] == 1
+
+
+async def test_jobs_queued_after_an_idle_replica_was_killed_all_go_to_live_ones(
+    replica: Callable[..., Replica], http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    # Takes held far longer than the test and a lease that outlives it: only a wake can end a held take, so a
+    # wake sent to the dead replica and lost there would leave its job queued past the /runsync wait.
+    long = ("--hold-s", "600", "--lease-ms", "600000")
+    reps = [replica(f"r{i}", "echo_async.py", *long) for i in range(3)]
+    r = connect(redis_url)
+    try:
+
+        async def all_idle() -> bool:
+            return int(await r.zcard(key_prefix("local") + "idle")) == 3
+
+        await until(all_idle, 20)
+        os.kill(reps[0].proc.proc.pid, signal.SIGKILL)
+        reps[0].proc.proc.wait(5)
+        for i in range(4):  # enough to wake each of the three idle takers in turn, the dead one's included
+            code, body = await call(http, "POST", f"{reps[1 + i % 2].url}/runsync?wait=20000", {"input": {"i": i}})
+            assert (code, body["status"], body["output"]) == (200, "COMPLETED", {"i": i}), body
+            assert body["workerId"] in ("r1-local", "r2-local")
+        assert b"r0-local" not in await r.zrange(key_prefix("local") + "idle", 0, -1)  # skipped, and gone
+    finally:
+        await r.aclose()
+
+
+async def test_a_job_queued_while_one_replica_is_busy_is_run_by_an_idle_one(
+    replica: Callable[..., Replica], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    long = ("--hold-s", "600", "--lease-ms", "600000")  # only a wake can end a held take within the test
+    a, b = replica("ra", "ep_gate.py", *long), replica("rb", "ep_gate.py", *long)
+    gate = tmp_path / "gate"
+    _, held = await call(http, "POST", f"{a.url}/run", {"input": {"wait_for": str(gate)}})
+
+    async def running() -> dict[str, Any] | None:
+        st = await status(http, a, held["id"])
+        return st if st["status"] == "IN_PROGRESS" else None
+
+    busy = (await until(running, 20))["workerId"]  # its one slot is taken: concurrency 1
+    busy_rep = a if busy == "ra-local" else b
+    for i in range(3):
+        code, body = await call(http, "POST", f"{busy_rep.url}/runsync?wait=20000", {"input": {"tag": i}})
+        assert (code, body["status"], body["output"]) == (200, "COMPLETED", {"tag": i}), body
+        assert body["workerId"] != busy
+    gate.touch()

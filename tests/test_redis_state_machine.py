@@ -1,9 +1,11 @@
 """Two engines (two replicas, separate connections) on one real redis-server, driven by random interleavings of
-submit, take, stream, done, cancel, retry, purge and lease lapse (a fake clock), against a model.
+submit, take (held or not), stream, done, cancel, retry, purge and lease lapse (a fake clock), against a model.
 
 After every step: each record's status equals the model's, a status moved only along lifecycle.TRANSITIONS (whose
 two moves back are the lapsed lease and /retry), every result the lease holder sent is the one recorded, each
-lapsed lease was requeued exactly once, and the /health counts equal the records.
+lapsed lease was requeued exactly once, the /health counts equal the records, and the idle and woken takers are
+attached workers, with their wake channels and free slots counted. And whatever came before, a job submitted
+reaches a take waiting for it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from redis_server import RedisServer
 from handler_sdk.errors import Conflict, NotFound
 from handler_sdk.lifecycle import TRANSITIONS
 from handler_sdk.models import JobStatus as S
-from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig, connect
+from handler_sdk.serve.state.redis_client import connect
+from handler_sdk.serve.state.redis_jobs import RedisJobs, RedisJobsConfig
 
 LEASE_MS = 1_000
 MAX_ATTEMPTS = 3
@@ -110,6 +113,40 @@ class TwoReplicas(RuleBasedStateMachine):
         want = min(n, self.queued())
         taken = self.run(self.engines[r].take(w, n))
         assert len(taken) == want
+        self._took(w, taken)
+
+    @rule(r=st.integers(0, 1), w=st.sampled_from(WORKERS), n=st.integers(1, 3))
+    def held_take(self, r: int, w: str, n: int) -> None:
+        """A take that waits for work: left idle in Redis when it empties the queue, so later submits, requeues
+        and retries wake it (or pass the wake on once it is gone), between the other steps."""
+        want = min(n, self.queued())
+        taken = self.run(self.engines[r].take(w, n, wait=0.02))
+        assert len(taken) == want
+        self._took(w, taken)
+
+    @precondition(lambda self: self.queued() == 0)
+    @rule(r=st.integers(0, 1), s=st.integers(0, 1), w=st.sampled_from(WORKERS))
+    def the_next_job_wakes_a_waiting_take_whatever_came_before(self, r: int, s: int, w: str) -> None:
+        """Whatever idle takers earlier steps left in Redis (holds ended, watches parked), a job submitted on
+        either replica reaches a take waiting on either, passed on as often as it takes: its hold outlasts the
+        test, so only a wake can end it."""
+        job_id = f"j{self.n}"
+        self.n += 1
+        c: Any = self.engines[0].client
+        p = self.engines[0].prefix
+
+        async def go() -> list[Any]:
+            t = asyncio.create_task(self.engines[r].take(w, 1, wait=600))
+            for _ in range(1000):
+                if await c.hget(p + "idlech", w) == self.engines[r].takes.tag.encode():
+                    break
+                await asyncio.sleep(0.005)
+            await self.engines[s].submit(job_id, b"1")
+            return await asyncio.wait_for(t, 10)
+
+        self.jobs[job_id] = Job()
+        taken = self.run(go())
+        assert [t.id for t in taken] == [job_id]
         self._took(w, taken)
 
     @rule(n0=st.integers(1, 3), n1=st.integers(1, 3))
@@ -242,6 +279,19 @@ class TwoReplicas(RuleBasedStateMachine):
             old = self.observed.get(job_id)
             assert old is None or old is j.status or j.status in TRANSITIONS[old], (job_id, old, j.status)
             self.observed[job_id] = j.status
+
+    @invariant()
+    def idle_and_woken_takers_are_attached_workers_with_their_slots_counted(self) -> None:
+        c: Any = self.engines[0].client
+        p = self.engines[0].prefix
+        idle = set(self.run(c.zrange(p + "idle", 0, -1)))
+        assert idle == set(self.run(c.hkeys(p + "idlech"))) == set(self.run(c.hkeys(p + "idleroom")))
+        workers = set(self.run(c.hkeys(p + "workers")))
+        assert idle <= workers  # a lapsed worker is idle no more
+        # The woken takers not yet asking, and the free slots counted on them.
+        awake = self.run(c.hgetall(p + "awakeroom"))
+        assert set(self.run(c.zrange(p + "awake", 0, -1))) == set(awake) <= workers
+        assert int(self.run(c.get(p + "awroom")) or 0) == sum(int(v) for v in awake.values())
 
     @invariant()
     def health_counts_equal_the_records(self) -> None:

@@ -1,10 +1,11 @@
 """One pub/sub connection per process that wakes whoever waits on "this job changed".
 
 The scripts PUBLISH on the endpoint's channel; this reader resolves the futures registered for the message's key
-(a job id, ``q`` for queued work, ``w:<worker>`` for stops) with the message's status. A waiter registers its
-future before it reads the state it waits to change, so a change between the two is not missed, and it costs no
-Redis call while it waits. If the connection drops, messages may have been lost: every waiter is woken (with
-None) to read the state again, and the reader reconnects.
+(a job id, ``w:<worker>`` for stops) with the message's status. A waiter registers its future before it reads the
+state it waits to change, so a change between the two is not missed, and it costs no Redis call while it waits.
+The same connection holds the process's own channel, on which a script wakes one idle taker of this replica
+(``redis_takes.py``): each message there, a worker id, goes to ``on_own``. If the connection drops, messages may
+have been lost: every waiter is woken (with LOST) to read the state again, and the reader reconnects.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -63,9 +65,21 @@ class Watch:
 
 
 class ChangeFeed:
-    def __init__(self, client: Redis, channel: str, *, reconnect_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        channel: str,
+        *,
+        own: str | None = None,
+        on_own: Callable[[str], None] | None = None,
+        reconnect_s: float = 0.2,
+    ) -> None:
         self.client = client
         self.channel = channel
+        self.own = own
+        self.on_own = on_own
+        self._channels = [channel] if own is None else [channel, own]
+        self._own_b = None if own is None else own.encode()
         self.reconnect_s = reconnect_s
         self._waiters: dict[str, list[Watch]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -99,6 +113,13 @@ class ChangeFeed:
             if not ws:
                 del self._waiters[w.key]
 
+    def push(self, key: str, status: str) -> bool:
+        """Hand ``status`` to the watches of ``key`` as if it had been published; False if there are none."""
+        ws = self._waiters.get(key)
+        for w in ws or ():
+            w._push(status)
+        return bool(ws)
+
     def _dispatch(self, data: bytes) -> None:
         self.messages += 1
         key, _, status = data.decode().partition(" ")
@@ -121,18 +142,23 @@ class ChangeFeed:
         while True:
             pubsub: PubSub = self.client.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(*self._channels)
                 while True:
                     msg = await pubsub.get_message(timeout=None)
                     if msg is None:
                         continue
-                    if msg["type"] == "subscribe":
+                    if msg["type"] == "subscribe" and msg["data"] == len(self._channels):  # all of them
                         self.subscriptions += 1
                         self._ready.set()
                         # Changes during the gap before a re-subscription were not seen.
                         self._wake_all()
                     elif msg["type"] == "message":
-                        self._dispatch(msg["data"])
+                        if msg["channel"] == self._own_b:
+                            self.messages += 1
+                            if self.on_own is not None:
+                                self.on_own(msg["data"].decode())
+                        else:
+                            self._dispatch(msg["data"])
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 log.warning("lost the Redis change feed (%s); reconnecting", e)
                 self._wake_all()

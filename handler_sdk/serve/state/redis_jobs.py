@@ -20,7 +20,13 @@ braces are a cluster hash tag, so one endpoint's keys share a slot and two endpo
 ``rl:<group>``          list: the rate-limit window of a route group
 ``idem:<key>``          hash: the job an Idempotency-Key names (id) and its request fingerprint (fp)
 ``hooks``               sorted set: jobs whose completed webhook is due, by due ms (a claim moves it on)
-``changed``             pub/sub channel: ``<id> <status>``, ``q`` (work queued), ``w:<worker>`` (stops)
+``idle``                sorted set of idle takers (scored by ``idleseq``, a counter: the one idle longest first);
+``idlech``, ``idleroom``  hashes: each one's replica wake channel tag, and its free slots
+``awake``               sorted set of woken takers not yet asking, by when; ``awakeroom`` (hash) their free slots,
+                        ``awroom`` their sum
+``changed``             pub/sub channel: ``<id> <status>``, ``w:<worker>`` (stops)
+``wake:<tag>``          pub/sub channel of one replica process: ``w <worker>`` (work queued for its idle take),
+                        ``d <worker>`` (it became idle through another replica)
 ======================  =====================================================================================
 
 Time is the caller's: each script gets ``now_ms`` from the engine's clock, never Redis's, and no key expires on
@@ -31,6 +37,7 @@ whichever replica's tick removes it.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,13 +46,15 @@ from ...chunker import scrub_metrics
 from ...errors import Conflict, NotFound, StoreError
 from ...models import JobStatus
 from .changes import LOST, ChangeFeed, Watch
+from .redis_client import key_prefix
 from .redis_records import RedisJobsConfig, StoredJob, Taken
+from .redis_takes import Takes
 from .scripts import SCRIPTS
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["RedisJobs", "RedisJobsConfig", "StoredJob", "Taken", "connect", "key_prefix"]
+__all__ = ["RedisJobs", "RedisJobsConfig", "StoredJob", "Taken"]
 
 S = JobStatus
 # Changes after which a waiter for the end reads the record again: an end, a deletion, a lost feed.
@@ -54,42 +63,6 @@ _FINAL = frozenset({*(s.value for s in S if s.terminal), "GONE", LOST})
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-# Connections one replica opens to Redis at most (its pub/sub feed included).
-MAX_CONNECTIONS = 64
-
-
-def connect(url: str, **kw: Any) -> Redis:
-    """An asyncio client for the engine: bytes in and out, and a command that meets a dropped connection (a
-    Redis restart, a pooled connection gone stale) is sent again on a new one, for up to about 2 s.
-
-    A resend can repeat a script whose reply was lost after it ran: a repeated submit answers "id taken", a
-    repeated done answers a conflict (the result is recorded), a repeated take leases jobs nobody runs, which
-    lapse back to the queue after lease_ms. None loses a job."""
-    try:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError as e:  # pragma: no cover - the extra is missing
-        from ...errors import ConfigError
-
-        raise ConfigError("the Redis store needs the redis extra: pip install 'handler-sdk[redis]'") from e
-    kw.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 8))
-    kw.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
-    # A bounded pool that makes a burst wait for a free connection (up to 10 s) instead of opening one per request
-    # in flight: 400 concurrent /status-sync on one replica would otherwise ask Redis for 400 connections.
-    kw.setdefault("max_connections", MAX_CONNECTIONS)
-    kw.setdefault("timeout", 10)
-    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **kw))
-
-
-def key_prefix(endpoint: str) -> str:
-    if not endpoint or any(c in endpoint for c in "{}: "):
-        raise ValueError(f"endpoint id {endpoint!r} must be non-empty, without braces, colons or spaces")
-    return f"hsdk:{{{endpoint}}}:"
 
 
 def _conflict(job_id: str, worker_id: str, reply: Any) -> None:
@@ -119,12 +92,14 @@ class RedisJobs:
         self.prefix = key_prefix(endpoint)
         self.cfg = config or RedisJobsConfig()
         self.clock = clock
-        self.feed = ChangeFeed(client, self.prefix + "changed")
+        # The replica's own wake channel: unique per process, so a gone process's channel has no subscriber.
+        tag = secrets.token_hex(6)
+        self.feed = ChangeFeed(client, self.prefix + "changed", own=self.prefix + "wake:" + tag)
         # Set when the replica shuts down: held takes and stop polls answer at once (empty) instead of holding
         # the in-process worker's drain for their hold time.
         self.closing = False
-        # Per worker: the queue watch of its last take, kept when that take emptied the queue (see take).
-        self._drained: dict[str, tuple[Watch, float]] = {}
+        self.takes = Takes(self._call, self.feed, self.cfg, tag, lambda: self.closing)
+        self.feed.on_own = self.takes.message
 
     async def open(self) -> None:
         """Load the scripts and subscribe to the endpoint's change channel."""
@@ -142,9 +117,7 @@ class RedisJobs:
         self.feed.wake_all()
 
     async def close(self) -> None:
-        for w, _ in self._drained.values():
-            self.feed.forget(w)
-        self._drained.clear()
+        await self.takes.close()
         await self.feed.stop()
 
     async def _call(self, name: str, *args: Any) -> Any:
@@ -316,47 +289,9 @@ class RedisJobs:
     # --- worker side ---------------------------------------------------------------------------------------
 
     async def take(self, worker_id: str, n: int, wait: float = 0.0) -> list[Taken]:
-        """Lease up to ``n`` queued jobs, holding an empty take open up to ``wait`` s for work queued anywhere.
-
-        A take that got jobs but fewer than ``n`` left the queue empty; a worker takes again as soon as those jobs
-        start, so its watch on the queue is kept for that next take, which waits for work without first asking
-        Redis when nothing was queued since (one round trip fewer per job while the queue runs dry)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        kept = self._drained.pop(worker_id, None)
-        w = kept[0] if kept is not None else self.feed.watch("q")
-        ask = kept is None or wait <= 0 or bool(w.seen)
-        keep = False
-        try:
-            while True:
-                if self.closing:
-                    return []
-                reply = (
-                    await self._call("take", worker_id, n, self.cfg.lease_ms, self.cfg.execution_grace_ms)
-                    if ask
-                    else []
-                )
-                ask = True
-                remaining = deadline - loop.time()
-                if reply or remaining <= 0:
-                    keep = 0 < len(reply) < n
-                    if keep:
-                        self._keep_drained(worker_id, w, loop.time())
-                    return [Taken(i.decode(), inp, int(ex) if ex else None, meta or None) for i, inp, ex, meta in reply]
-                await w.changes(remaining)
-        finally:
-            if not keep:
-                self.feed.forget(w)
-
-    def _keep_drained(self, worker_id: str, w: Watch, now: float) -> None:
-        self._sweep_drained(now)
-        self._drained[worker_id] = (w, now)
-
-    def _sweep_drained(self, now: float) -> None:
-        """A watch kept longer than a lease is dropped (its worker is gone, or took again and replaced it), so no
-        watch collects the queue's messages for long."""
-        for k in [k for k, (_, t) in self._drained.items() if now - t > self.cfg.lease_ms / 1000]:
-            self.feed.forget(self._drained.pop(k)[0])
+        """Lease up to ``n`` queued jobs, holding an empty take open up to ``wait`` s for a job queued for it
+        (``redis_takes.py``: a queued job wakes one idle taker, on whichever replica)."""
+        return await self.takes.take(worker_id, n, wait)
 
     async def stream(
         self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]
@@ -423,9 +358,7 @@ class RedisJobs:
 
     async def leave(self, worker_id: str) -> int:
         """A worker that is gone: its jobs are lost leases. Returns how many were in progress."""
-        kept = self._drained.pop(worker_id, None)
-        if kept is not None:
-            self.feed.forget(kept[0])
+        self.takes.leave(worker_id)
         return int(await self._call("workers", "leave", worker_id, self.cfg.max_attempts))
 
     async def claim_hooks(self, lease_ms: int, n: int = 64) -> list[StoredJob]:
@@ -440,7 +373,7 @@ class RedisJobs:
 
     async def tick(self) -> tuple[int, int]:
         """Apply the deadlines due by this replica's clock; returns (deadlines applied, leases lapsed)."""
-        self._sweep_drained(asyncio.get_running_loop().time())
+        self.takes.sweep(asyncio.get_running_loop().time())
         applied = lapsed = 0
         while True:
             n, k = await self._call("tick", self.cfg.max_attempts, self.cfg.tick_batch)

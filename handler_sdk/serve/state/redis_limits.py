@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import StoreError, TooManyRequests
 from .limits import DEFAULT_LIMITS, Limit
-from .redis_jobs import key_prefix
+from .redis_client import key_prefix
 from .scripts import SCRIPTS
 
 if TYPE_CHECKING:

@@ -28,7 +28,8 @@ from .changes import ChangeFeed
 from .changes import Watch as FeedWatch
 from .idempotency import KEY_HEADER, fingerprint
 from .ids import new_job_id, now_ms
-from .redis_jobs import RedisJobs, RedisJobsConfig, connect
+from .redis_client import connect
+from .redis_jobs import RedisJobs, RedisJobsConfig
 from .redis_records import StoredJob
 
 __all__ = ["RedisState"]

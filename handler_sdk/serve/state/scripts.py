@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["NAMES", "SCRIPTS", "Scripts"]
 
 NAMES = ("submit", "take", "stream", "progress", "done", "cancel", "retry", "purge", "tick", "workers", "read",
-         "ratelimit", "hooks")  # fmt: skip
+         "ratelimit", "hooks", "wake")  # fmt: skip
 
 
 def _read(name: str) -> str:

@@ -2,13 +2,14 @@
 -- key prefix "hsdk:{endpoint}:" (the braces are a hash tag: every key of one endpoint lives in one cluster slot),
 -- ARGV[2] the caller's clock in ms. A transition never reads the server's clock, so a test can drive ttl, leases
 -- and retention with a fake one. Rebinding these upvalues per call is safe: redis-server runs one call at a time.
-local P, NOW, Q, QLOW, DL, COUNTS, IDS, WORKERS, CH, HOOKS
+local P, NOW, Q, QLOW, DL, COUNTS, IDS, WORKERS, CH, HOOKS, IDLE, IDLECH, IDLEROOM, AWAKE, AWROOM
 
 local function bind(argv)
   P = argv[1]
   NOW = tonumber(argv[2])
   Q, QLOW, DL, COUNTS, IDS, WORKERS, CH, HOOKS = P .. 'q', P .. 'qlow', P .. 'dl', P .. 'counts', P .. 'ids',
     P .. 'workers', P .. 'changed', P .. 'hooks'
+  IDLE, IDLECH, IDLEROOM, AWAKE, AWROOM = P .. 'idle', P .. 'idlech', P .. 'idleroom', P .. 'awake', P .. 'awroom'
 end
 local TERMINAL = { COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true }
 -- handler_sdk/lifecycle.py's table; a script refuses anything else rather than corrupt a record.
@@ -48,6 +49,70 @@ end
 -- "This job changed": one message per transition, '<id> <status>' (GONE once deleted), so a waiter that only
 -- cares about the end need not read the record to know it is not there yet.
 local function changed(id, status) redis.call('PUBLISH', CH, id .. ' ' .. status) end
+
+-- The idle takers: a worker whose held take left the queue empty is in IDLE, with the wake channel of the replica
+-- holding its take in IDLECH and its free slots in IDLEROOM. Scored by a counter, not a replica's clock (clocks
+-- differ): the one idle longest is woken first, whichever replica it is on.
+local function idle(wid, ch, room)
+  redis.call('ZADD', IDLE, redis.call('INCR', IDLE .. 'seq'), wid)
+  redis.call('HSET', IDLECH, wid, ch)
+  redis.call('HSET', IDLEROOM, wid, room)
+end
+
+local function not_idle(wid)
+  redis.call('ZREM', IDLE, wid)
+  redis.call('HDEL', IDLECH, wid)
+  redis.call('HDEL', IDLEROOM, wid)
+end
+
+-- The woken takers that have not asked yet: AWAKE (by when, on the waker's clock), AWAKE .. 'room' each one's free
+-- slots and AWROOM their sum, the jobs they will take between them. A woken taker asks within milliseconds; one
+-- silent for AWAKE_MS is gone or frozen, and no longer counted on.
+local AWAKE_MS = 1000
+
+local function asked(wid)
+  local room = redis.call('HGET', AWAKE .. 'room', wid)
+  if room then
+    redis.call('HDEL', AWAKE .. 'room', wid)
+    redis.call('ZREM', AWAKE, wid)
+    redis.call('DECRBY', AWROOM, room)
+  end
+end
+
+local function queued() return redis.call('LLEN', Q) + redis.call('LLEN', QLOW) end
+
+-- Wake one idle taker, on its replica's own channel. PUBLISH counts the subscribers it reached: none means that
+-- replica is gone (its connection closed), so the next idle taker is tried. The woken taker leaves IDLE; its next
+-- take either leases jobs or, finding the queue empty, makes it idle again. A replica that gets a wake it cannot
+-- use (no take waiting there, or none with a free slot) passes it on (wake.lua). Each gone replica's entry is
+-- popped once, so the loop's cost over time is one step per wake plus one per entry.
+local function wake_one()
+  while true do
+    local top = redis.call('ZPOPMIN', IDLE)
+    if #top == 0 then return 0 end
+    local wid = top[1]
+    local ch = redis.call('HGET', IDLECH, wid)
+    local room = tonumber(redis.call('HGET', IDLEROOM, wid) or '1')
+    redis.call('HDEL', IDLECH, wid)
+    redis.call('HDEL', IDLEROOM, wid)
+    if ch and redis.call('PUBLISH', P .. 'wake:' .. ch, 'w ' .. wid) > 0 then
+      redis.call('ZADD', AWAKE, NOW, wid)
+      redis.call('HSET', AWAKE .. 'room', wid, room)
+      redis.call('INCRBY', AWROOM, room)
+      return 1
+    end
+  end
+end
+
+-- Work was queued (or is still queued): wake idle takers until those woken and not yet asking have room for all
+-- of it, so a burst wakes one taker with room for the burst, not one per job. Nobody idle: every taker is busy or
+-- already woken, and each asks Redis again before it waits.
+local function wake_for_work()
+  for _, wid in ipairs(redis.call('ZRANGEBYSCORE', AWAKE, '-inf', NOW - AWAKE_MS)) do asked(wid) end
+  local n = 0
+  while queued() > tonumber(redis.call('GET', AWROOM) or '0') and wake_one() == 1 do n = n + 1 end
+  return n
+end
 
 local function stop_remote(k, id)
   local wid = redis.call('HGET', k, 'worker')
@@ -102,13 +167,15 @@ local function queue_again(id, k, front)
   redis.call('HDEL', k, 'worker', 'started', 'output')
   if front then redis.call('LPUSH', Q, id) else redis.call('RPUSH', Q, id) end
   changed(id, 'IN_QUEUE')
-  redis.call('PUBLISH', CH, 'q')
+  wake_for_work()
 end
 
 -- A worker that is gone (silent past its lease, or said so): each of its jobs is a lost lease, requeued once,
 -- or FAILED once it has been tried max_attempts times.
 local function lapse(wid, max_attempts)
   redis.call('HDEL', WORKERS, wid)
+  not_idle(wid)
+  asked(wid)
   redis.call('ZREM', DL, 'lease|' .. wid)
   local n = 0
   for _, id in ipairs(redis.call('SMEMBERS', wjobs(wid))) do

@@ -17,5 +17,5 @@ if f[1] then
 end
 redis.call('RPUSH', f[2] == '1' and QLOW or Q, id)
 changed(id, 'IN_QUEUE')
-redis.call('PUBLISH', CH, 'q')
+wake_for_work()
 return 1

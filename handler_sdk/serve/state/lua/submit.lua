@@ -24,5 +24,5 @@ if ARGV[11] == '1' then redis.call('HSET', k, 'sse', '1') end
 redis.call('HINCRBY', COUNTS, 'IN_QUEUE', 1)
 redis.call('ZADD', IDS, NOW, id)
 redis.call('RPUSH', ARGV[6] == '1' and QLOW or Q, id)
-redis.call('PUBLISH', CH, 'q')
+wake_for_work()
 return 1

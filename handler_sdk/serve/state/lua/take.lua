@@ -1,8 +1,16 @@
--- ARGV: P NOW worker n lease_ms grace_ms. Leases up to n queued jobs (normal before lowPriority) to the worker.
--- Returns {id, input, exec or '', meta or ''} per job. Queues hold stale ids (cancelled, timed out, purged or
--- expired while queued): they are dropped here.
-local wid, n, grace = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
+-- ARGV: P NOW worker n lease_ms grace_ms tag held. Leases up to n queued jobs (normal before lowPriority) to the
+-- worker. Returns {id, input, exec or '', meta or ''} per job. Queues hold stale ids (cancelled, timed out, purged
+-- or expired while queued): they are dropped here. `tag`: the wake channel of the caller's replica; `held`: '1'
+-- when the take will wait for work. Fewer than n jobs means both queues are now empty, so a held take makes its
+-- worker idle (with its n - #out free slots), and work queued next wakes it (and no other) there. In the same
+-- script as the pop, so no job is queued between "empty" and "idle" unseen.
+local wid, n, grace, tag = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6]), ARGV[7]
 seen(wid, tonumber(ARGV[5]), '0')
+asked(wid)
+-- Idle through another replica (a worker behind a load balancer): that replica drops the watch it keeps for the
+-- worker's next take there, which must ask Redis now that the worker is idle here, or not at all.
+local prev = redis.call('HGET', IDLECH, wid)
+if prev and prev ~= tag then redis.call('PUBLISH', P .. 'wake:' .. prev, 'd ' .. wid) end
 local out = {}
 for _, q in ipairs({ Q, QLOW }) do
   while #out < n do
@@ -26,5 +34,12 @@ for _, q in ipairs({ Q, QLOW }) do
       changed(id, 'IN_PROGRESS')
     end
   end
+end
+if #out < n and ARGV[8] == '1' then
+  idle(wid, tag, n - #out)
+else
+  not_idle(wid)
+  -- Full, with work still queued that other woken takers may not have room for: wake the next.
+  if #out == n then wake_for_work() end
 end
 return out
