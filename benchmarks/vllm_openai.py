@@ -39,7 +39,7 @@ from .common import (
     ratios,
     stop_all,
 )
-from .vllm_pair import MODEL, start_pair
+from .vllm_pair import MODEL, WEATHER, start_pair
 
 __all__ = ["run"]
 
@@ -47,20 +47,6 @@ CONCURRENCY = 8
 PER_CLIENT = 12
 ROUNDS = 5
 MESSAGES = [{"role": "user", "content": "What is the weather in the city?"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-        "strict": True,
-    },
-}
 VERDICT = {
     "type": "object",
     "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},

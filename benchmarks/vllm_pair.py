@@ -14,9 +14,25 @@ from pathlib import Path
 
 from .common import PY, Proc, Run, free_port, http_json, http_ok, serve_cmd, stop_all, wait_until
 
-__all__ = ["MODEL", "Pair", "serve_ready", "start_pair", "vllm_env"]
+__all__ = ["MODEL", "WEATHER", "Pair", "serve_ready", "start_pair", "vllm_env"]
 
 MODEL = "tiny"  # the name both sides serve the model under
+# The tool of the tool-calling requests (benchmark 13 and tests/vllm), bounded: random weights would otherwise fill
+# a free string up to max_tokens.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
 
 
 @dataclass

@@ -26,6 +26,7 @@ os.environ["VLLM_CACHE_ROOT"] = _VLLM_CACHE
 os.environ["VLLM_NO_USAGE_STATS"] = "1"
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+from benchmarks.vllm_pair import WEATHER  # noqa: E402, F401  (the bounded tool the parity and surface tests send)
 from handler_sdk import codec  # noqa: E402
 from handler_sdk.chunker import EncodedItem  # noqa: E402
 from handler_sdk.job import Job  # noqa: E402
@@ -155,20 +156,3 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> boo
 def wait_for() -> Callable[..., Awaitable[bool]]:
     """``await wait_for(predicate, timeout=10)``: poll until true; returns whether it became true in time."""
     return _wait_for
-
-
-# The tool of the tool-calling tests, bounded: random weights would otherwise fill a free string up to max_tokens.
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-        "strict": True,
-    },
-}
