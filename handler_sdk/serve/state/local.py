@@ -80,9 +80,11 @@ class LocalState:
         route: str | None = None,
         trace: str | None = None,
     ) -> tuple[JobView, bool]:
+        if key is not None and self.broker.retained.on_disk and (old := await self._key_on_disk(req, key, sync)):
+            return old, True  # on disk: finished, and journaled long ago
         if sync:
-            return await self._keyed(req, key, sync=True, trace=trace, route=route)
-        r, replayed = await self._keyed(req, key, sync=False, queue=False, trace=trace, route=route)
+            return self.keys.submit(req, key, sync=True, trace=trace, route=route)
+        r, replayed = self.keys.submit(req, key, queue=False, trace=trace, route=route)
         if replayed:
             await self.broker.durable()  # journaled before we answer (the first may not be yet)
         else:
@@ -90,15 +92,16 @@ class LocalState:
             await self._journal_then_queue(r)
         return r, replayed
 
-    async def _keyed(
-        self, req: RunRequest, key: str | None, *, sync: bool, route: str | None = None, **kw: Any
-    ) -> tuple[JobRecord, bool]:
-        """Submit through the key index; a key whose job lives only on disk is looked up there first."""
-        if key is not None and self.broker.retained.on_disk and self.keys.find(key) is None:
-            old = await self.broker.retained.by_key(key)
-            if old is not None and self.keys.find(key) is None:  # (and not made again while we read)
-                return self.keys.replay(old, key, req, sync), True
-        return self.keys.submit(req, key, sync=sync, route=route, **kw)
+    async def _key_on_disk(self, req: RunRequest, key: str, sync: bool) -> JobRecord | None:
+        """The job that ``key`` names when it lives only on disk (Unprocessable if this is not its request);
+        None when the key is unknown there or names a job in memory (the keys map's to answer). Called only for
+        a keyed submit while jobs are on disk: an unkeyed one pays nothing for it."""
+        if self.keys.find(key) is not None:
+            return None
+        old = await self.broker.retained.by_key(key)
+        if old is None or self.keys.find(key) is not None:  # (or made again while we read)
+            return None
+        return self.keys.replay(old, key, req, sync)
 
     async def _journal_then_queue(self, r: JobRecord) -> None:
         """Queue a job submitted with ``queue=False`` once it is journaled; on StoreError forget it and raise."""
@@ -115,7 +118,9 @@ class LocalState:
     async def runsync(
         self, req: RunRequest, *, key: str | None, trace: str | None, timeout: float
     ) -> tuple[JobView, bool]:
-        r, replayed = await self._keyed(req, key, sync=True, trace=trace)
+        if key is not None and self.broker.retained.on_disk and (old := await self._key_on_disk(req, key, True)):
+            return old, True
+        r, replayed = self.keys.submit(req, key, sync=True, trace=trace)
         await wait_terminal(r, timeout, self.broker.jobs)
         return r, replayed
 
