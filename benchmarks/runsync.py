@@ -6,7 +6,9 @@ Five servers run side by side and are measured in alternating rounds, at 1 and a
 * (b) ``benchmarks/bare_server.py``, a bare aiohttp + orjson echo: the floor of any aiohttp server;
 * (c) runpod-python 1.12's local API server (``--rp_serve_api``) with the same no-op handler, from its own venv,
   as its users run it (uvicorn with its default loop);
-* (d) (a) on uvloop with ``--no-metrics``: the yardstick for what Prometheus metrics cost on the hot path.
+* (d) (a) on uvloop with ``--no-metrics``: the yardstick for what Prometheus metrics cost on the hot path;
+* (e) ``benchmarks/http_layer_server.py`` on uvloop: serve's own HTTP layer (route guard, body read, RunRequest
+  validation, JSON reply) answering at once, with no job behind it: the ceiling of any job path behind that layer.
 
 (a) and (b) run twice, on uvloop (the default where installed) and on asyncio's own loop (HANDLER_SDK_LOOP=asyncio),
 so each yardstick runs on the same loop as ours. Targets at 32 connections, for each loop: (a) >= 0.85 x (b) and
@@ -16,6 +18,7 @@ so each yardstick runs on the same loop as ours. Targets at 32 connections, for 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .common import (
@@ -102,6 +105,10 @@ def _start(run: Run, work_dir_name: str, loops: tuple[str, ...] = LOOPS) -> list
                  log=work / "serve-nometrics.log", env={"HANDLER_SDK_LOOP": "uvloop"})  # fmt: skip
     label = "(d) handler_sdk serve --no-metrics [uvloop]"
     servers.append(_Server("nometrics", label, f"http://127.0.0.1:{p}/v2/local/runsync", plain))
+    p = free_port()
+    layer = Proc([PY, "-m", "benchmarks.http_layer_server", "--port", str(p)], log=work / "http-layer.log",
+                 env={"HANDLER_SDK_LOOP": "uvloop"})  # fmt: skip
+    servers.append(_Server("layer", "(e) serve's HTTP layer alone, no job [uvloop]", _url(p), layer))
     try:
         for s in servers:
             wait_until(lambda s=s: http_ok(s.url, BODY.encode()), 60, f"{s.label} ready", s.proc)  # type: ignore[misc]
@@ -109,6 +116,10 @@ def _start(run: Run, work_dir_name: str, loops: tuple[str, ...] = LOOPS) -> list
         stop_all([s.proc for s in servers])
         raise
     return servers
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/v2/local/runsync"
 
 
 def run(run: Run) -> Section:
@@ -238,9 +249,11 @@ def _figures(run: Run, sec: Section, servers: list[_Server], results: dict[tuple
     ]
     sec.notes.append(
         f"At 32 connections on uvloop one /runsync takes (a) {us[0]:.0f} µs of server time (1 / throughput; the "
-        f"server is one Python process) against {us[1]:.0f} µs for the bare echo (b): the difference is the job's "
-        "trip through the broker and the in-process worker."
+        f"server is one Python process) against {us[1]:.0f} µs for the bare echo (b): the difference is serve's "
+        "HTTP layer and the job's trip through the broker and the in-process worker."
     )
+    if "layer" in by_key:
+        _layer_figures(sec, by_key, rps)
     p99_ours = sec.figure(f"{by_key['ours-uvloop'].label}, 32 conn: p99 latency", "ms").median
     p99_bare = sec.figure(f"{by_key['bare-uvloop'].label}, 32 conn: p99 latency", "ms").median
     if p99_ours > 5 * p99_bare:
@@ -279,6 +292,24 @@ def _figures(run: Run, sec: Section, servers: list[_Server], results: dict[tuple
         f"/runsync takes (a) at 32 connections: an expected drop of "
         f"{100 * (1 - per_job / (per_job + sorted(hook_us)[len(hook_us) // 2])):.1f} %. Everything else /metrics "
         "shows is read at scrape time. The paired ratio's spread is the machine's noise, not the metrics'."
+    )
+
+
+def _layer_figures(sec: Section, by_key: dict[str, _Server], rps: Callable[[str, int], list[float]]) -> None:
+    """Split (a)'s cost at 32 connections into the HTTP layer's (e) and the job's trip behind it."""
+    sec.figure("ratio (e)/(b) at 32 conn [uvloop]", "x").values = ratios(rps("layer", 32), rps("bare-uvloop", 32))
+    sec.figure("ratio (a)/(e) at 32 conn [uvloop]", "x").values = ratios(rps("ours-uvloop", 32), rps("layer", 32))
+    us = {k: 1e6 / sec.figure(f"{by_key[k].label}, 32 conn: requests/s", "req/s").median
+          for k in ("ours-uvloop", "bare-uvloop", "layer")}  # fmt: skip
+    job = us["ours-uvloop"] - us["layer"]
+    sec.notes.append(
+        f"Where (a)'s time goes, at 32 connections on uvloop (1 / median throughput): the bare echo (b) takes "
+        f"{us['bare-uvloop']:.0f} µs, serve's HTTP layer alone (e) {us['layer']:.0f} µs (so the layer adds "
+        f"{us['layer'] - us['bare-uvloop']:.0f} µs: route guard, capped body read, RunRequest validation, reply), "
+        f"and the job's trip behind it (broker, in-process worker, runner, result, wake-up) {job:.0f} µs. "
+        f"(a) >= 0.85 x (b) would need the whole request in {us['bare-uvloop'] / 0.85:.0f} µs, so a job's trip of "
+        f"at most {us['bare-uvloop'] / 0.85 - us['layer']:.0f} µs behind this layer, against the {job:.0f} µs it "
+        "takes now (a job queued, leased, run, recorded and woken on)."
     )
 
 

@@ -18,7 +18,7 @@ from .replies import json_reply, raw_json_reply
 from .router import Routes
 from .web import query_int, read_json
 
-__all__ = ["ClientLimits", "add_client_routes"]
+__all__ = ["ClientLimits", "add_client_routes", "run_request"]
 
 MiB = 1 << 20
 
@@ -34,7 +34,8 @@ class ClientLimits:
     stream_hold_ms: int = 1_000
 
 
-def _run_request(body: Any) -> RunRequest:
+def run_request(body: Any) -> RunRequest:
+    """The body of /run and /runsync as a RunRequest; BadRequest naming what is wrong."""
     if not isinstance(body, dict):
         raise BadRequest('request body must be a JSON object like {"input": {...}}')
     if "input" not in body:
@@ -61,7 +62,7 @@ class ClientRoutes:
 
     async def run(self, request: web.Request) -> web.Response:
         key = parse_key(request.headers.get(KEY_HEADER))
-        req = _run_request(await read_json(request, self.lim.run_body))
+        req = run_request(await read_json(request, self.lim.run_body))
         r, replayed = await self.state.submit(req, key=key, trace=trace.parse(request.headers.get("traceparent")))
         # The reply is the job as submitted: the in-process worker may already have started it. A replay says
         # where the job is now.
@@ -70,7 +71,7 @@ class ClientRoutes:
 
     async def runsync(self, request: web.Request) -> web.Response:
         key = parse_key(request.headers.get(KEY_HEADER))
-        req = _run_request(await read_json(request, self.lim.runsync_body))
+        req = run_request(await read_json(request, self.lim.runsync_body))
         r, replayed = await self.state.runsync(
             req, key=key, trace=trace.parse(request.headers.get("traceparent")), timeout=self._wait_s(request)
         )
