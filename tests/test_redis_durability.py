@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis_engine import new_endpoint, replicas
 from redis_server import RedisServer
 
+from handler_sdk.errors import StoreError
 from handler_sdk.models import JobStatus as S
 
 
@@ -47,3 +49,16 @@ async def test_every_job_accepted_a_second_before_a_redis_kill_survives_and_comp
         late = sum([await e.status(f"late{i}") is not None for i in range(50)])
         assert counts["COMPLETED"] == 200 + late
         assert counts["IN_QUEUE"] == counts["IN_PROGRESS"] == 0
+
+
+async def test_every_read_answers_store_error_while_redis_is_down(redis_aof_server: RedisServer) -> None:
+    # A StoreError is what serve answers 503; a redis-py error escaping here would be a 500.
+    async with replicas(redis_aof_server.url, clock=None) as [e]:
+        await e.submit("a", b"{}")
+        await e.take("w", 1)
+        redis_aof_server.kill9()
+        for read in (e.health, e.counts, e.workers, lambda: e.requests(10, 0), lambda: e.status("a")):
+            with pytest.raises(StoreError, match="Redis unavailable"):
+                await read()
+        redis_aof_server.start()
+        assert [r["jobs"] for r in await e.workers()] == [["a"]]

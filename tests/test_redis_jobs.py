@@ -326,6 +326,23 @@ async def test_health_tells_idle_running_and_initializing_workers(redis_url: str
         assert (await e.health())["workers"] == {"idle": 1, "running": 1, "initializing": 1}
 
 
+async def test_workers_snapshot_names_each_worker_with_its_state_jobs_and_last_ping(redis_url: str) -> None:
+    clock = Clock()
+    async with replicas(redis_url, clock=clock) as [e]:
+        await submitted(e, "a")
+        await submitted(e, "b")
+        await e.take("busy", 2)
+        clock.advance(250)
+        await e.take("idle", 1)
+        await e.ping("starting", initializing=True)
+        rows = {r["id"]: r for r in await e.workers()}
+        assert rows == {
+            "busy": {"id": "busy", "state": "running", "jobs": ["a", "b"], "lastPing": 1_000_000},
+            "idle": {"id": "idle", "state": "idle", "jobs": [], "lastPing": 1_000_250},
+            "starting": {"id": "starting", "state": "initializing", "jobs": [], "lastPing": 1_000_250},
+        }
+
+
 async def test_requests_lists_newest_first_and_filters_by_status(redis_url: str) -> None:
     clock = Clock()
     async with replicas(redis_url, clock=clock) as [e]:

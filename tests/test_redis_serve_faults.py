@@ -29,7 +29,8 @@ async def test_while_redis_is_down_requests_are_answered_503_and_serve_recovers(
     ep = await endpoint_factory("echo_async.py", store=redis_aof_server.url)
     assert (await ep.post("runsync", {"input": {"n": 0}}))[1]["status"] == "COMPLETED"
     redis_aof_server.kill9()
-    for op, body in (("run", {"input": {}}), ("runsync", {"input": {}}), ("status/x", None), ("health", None)):
+    reads = ("status/x", "health", "requests", "dashboard/state")
+    for op, body in (("run", {"input": {}}), ("runsync", {"input": {}}), *((r, None) for r in reads)):
         code, reply = await ep.call("GET" if body is None else "POST", op, body)
         assert code == 503 and "Redis unavailable" in reply["error"], (op, code, reply)
     redis_aof_server.start()

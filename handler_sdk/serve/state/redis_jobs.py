@@ -224,8 +224,8 @@ class RedisJobs:
 
     async def counts(self) -> dict[str, int]:
         """The raw per-status counters (and ``retried``), as the scripts keep them."""
-        flat: dict[bytes, bytes] = await self.client.hgetall(self.prefix + "counts")  # type: ignore[assignment]
-        return {k.decode(): int(v) for k, v in flat.items()}
+        flat = await self._call("read", "health")
+        return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat) - 2, 2)}
 
     async def requests(
         self, limit: int, offset: int, status: JobStatus | None = None, *, errors: bool = False
@@ -327,16 +327,12 @@ class RedisJobs:
 
     async def workers(self) -> list[dict[str, Any]]:
         """Every attached worker with its state, its jobs and when its lease was last renewed (the dashboard)."""
-        c: Any = self.client  # redis-py's annotations mix the sync and async clients
-        flat: dict[bytes, bytes] = await c.hgetall(self.prefix + "workers")
         rows = []
-        for wid_b, init in flat.items():
-            wid = wid_b.decode()
-            jobs = sorted(j.decode() for j in await c.smembers(self.prefix + "wjobs:" + wid))
-            due = await c.zscore(self.prefix + "dl", "lease|" + wid)
+        for wid_b, init, jobs_b, due in await self._call("read", "workers"):
+            jobs = sorted(j.decode() for j in jobs_b)
             state = "initializing" if init == b"1" else "running" if jobs else "idle"
             seen = None if due is None else int(due) - self.cfg.lease_ms
-            rows.append({"id": wid, "state": state, "jobs": jobs, "lastPing": seen})
+            rows.append({"id": wid_b.decode(), "state": state, "jobs": jobs, "lastPing": seen})
         return rows
 
     async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:

@@ -4,6 +4,7 @@
 --   stream id start? : {status, items...}; without start, the items past the cursor, and the cursor moves on.
 --   health           : {counts..., 'workers', idle, running, initializing}.
 --   requests limit offset status? : {total, {id, status, created, started, ended, error}, ...} newest first.
+--   workers          : {{id, initializing, {job ids...}, lease due or false}, ...}: one snapshot, one round trip.
 local op = ARGV[3]
 if op == 'status' then
   local k = jkey(ARGV[4])
@@ -59,6 +60,13 @@ elseif op == 'requests' then
     end
   end
   out[1] = total
+  return out
+elseif op == 'workers' then
+  local out = {}
+  local w = redis.call('HGETALL', WORKERS)
+  for i = 1, #w, 2 do
+    out[#out + 1] = { w[i], w[i + 1], redis.call('SMEMBERS', wjobs(w[i])), redis.call('ZSCORE', DL, 'lease|' .. w[i]) }
+  end
   return out
 end
 return redis.error_reply('unknown op ' .. op)
