@@ -198,3 +198,15 @@ async def test_takes_ask_for_the_free_slots_and_say_whether_the_worker_is_busy(f
         ("job-take-batch", {"job_in_progress": "0", "batch_size": "5"}),
     ]
     assert f.takes[1:] == expected
+
+
+async def test_a_plain_success_goes_as_its_id_and_output_and_anything_else_with_its_status(fake) -> None:
+    f, t = fake
+    await t.done("none", Outcome(JobStatus.COMPLETED))
+    await t.done("fine", ok(3))
+    await t.done("bad", Outcome(JobStatus.FAILED, error="ValueError: x", error_details={"error_type": "ValueError"}))
+    await t.done("late", Outcome(JobStatus.TIMED_OUT, output=b"1"))
+    items = [x for b in f.batches for x in b]
+    assert items[:2] == [{"id": "none"}, {"id": "fine", "output": {"n": 3}}]
+    assert items[2]["status"] == "FAILED" and "ValueError" in items[2]["error"]
+    assert items[3] == {"id": "late", "status": "TIMED_OUT", "output": 1}
