@@ -23,6 +23,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import orjson
 
 from handler_sdk import loop as event_loop
 
-from .common import PY, Proc, Run, Section, Target, free_port, http_ok, ratios, serve_cmd, stop_all, wait_until
+from .common import PY, Figure, Proc, Run, Section, Target, free_port, http_ok, ratios, serve_cmd, stop_all, wait_until
 from .loadgen import have_wrk, run_load
 from .profile import profile_pid, summarize
 
@@ -162,7 +163,7 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
         asyncio.run(_preload(base, n))
         serve_cpu = _cpu_s(serve.pid)
         for i in range(workers):
-            env = {
+            env: dict[str, str | None] = {
                 "HANDLER_SDK_ENDPOINT_URL": base,
                 "HANDLER_SDK_WORKER_ID": f"drain-{i}",
                 "HANDLER_SDK_SPOOL_DIR": str(work / f"spool-{tag}-{i}"),
@@ -190,7 +191,7 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
         serve.stop(10)
 
 
-def _cpu_bound(sec: Section, worker_counts: list[int]) -> str | None:
+def _cpu_bound(sec: Section, worker_counts: Sequence[int]) -> str | None:
     """What the measured CPU per job allows on this machine's cores, set against the ceiling target."""
     w = worker_counts[0]
     who = f"{w} worker process{'es' if w > 1 else ''}"
@@ -421,7 +422,7 @@ def run(run: Run) -> Section:
 def _plot(run: Run, sec: Section, worker_counts: tuple[int, ...]) -> str | None:
     from .report import bar_plot
 
-    series = {
+    series: dict[str, list[Figure | None]] = {
         "store ceiling (take->done)": [sec.figure("store ceiling: take -> done, batched, no HTTP", "jobs/s")],
         "bare aiohttp req/s (1b)": [sec.figure("bare aiohttp server /runsync at 32 conn (benchmark 1 (b))", "req/s")],
     }

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from handler_sdk.errors import NotFound, StoreError
 from handler_sdk.models import ErrorDetails, JobStatus, RunRequest
@@ -103,6 +105,42 @@ def test_a_journaled_state_leaves_defaults_out_and_reads_back_every_field_old_ro
     }  # fmt: skip
     back = JobRecord.restore("job-1", None, old, None)
     assert back.state() == {k: v for k, v in old.items() if v is not None and v != 0}
+
+
+def _state_as_filtered(r: JobRecord) -> dict[str, Any]:
+    """A record's journaled state as it was first defined: every field, then those at their default dropped."""
+    optional = {
+        "started": r.started, "ended": r.ended, "error": r.error, "error_details": r.error_details,
+        "retries": r.retries, "attempt": r.attempt, "worker_id": r.worker_id, "webhook": r.webhook,
+        "execution_timeout": r.execution_timeout, "ttl": r.ttl, "requeued": r.requeued,
+        "low_priority": r.low_priority, "cursor": r.cursor,
+        "webhook_events": None if r.webhook_events is None else sorted(r.webhook_events),
+        "idempotency": r.idempotency, "trace": r.trace,
+    }  # fmt: skip
+    d = {"status": r.status.value, "created": r.created, "retention": r.retention}
+    d.update({k: v for k, v in optional.items() if v is not None and v != 0})
+    return d
+
+
+_maybe_int = st.none() | st.integers(min_value=0, max_value=2**53)
+_maybe_text = st.none() | st.text(max_size=8)
+
+
+@given(
+    st.sampled_from(list(S)), _maybe_int, _maybe_int, _maybe_text, st.none() | st.dictionaries(st.text(), st.text()),
+    st.integers(0, 5), st.integers(0, 5), _maybe_text, _maybe_int, _maybe_int, st.booleans(), st.integers(0, 5),
+    st.none() | st.frozensets(st.sampled_from(["start", "progress", "output"])),
+    st.none() | st.tuples(st.text(max_size=4), st.text(max_size=4)), _maybe_text,
+)  # fmt: skip
+def test_a_journaled_state_is_byte_for_byte_what_the_filtered_form_wrote(
+    status, started, ended, error, details, retries, attempt, worker, timeout, ttl, low, cursor, events, key, tp
+) -> None:
+    r = record(retention=60_000)
+    r.status, r.started, r.ended, r.error, r.error_details = status, started, ended, error, details
+    r.retries, r.attempt, r.worker_id, r.execution_timeout, r.ttl = retries, attempt, worker, timeout, ttl
+    r.requeued, r.low_priority, r.cursor, r.webhook_events, r.idempotency, r.trace = ttl, low, cursor, events, key, tp
+    r.webhook = worker
+    assert orjson.dumps(r.state()) == orjson.dumps(_state_as_filtered(r))
 
 
 async def test_updated_status_output_and_error_survive_reopen(tmp_path: Path) -> None:
@@ -531,3 +569,25 @@ async def test_error_details_too_deep_to_encode_are_journaled_as_text_in_their_s
     details = ErrorDetails.model_validate(records["job-1"].error_details)
     assert details.error_type == "KeyError" and "bottom" in details.error_message
     await store.close()
+
+
+async def test_an_update_keeps_a_finished_rows_expiry_and_a_job_that_runs_again_loses_it(tmp_path: Path) -> None:
+    store, _, _ = await opened(tmp_path / "jobs.db")
+    ended, rerun = record(retention=60_000), record("job-2", retention=60_000)
+    for r in (ended, rerun):
+        store.insert(r)
+        r.status, r.started, r.ended = S.COMPLETED, 1_001, 1_002
+        store.update(r)
+        store.expire_at(r.id, 9_999)  # left memory: the row carries its expiry
+    await store.flush()
+    ended.retention = 30_000  # a shorter ttl asked on /status: an update of a finished row
+    store.update(ended)
+    rerun.status, rerun.started, rerun.ended = S.IN_QUEUE, None, None  # a /retry
+    store.update(rerun)
+    await store.flush()
+    await store.close()
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        rows = dict(conn.execute("SELECT id, expires FROM jobs"))
+        states = {i: orjson.loads(s) for i, s in conn.execute("SELECT id, state FROM jobs")}
+    assert rows == {"job-1": 9_999, "job-2": None}
+    assert states["job-1"]["retention"] == 30_000 and states["job-2"]["status"] == "IN_QUEUE"

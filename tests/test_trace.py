@@ -148,3 +148,18 @@ async def test_the_workers_log_lines_for_a_job_carry_its_traceparent(endpoint_fa
             assert ln.endswith(f"traceparent={TP}")
     others = [ln for ln in p.output().splitlines() if job_id not in ln]
     assert others and not any(TP in ln for ln in others)  # lines outside the job carry none
+
+
+def _derived_by_regex(job_id: str) -> str:
+    import re
+
+    h = job_id.removeprefix("sync-").replace("-", "")
+    if re.fullmatch(r"[0-9a-f]{32}", h) is None:
+        h = (h.encode().hex() + "1" * 32)[:32]
+    return "00-" + h + "-" + h[16:] + "-01"
+
+
+@given(st.uuids().map(str) | st.text() | st.text(alphabet="0123456789abcdefABCDEF-", min_size=30, max_size=36))
+def test_a_derived_trace_reads_as_the_regex_defined_it(job_id):
+    assert trace.derived(job_id) == _derived_by_regex(job_id)
+    assert trace.derived("sync-" + job_id) == _derived_by_regex("sync-" + job_id)

@@ -151,7 +151,7 @@ async def test_results_queued_behind_a_batch_in_flight_leave_together_in_one_req
     f.hold.set()
     await asyncio.wait_for(asyncio.gather(first, *rest), 10)
     assert [[x["id"] for x in b] for b in f.batches] == [["a"], ["b", "c", "d", "e", "f"]]
-    assert f.batches[1][0] == {"id": "b", "status": "COMPLETED", "output": {"n": 1}}
+    assert f.batches[1][0] == {"id": "b", "output": {"n": 1}}  # a plain success: no status, read as COMPLETED
 
 
 async def test_each_result_of_a_batch_gets_its_own_verdict(fake) -> None:
@@ -173,7 +173,7 @@ async def test_a_failed_batch_request_fails_each_of_its_results_for_their_own_re
 
 async def test_queued_results_over_the_size_cap_leave_in_several_requests_in_order(fake, monkeypatch) -> None:
     f, t = fake
-    item = len(b'{"id":"r0","status":"COMPLETED","output":{"n":0}}')
+    item = len(b'{"id":"r0","output":{"n":0}}')
     monkeypatch.setattr(http, "_BATCH_BYTES", 2 * item + 1)
     f.hold.clear()
     first = asyncio.create_task(t.done("first", ok(0)))
@@ -198,3 +198,15 @@ async def test_takes_ask_for_the_free_slots_and_say_whether_the_worker_is_busy(f
         ("job-take-batch", {"job_in_progress": "0", "batch_size": "5"}),
     ]
     assert f.takes[1:] == expected
+
+
+async def test_a_plain_success_goes_as_its_id_and_output_and_anything_else_with_its_status(fake) -> None:
+    f, t = fake
+    await t.done("none", Outcome(JobStatus.COMPLETED))
+    await t.done("fine", ok(3))
+    await t.done("bad", Outcome(JobStatus.FAILED, error="ValueError: x", error_details={"error_type": "ValueError"}))
+    await t.done("late", Outcome(JobStatus.TIMED_OUT, output=b"1"))
+    items = [x for b in f.batches for x in b]
+    assert items[:2] == [{"id": "none"}, {"id": "fine", "output": {"n": 3}}]
+    assert items[2]["status"] == "FAILED" and "ValueError" in items[2]["error"]
+    assert items[3] == {"id": "late", "status": "TIMED_OUT", "output": 1}

@@ -36,33 +36,34 @@ class Reporter:
 
     async def deliver(self, job_id: str, outcome: Outcome) -> None:
         """Report one result; never raises but CancelledError (one job's report must never take the worker, and
-        every other job, down with it)."""
+        every other job, down with it). If the worker is torn down meanwhile, the result is kept in the spool for
+        the next start (not asyncio.shield: its task per job was a sixth of a no-op job's cost, and a shielded
+        report still dies with the event loop, while the spool outlives the process). The in-process endpoint
+        records the result before done() first suspends: a cancel there can't lose it, and nothing is kept."""
         self.reporting.add(job_id)
         try:
-            if self.t.direct:
-                # The in-process endpoint records the result before done() first suspends: a cancel can't lose it.
-                await self.report(job_id, outcome)
-            else:
-                await self._report_or_keep(job_id, outcome)
+            await self.report(job_id, outcome)
+        except asyncio.CancelledError:
+            if not self.t.direct and not self._kept_at_exit(job_id, outcome):
+                return  # (the spool failed: logged, as any other failed report)
+            raise
         except Exception:
             log.exception("reporting the result of job %s failed", job_id)
         finally:
             self.reporting.discard(job_id)
 
-    async def _report_or_keep(self, job_id: str, outcome: Outcome) -> None:
-        """Report; if the worker is torn down meanwhile, keep the result in the spool for the next start.
-
-        (Not asyncio.shield: its task per job was a sixth of a no-op job's cost, and a shielded report still dies
-        with the event loop, while the spool outlives the process.)"""
+    def _kept_at_exit(self, job_id: str, outcome: Outcome) -> bool:
+        """A result the worker's teardown interrupted, spooled (or logged as lost); False if the spool failed."""
+        if self.spool is None:
+            log.error("result of job %s lost: the worker stopped before it was delivered", job_id)
+            return True
         try:
-            await self.report(job_id, outcome)
-        except asyncio.CancelledError:
-            if self.spool is not None:
-                self._keep(job_id, outcome)
-                log.warning("result of job %s spooled: the worker stopped before it was delivered", job_id)
-            else:
-                log.error("result of job %s lost: the worker stopped before it was delivered", job_id)
-            raise
+            self._keep(job_id, outcome)
+        except Exception:
+            log.exception("reporting the result of job %s failed", job_id)
+            return False
+        log.warning("result of job %s spooled: the worker stopped before it was delivered", job_id)
+        return True
 
     async def report(self, job_id: str, outcome: Outcome) -> None:
         while True:

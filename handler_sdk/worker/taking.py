@@ -90,14 +90,19 @@ class TakePump:
         self._delay = config.backoff_base_s
         self.takes = 0  # takes sent, for tests and diagnostics
         self.most_in_flight = 0
+        # Asked once: a runtime protocol check costs microseconds, and the pump looks at each freed slot.
+        self._pipe: Pipelining | None = transport if isinstance(transport, Pipelining) else None
 
     def wake(self) -> None:
-        """A slot freed (or the worker is stopping): look again."""
-        self._wake.set()
+        """A slot freed (or the worker is stopping): look again. Not while every take that may be in flight is:
+        nothing can be sent until one returns, and its return wakes the pump (``_took``); a wake per finished job
+        cost the pump a turn and a timer each."""
+        if len(self._takes) < self.depth() or not self.host.taking():
+            self._wake.set()
 
     def depth(self) -> int:
-        if isinstance(self.t, Pipelining) and self.t.takes_in_flight > 1 and self.host.limit > 1:
-            return min(self.t.takes_in_flight, PIPELINE, self.host.limit)
+        if (pipe := self._pipe) is not None and (most := pipe.takes_in_flight) > 1 and self.host.limit > 1:
+            return min(most, PIPELINE, self.host.limit)
         return 1
 
     def in_flight(self) -> int:

@@ -33,7 +33,10 @@ DELETED = _Deleted()
 # One commit's worth of work, built on the event loop so it sees one consistent moment.
 Batch = tuple[
     list[tuple[str, bytes, bytes, bytes | None, str, str, int | None, str | None]],  # inserts
-    list[tuple[bytes, bytes | None, str, int | None, str]],  # updates
+    # Updates: (state, output, status, id) of the jobs with an expiry (finished: the row keeps the expiry it has),
+    # and of those without (running, or queued again: the row loses any expiry).
+    list[tuple[bytes, bytes | None, str, str]],
+    list[tuple[bytes, bytes | None, str, str]],
     list[tuple[str, int, bytes]],  # stream items
     list[str],  # deletes
     list[str],  # stream resets
@@ -183,7 +186,10 @@ class Pending:
         ]
         for r in self._archived.values():
             inserts.append((r.id, _input(r), _state(r), r.output, ep, r.status.value, r.expires, _key(r)))
-        updates = [(_state(r), r.output, r.status.value, r.expires, r.id) for r in dirty.values()]
+        ended: list[tuple[bytes, bytes | None, str, str]] = []
+        running: list[tuple[bytes, bytes | None, str, str]] = []
+        for r in dirty.values():
+            (running if r.ended is None else ended).append((_state(r), r.output, r.status._value_, r.id))
         expiring = [(when, job_id) for job_id, when in self._expiring.items() if job_id not in self._deleted]
         deleted = self._deleted
         stream = [s for s in self._stream if s[0] not in deleted]
@@ -197,7 +203,7 @@ class Pending:
         resets = [i for i in self._reset if i not in self._deleted]
         deletes = list(self._deleted)
         self._reset, self._deleted = set(), set()
-        return (inserts, updates, stream, deletes, resets, meta, sweep, expiring), taken
+        return (inserts, ended, running, stream, deletes, resets, meta, sweep, expiring), taken
 
     def put_back(self, taken: Taken) -> None:
         """A failed commit's changes queued again, under whatever was queued since (which is newer)."""
