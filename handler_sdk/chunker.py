@@ -36,6 +36,7 @@ __all__ = [
     "batch_body",
     "encode",
     "encode_item",
+    "encode_parts",
     "pack",
     "single_body",
     "split",
@@ -210,6 +211,26 @@ def encode(value: Any, metrics: dict[str, Any] | None = None, limit: int = MAX_I
         item.metrics = None
         item.size = n + _NO_METRICS
     return item
+
+
+def encode_parts(
+    value: Any, metrics: dict[str, Any] | None = None, limit: int = MAX_ITEM_OUTPUT
+) -> tuple[bytes, bytes | None] | list[EncodedItem]:
+    """``encode`` for a sink that queues an item's output and metrics apart (the multiplexer's stream): the two as
+    a pair, with no EncodedItem made between them (an object per token costs a fifth of the token's encode), or
+    for a string over ``limit`` its pieces as ``encode`` gives them. Same bytes as ``encode``, same errors."""
+    data = _dumps(value)
+    if len(data) > limit:
+        m = _metrics(metrics) if metrics else None
+        return [EncodedItem(piece, m) for piece in _oversized(value, data, limit)]
+    if not metrics:
+        return data, None
+    if "stream_index" in metrics or "scenario" in metrics or "attempt" in metrics:
+        metrics = {k: v for k, v in metrics.items() if k not in _RESERVED}
+    m = _dumps(metrics)
+    if len(m) > METRICS_RESERVE:
+        raise OutputTooLarge(f"stream item metrics are {len(m)} bytes serialized, over {METRICS_RESERVE}")
+    return data, m
 
 
 _size = attrgetter("size")

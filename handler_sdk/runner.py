@@ -12,7 +12,7 @@ import asyncio
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,6 +39,8 @@ __all__ = [
 DEFAULT_RESULT_CAP = 20 * 1024 * 1024
 
 # None when the item is queued and the handler may go on at once (no await per item), or an awaitable to wait on.
+# An emit that is the ``emit`` method of a sink with ``emit_parts(output, metrics)`` as well (the multiplexer's
+# stream) gets an async generator's tokens there, as their two encoded parts (see _put_parts).
 Emit = Callable[[chunker.EncodedItem], Awaitable[None] | None]
 
 
@@ -213,10 +215,26 @@ async def _stream(
         return f.output
 
 
+def _put_parts(emit: Emit) -> Callable[[bytes, bytes | None], Awaitable[None] | None]:
+    """How ``_pump`` hands over an item's two encoded parts: an ``emit`` that is the ``emit`` method of a sink
+    that also has ``emit_parts`` (the multiplexer's stream) takes them there, with no EncodedItem between; any
+    other emit gets its EncodedItem. The same items either way, in the same order."""
+    sink = getattr(emit, "__self__", None)
+    put = getattr(sink, "emit_parts", None)
+    if put is not None and getattr(emit, "__func__", None) is getattr(type(sink), "emit", None):
+        return cast("Callable[[bytes, bytes | None], Awaitable[None] | None]", put)
+
+    def item(output: bytes, metrics: bytes | None) -> Awaitable[None] | None:
+        return emit(chunker.EncodedItem(output, metrics))
+
+    return item
+
+
 async def _pump(agen: Any, publish: Publish, emit: Emit, aggregate: list[bytes] | None) -> None:
     """An async generator's items, each through ``publish``; a Chunk or a string goes through publish's own
     steps written out here, one call fewer per token (the values publish refuses are neither)."""
-    encode = chunker.encode
+    encode = chunker.encode_parts
+    put = _put_parts(emit)
     try:
         async for value in agen:
             t = type(value)
@@ -233,12 +251,13 @@ async def _pump(agen: Any, publish: Publish, emit: Emit, aggregate: list[bytes] 
             except OutputNotSerializable:
                 wait = publish(value)  # Files, or the error publish raises
             else:
-                if isinstance(encoded, list):
-                    wait = _publish_all(encoded, emit, aggregate)
-                else:
-                    wait = emit(encoded)
+                if type(encoded) is tuple:
+                    data, m = encoded
+                    wait = put(data, m)
                     if aggregate is not None:
-                        aggregate.append(encoded.output)
+                        aggregate.append(data)
+                else:
+                    wait = _publish_all(cast("list[chunker.EncodedItem]", encoded), emit, aggregate)
             if wait is not None:
                 await wait
     finally:

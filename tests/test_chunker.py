@@ -19,6 +19,7 @@ from handler_sdk.chunker import (
     batch_body,
     encode,
     encode_item,
+    encode_parts,
     pack,
     single_body,
     split,
@@ -190,6 +191,27 @@ def test_encode_item_accepts_metrics_right_at_the_reserve() -> None:
     overhead = len(codec.dumps({"blob": ""}))
     item = encode_item(b"1", {"blob": "m" * (METRICS_RESERVE - overhead)})
     assert item.metrics is not None and len(item.metrics) == METRICS_RESERVE
+
+
+_with_reserved = st.one_of(
+    metrics_dicts,
+    st.dictionaries(st.sampled_from(["stream_index", "scenario", "attempt", "tok"]), st.integers(0, 9), min_size=1),
+)
+
+
+@given(value=st.one_of(json_values, texts), metrics=_with_reserved, limit=st.integers(MIN_LIMIT, 400))
+def test_encode_parts_gives_the_bytes_encode_gives(value: Any, metrics: dict[str, Any] | None, limit: int) -> None:
+    try:
+        want = encode(value, metrics, limit)
+    except OutputTooLarge:
+        with pytest.raises(OutputTooLarge):
+            encode_parts(value, metrics, limit)
+        return
+    got = encode_parts(value, metrics, limit)
+    if isinstance(want, list):
+        assert got == want  # a long string's pieces, as encode gives them
+    else:
+        assert got == (want.output, want.metrics)
 
 
 # --- bodies ----------------------------------------------------------------------------------------------------

@@ -285,3 +285,75 @@ def test_any_interleaving_of_jobs_arrives_complete_and_in_order_per_job_each_req
     ep, sent = asyncio.run(scenario())
     assert ep.landed == sent
     assert all(len(body) <= limit for body in ep.bodies)
+
+
+_item_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=8)), max_size=4),
+)
+_item_metrics = st.one_of(
+    st.none(),
+    st.dictionaries(st.sampled_from(["tok", "kv", "stream_index", "attempt"]), st.integers(0, 99), max_size=3),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    yields=st.lists(
+        st.tuples(st.integers(0, 2), st.booleans(), st.one_of(st.text(max_size=30), _item_values), _item_metrics),
+        max_size=40,
+    )
+)
+def test_the_runners_items_reach_the_body_as_encoded_items_would_same_bytes_same_order(
+    yields: list[tuple[int, bool, Any, dict[str, Any] | None]],
+) -> None:
+    """The runner hands a stream's emit each token's two parts (no EncodedItem between): the bodies are the bytes
+    the EncodedItem path makes, and decode to every yield, in order, per job."""
+    from handler_sdk import Chunk, handler
+    from handler_sdk.job import Job
+    from handler_sdk.runner import _put_parts, run_job
+    from handler_sdk.threads import ElasticPool
+
+    async def scenario(via_items: bool) -> Endpoint:
+        ep = Endpoint()
+        pool = ElasticPool()
+
+        async def one(j: int) -> None:
+            @handler
+            async def gen(job: Any) -> Any:
+                for who, as_str, value, metrics in yields:
+                    if who == j:
+                        yield str(value) if as_str else Chunk(value, metrics=metrics)
+                    await asyncio.sleep(0)
+
+            s = ep.mux.open(f"job-{j}")
+
+            def as_items(item: EncodedItem) -> Any:  # not a stream's own emit: the runner makes EncodedItems
+                return s.emit(item)
+
+            emit = as_items if via_items else s.emit
+            assert (_put_parts(emit) == s.emit_parts) is not via_items
+            job = Job({"id": f"job-{j}", "input": {}}, input={})
+            await run_job(gen, job, emit=emit, pool=pool)
+            await s.flush()
+
+        await asyncio.gather(*(one(j) for j in range(3)))
+        return ep
+
+    parts, items = asyncio.run(scenario(False)), asyncio.run(scenario(True))
+    assert parts.bodies == items.bodies
+    got: dict[str, list[tuple[Any, Any]]] = {}
+    for body in parts.bodies:
+        for p in codec.loads(body)["streams"]:
+            mets = p.get("metrics", [None] * len(p["outputs"]))
+            got.setdefault(p["id"], []).extend(zip(p["outputs"], mets, strict=True))
+    want: dict[str, list[tuple[Any, Any]]] = {}
+    for who, as_str, value, metrics in yields:
+        kept = {k: v for k, v in (metrics or {}).items() if k not in ("stream_index", "attempt")}
+        out = codec.loads(codec.dumps(str(value) if as_str else value))
+        want.setdefault(f"job-{who}", []).append((out, None if as_str or not metrics else kept))
+    assert got == want

@@ -41,6 +41,8 @@ _OPEN = b'{"streams":['
 _CLOSE = b"]}"
 # A part's fields besides its id and items: "outputs":[ ... ],"metrics":[ ... ]} and the comma before the next.
 _PART = len(b'"outputs":[],"metrics":[]}') + 1
+_METRICS = b'],"metrics":['
+_PART_END = b"]},"
 # An item's share of a part besides its output (as EncodedItem.size counts it): its metrics or a null, two commas.
 _NO_METRICS = 6
 _COMMAS = 2
@@ -56,13 +58,14 @@ class Stream:
     The queue is two lists (outputs, metrics) rather than the items, so a part is two joins and no pass over them
     in Python."""
 
-    __slots__ = ("_done", "_head", "_max", "_mux", "_room", "attempts", "error", "inflight", "inflight_bytes",
-                 "job_id", "metrics", "outputs", "queued", "retries", "sent", "size")  # fmt: skip
+    __slots__ = ("_done", "_fixed", "_head", "_max", "_mux", "_room", "attempts", "error", "inflight", "job_id",
+                 "metrics", "outputs", "queued", "retries", "sent", "size")  # fmt: skip
 
     def __init__(self, mux: Mux, job_id: str, max_buffered: int, retries: int) -> None:
         self._mux = mux
         self.job_id = job_id
         self._head = b'{"id":' + codec.dumps(job_id) + b',"outputs":['
+        self._fixed = len(self._head) + _PART  # a part's bytes besides its items'
         self._max = max_buffered
         self.retries = retries
         self.outputs: list[bytes] = []
@@ -70,7 +73,6 @@ class Stream:
         self.size = 0  # the queued items' bytes (their share of a batch body)
         self.queued = False  # on the multiplexer's dirty list
         self.inflight: Items | None = None  # the items in the request now in flight
-        self.inflight_bytes = 0  # their outputs' bytes
         self.attempts = 0  # failed sends of the items in front, in a row
         self.error: BaseException | None = None
         self.sent = 0
@@ -83,6 +85,24 @@ class Stream:
         self.outputs.append(item.output)
         self.metrics.append(item.metrics)
         self.size += item.size
+        if not self.queued:
+            self.queued = True
+            mux = self._mux
+            mux._dirty.append(self)
+            if mux._task is None:
+                mux.start()
+        if self.size >= self._max:
+            return self._wait_room()
+        return None
+
+    def emit_parts(self, output: bytes, metrics: bytes | None) -> Awaitable[None] | None:
+        """``emit`` of an item given as its two parts (chunker.encode_parts): the runner's path for each token,
+        with no EncodedItem made only to be taken apart here."""
+        if self.error is not None:
+            raise self.error
+        self.outputs.append(output)
+        self.metrics.append(metrics)
+        self.size += len(output) + (_NO_METRICS if metrics is None else len(metrics) + _COMMAS)
         if not self.queued:
             self.queued = True
             mux = self._mux
@@ -161,12 +181,15 @@ class Stream:
         """``{"id":...,"outputs":[...],"metrics":[...]}``: this job's part of a job-stream-batch body."""
         outs, mets = items
         outputs = b",".join(outs)
-        self.inflight_bytes = len(outputs) - len(outs) + 1
         nulls = mets.count(None)
         if nulls == len(mets):
             return b"".join((self._head, outputs, b"]}"))
         m = b",".join(cast("list[bytes]", mets) if not nulls else [b"null" if x is None else x for x in mets])
         return b"".join((self._head, outputs, b'],"metrics":[', m, b"]}"))
+
+
+def _output_bytes(outs: list[bytes]) -> int:
+    return sum(map(len, outs))
 
 
 def _sizes(outs: list[bytes], mets: list[bytes | None]) -> list[int]:
@@ -187,6 +210,7 @@ class Mux:
         self._last = -1e9  # when the last request started (loop time)
         self._dirty: list[Stream] = []
         self._task: asyncio.Task[None] | None = None
+        self._inflight_bytes = 0  # the outputs' bytes of the request in flight
         self.backoff_s = 0.2
         # Delivered, for the worker's /metrics: items, and their outputs' bytes.
         self.items_sent = 0
@@ -218,13 +242,14 @@ class Mux:
                         s = parts[0]
                         assert s.inflight is not None
                         item = EncodedItem(s.inflight[0][0], s.inflight[1][0])
+                        self._inflight_bytes = len(item.output)
                         ids, codes = [s.job_id], [await self._post_one(s.job_id, item)]
                     else:
                         ids, codes = await self._post(body)
                 except TransportError as e:
                     error, ids, codes = e, [s.job_id for s in parts], [0] * len(parts)
                 if error is None and codes.count(200) == len(parts) and ids == [s.job_id for s in parts]:
-                    self._delivered(parts)
+                    self._delivered(parts, self._inflight_bytes)
                     delay = self.backoff_s
                     continue
                 if self._verdicts(parts, ids, codes, error) and self._dirty:
@@ -238,42 +263,57 @@ class Mux:
         """The dirty streams' items that fit in one body (every stream's whole queue, usually), now in flight."""
         room = self._max - len(_OPEN) - len(_CLOSE)
         parts: list[Stream] = []
-        chunks: list[bytes] = []
+        # The body's pieces, for one join at the end: each part ends with its comma, the last one's cut below.
+        chunks: list[bytes] = [_OPEN]
+        nbytes = 0
+        join = b",".join
         dirty = self._dirty
         self._dirty = []
-        for i, s in enumerate(dirty):
-            if not s.outputs or s.error is not None:
+        for s in dirty:
+            outs = s.outputs
+            if not outs or s.error is not None:
                 s.queued = False
                 continue
-            need = s.size + len(s._head) + _PART
+            need = s.size + s._fixed
             if need > room:
-                return self._take_big(dirty, i, parts, chunks, room)
-            # s.part(s.take()), inlined: this runs for every stream at every request.
-            outs, mets = items = s.outputs, s.metrics
-            s.outputs, s.metrics, s.size, s.queued, s.inflight = [], [], 0, False, items
+                return self._take_big(dirty, dirty.index(s), parts, chunks, room, nbytes=nbytes)
+            # s.part(s.take()), written out: this runs for every stream at every request.
+            mets = s.metrics
+            s.outputs = []
+            s.metrics = []
+            s.size = 0
+            s.queued = False
+            s.inflight = (outs, mets)
             if s._room is not None:
                 s.wake()
-            outputs = b",".join(outs)
-            s.inflight_bytes = len(outputs) - len(outs) + 1
-            nulls = mets.count(None)
-            if nulls == len(mets):
-                chunks.append(b"".join((s._head, outputs, b"]}")))
-            elif nulls:
-                chunks.append(s.part(items))
+            outputs = join(outs)
+            nbytes += len(outputs) - len(outs) + 1
+            if not mets.count(None):
+                chunks += (s._head, outputs, _METRICS, join(mets), _PART_END)  # type: ignore[arg-type]
+            elif mets.count(None) == len(mets):
+                chunks += (s._head, outputs, _PART_END)
             else:
-                chunks.append(b"".join((s._head, outputs, b'],"metrics":[', b",".join(mets), b"]}")))  # type: ignore[arg-type]
+                chunks += (s.part((outs, mets)), b",")
             room -= need
             parts.append(s)
-        return parts, b"".join((_OPEN, b",".join(chunks), _CLOSE))
+        return parts, self._body(chunks, nbytes)
+
+    def _body(self, chunks: list[bytes], nbytes: int) -> bytes:
+        """The request body from its pieces (every part's with its comma after it); ``nbytes`` is its outputs'."""
+        self._inflight_bytes = nbytes
+        if len(chunks) > 1:
+            chunks[-1] = chunks[-1][:-1]  # the last part's comma
+        chunks.append(_CLOSE)
+        return b"".join(chunks)
 
     def _take_big(
-        self, dirty: list[Stream], i: int, parts: list[Stream], chunks: list[bytes], room: int
+        self, dirty: list[Stream], i: int, parts: list[Stream], chunks: list[bytes], room: int, *, nbytes: int
     ) -> tuple[list[Stream], bytes | None]:
         """``dirty[i]`` does not fit in what is left of the body: the prefix of its items that does goes in it,
         and the rest waits at the front of its queue (with every stream after it) for the next request."""
         s = dirty[i]
         ends = list(accumulate(_sizes(s.outputs, s.metrics)))
-        n = bisect_right(ends, room - len(s._head) - _PART)
+        n = bisect_right(ends, room - s._fixed)
         if n == 0 and not parts:
             # Alone and still too big for the envelope: one item, on its job's own route.
             s.take(1)
@@ -281,21 +321,27 @@ class Mux:
             self._dirty = [s, *dirty[i + 1 :]] if s.queued else dirty[i + 1 :]
             return [s], None
         if n:
-            chunks.append(s.part(s.take(n)))
+            items = s.take(n)
+            chunks += (s.part(items), b",")
+            nbytes += _output_bytes(items[0])
             parts.append(s)
         self._dirty = dirty[i:] + self._dirty  # still queued, in front of what queued meanwhile
-        return parts, b"".join((_OPEN, b",".join(chunks), _CLOSE))
+        return parts, self._body(chunks, nbytes)
 
-    def _delivered(self, parts: list[Stream]) -> None:
-        n = size = 0
+    def _delivered(self, parts: list[Stream], size: int) -> None:
+        """``parts`` landed; ``size`` is their items' outputs' bytes (less any of a stream aborted meanwhile)."""
+        n = 0
         for s in parts:
             items = s.inflight
             s.inflight = None
-            if items is not None and s.error is None:
-                s.attempts = 0
-                s.sent += len(items[0])
-                n += len(items[0])
-                size += s.inflight_bytes
+            if items is not None:
+                if s.error is None:
+                    k = len(items[0])
+                    s.sent += k
+                    n += k
+                    s.attempts = 0
+                else:
+                    size -= _output_bytes(items[0])  # aborted while in flight: not counted as sent
             if s._done is not None:
                 s.wake()
         self.items_sent += n
@@ -310,7 +356,7 @@ class Mux:
             codes = [by_id.get(s.job_id, 500) for s in parts]
         for s, code in zip(parts, codes, strict=False):
             if code == 200:
-                self._delivered([s])
+                self._delivered([s], _output_bytes(s.inflight[0]) if s.inflight is not None else 0)
                 continue
             items = s.inflight
             s.inflight = None
