@@ -80,24 +80,11 @@ class Stream:
         self._done: asyncio.Future[None] | None = None
 
     def emit(self, item: EncodedItem) -> Awaitable[None] | None:
-        if self.error is not None:
-            raise self.error
-        self.outputs.append(item.output)
-        self.metrics.append(item.metrics)
-        self.size += item.size
-        if not self.queued:
-            self.queued = True
-            mux = self._mux
-            mux._dirty.append(self)
-            if mux._task is None:
-                mux.start()
-        if self.size >= self._max:
-            return self._wait_room()
-        return None
+        return self.emit_parts(item.output, item.metrics)
 
     def emit_parts(self, output: bytes, metrics: bytes | None) -> Awaitable[None] | None:
         """``emit`` of an item given as its two parts (chunker.encode_parts): the runner's path for each token,
-        with no EncodedItem made only to be taken apart here."""
+        with no EncodedItem made only to be taken apart here. Its size counts as EncodedItem.size does."""
         if self.error is not None:
             raise self.error
         self.outputs.append(output)
