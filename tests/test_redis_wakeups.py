@@ -5,7 +5,9 @@ real redis-server; every held take here waits far longer than the test, so only 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from redis.asyncio.connection import Connection
 from redis_engine import replicas
 
 from benchmarks.redis_micro import CountingConnection
@@ -124,6 +126,22 @@ async def test_a_requeued_job_wakes_an_idle_taker(redis_url: str) -> None:
         await until_idle(a, "waiting")
         assert await a.hand_back("quits", [t.id]) == 1
         assert [t.id for t in await asyncio.wait_for(waiting, 10)] == ["j"]
+
+
+class SlowConnection(Connection):
+    """A real connection whose every reply arrives 0.1 s late: a slow network between serve and Redis."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.1)
+        return await super().read_response(*args, **kwargs)
+
+
+async def test_a_take_whose_hold_ends_during_its_ask_leaves_its_worker_idle_no_more(redis_url: str) -> None:
+    # The ask went out held (the worker made idle) and came back past the hold's end: the take asks once more,
+    # unheld, rather than return with its worker idle for wakes it will never take.
+    async with replicas(redis_url, connection_class=SlowConnection) as [a]:
+        assert await a.take("w", 1, wait=0.05) == []
+        assert await idle(a) == []
 
 
 async def test_a_take_whose_hold_ended_leaves_its_worker_idle_no_more(redis_url: str) -> None:

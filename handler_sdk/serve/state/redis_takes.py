@@ -90,12 +90,15 @@ class Takes:
                 )
                 ask = True
                 remaining = deadline - loop.time()
-                if reply or remaining <= 0:
+                # An empty ask that made the worker idle but ended past the deadline (a slow round trip) asks once
+                # more, unheld: a take never returns with its worker left idle.
+                if reply or (remaining <= 0 and not held):
                     keep = held and 0 < len(reply) < n and WAKE not in w.seen
                     if keep:
                         self._park(worker_id, w, loop.time())
                     return [Taken(i.decode(), inp, int(ex) if ex else None, meta or None) for i, inp, ex, meta in reply]
-                await w.changes(remaining)
+                if remaining > 0:
+                    await w.changes(remaining)
         finally:
             if not keep:
                 self.feed.forget(w)
