@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from redis.asyncio.connection import Connection
-from redis_engine import replicas
+from redis_engine import Clock, replicas
 
 from benchmarks.redis_micro import CountingConnection
 from handler_sdk.models import JobStatus as S
@@ -185,6 +185,24 @@ async def test_a_worker_that_took_through_another_replica_is_woken_where_it_wait
         assert [t.id for t in await a.take("w", 2, wait=HOLD)] == ["first"]  # idle on a, its watch kept there
         assert await b.take("w", 1) == []  # through b (a load balancer), at once: idle no more, and a is told
         nxt = asyncio.create_task(a.take("w", 1, wait=HOLD))  # back on a: it must ask Redis, to be idle again
+        await until_idle(a, "w")
+        await b.submit("j", b"1")
+        assert [t.id for t in await asyncio.wait_for(nxt, 10)] == ["j"]
+
+
+async def test_a_worker_whose_lease_lapsed_while_idle_asks_again_on_its_next_take(redis_url: str) -> None:
+    # Idle on a with its watch parked there, then silent past its lease: b's clock lapses it, which leaves it idle
+    # no more. a is told, so the worker's next take there asks Redis (to be idle again) instead of waiting on a
+    # watch that no wake will reach.
+    clock = Clock()
+    async with replicas(redis_url, 2, clock=clock) as [a, b]:
+        await a.submit("first", b"1")
+        assert [t.id for t in await a.take("w", 2, wait=HOLD)] == ["first"]
+        clock.advance(1_000)
+        assert (await b.tick())[1] == 1  # its lease lapsed: "first" is queued again
+        nxt = asyncio.create_task(a.take("w", 1, wait=HOLD))
+        assert [t.id for t in await asyncio.wait_for(nxt, 10)] == ["first"]
+        nxt = asyncio.create_task(a.take("w", 1, wait=HOLD))
         await until_idle(a, "w")
         await b.submit("j", b"1")
         assert [t.id for t in await asyncio.wait_for(nxt, 10)] == ["j"]

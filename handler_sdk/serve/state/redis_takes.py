@@ -20,7 +20,8 @@ A take that got jobs but fewer than it asked for left the queue empty; a worker 
 start, so its watch is parked for that next take, which waits without first asking Redis unless something came
 in since (a wake is never kept on a parked watch: it is passed on, and the next take asks). A worker that takes
 through another replica meanwhile (behind a load balancer) is idle there, or not at all: that take's script tells
-this replica (``d <worker>``), which drops the parked watch, so the worker's next take here asks Redis.
+this replica (``d <worker>``), which drops the parked watch, so the worker's next take here asks Redis. So does
+the lapse of the worker's lease (silent past ``lease_ms``), which leaves it idle no more.
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ class Takes:
                     self._pass_on(worker_id)
 
     def message(self, data: str) -> None:
-        """A message on this replica's channel: ``w <worker>``, work was queued for it; ``d <worker>``, it became
-        idle through another replica."""
+        """A message on this replica's channel: ``w <worker>``, work was queued for it; ``d <worker>``, it is idle
+        here no more (it became idle through another replica, or its lease lapsed)."""
         kind, _, worker_id = data.partition(" ")
         if kind == "w":
             self.woken(worker_id)

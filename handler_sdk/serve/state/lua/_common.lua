@@ -174,6 +174,9 @@ end
 -- or FAILED once it has been tried max_attempts times.
 local function lapse(wid, max_attempts)
   redis.call('HDEL', WORKERS, wid)
+  -- Idle no more: the replica it was idle on keeps a watch for its next take there, which must ask Redis now.
+  local ch = redis.call('HGET', IDLECH, wid)
+  if ch then redis.call('PUBLISH', P .. 'wake:' .. ch, 'd ' .. wid) end
   not_idle(wid)
   asked(wid)
   redis.call('ZREM', DL, 'lease|' .. wid)
