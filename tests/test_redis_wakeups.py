@@ -200,8 +200,7 @@ async def test_a_worker_whose_lease_lapsed_while_idle_asks_again_on_its_next_tak
         assert [t.id for t in await a.take("w", 2, wait=HOLD)] == ["first"]
         clock.advance(1_000)
         assert (await b.tick())[1] == 1  # its lease lapsed: "first" is queued again
-        nxt = asyncio.create_task(a.take("w", 1, wait=HOLD))
-        assert [t.id for t in await asyncio.wait_for(nxt, 10)] == ["first"]
+        assert [t.id for t in await asyncio.wait_for(a.take("w", 1, wait=HOLD), 10)] == ["first"]
         nxt = asyncio.create_task(a.take("w", 1, wait=HOLD))
         await until_idle(a, "w")
         await b.submit("j", b"1")

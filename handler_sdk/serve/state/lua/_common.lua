@@ -65,6 +65,13 @@ local function not_idle(wid)
   redis.call('HDEL', IDLEROOM, wid)
 end
 
+-- The worker is idle no more on the replica it was idle on (unless that is `tag`, the caller's own): that replica
+-- drops the watch it keeps for the worker's next take there, which must ask Redis now.
+local function tell_idle_no_more(wid, tag)
+  local ch = redis.call('HGET', IDLECH, wid)
+  if ch and ch ~= tag then redis.call('PUBLISH', P .. 'wake:' .. ch, 'd ' .. wid) end
+end
+
 -- The woken takers that have not asked yet: AWAKE (by when, on the waker's clock), AWAKE .. 'room' each one's free
 -- slots and AWROOM their sum, the jobs they will take between them. A woken taker asks within milliseconds; one
 -- silent for AWAKE_MS is gone or frozen, and no longer counted on.
@@ -174,9 +181,7 @@ end
 -- or FAILED once it has been tried max_attempts times.
 local function lapse(wid, max_attempts)
   redis.call('HDEL', WORKERS, wid)
-  -- Idle no more: the replica it was idle on keeps a watch for its next take there, which must ask Redis now.
-  local ch = redis.call('HGET', IDLECH, wid)
-  if ch then redis.call('PUBLISH', P .. 'wake:' .. ch, 'd ' .. wid) end
+  tell_idle_no_more(wid, nil)
   not_idle(wid)
   asked(wid)
   redis.call('ZREM', DL, 'lease|' .. wid)

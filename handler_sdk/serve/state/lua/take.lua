@@ -7,10 +7,8 @@
 local wid, n, grace, tag = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6]), ARGV[7]
 seen(wid, tonumber(ARGV[5]), '0')
 asked(wid)
--- Idle through another replica (a worker behind a load balancer): that replica drops the watch it keeps for the
--- worker's next take there, which must ask Redis now that the worker is idle here, or not at all.
-local prev = redis.call('HGET', IDLECH, wid)
-if prev and prev ~= tag then redis.call('PUBLISH', P .. 'wake:' .. prev, 'd ' .. wid) end
+-- Idle through another replica (a worker behind a load balancer): idle here, or not at all, from now on.
+tell_idle_no_more(wid, tag)
 local out = {}
 for _, q in ipairs({ Q, QLOW }) do
   while #out < n do
