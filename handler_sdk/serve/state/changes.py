@@ -165,4 +165,4 @@ class ChangeFeed:
                 await asyncio.sleep(self.reconnect_s)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # (typed from redis 8.2 on)
