@@ -289,12 +289,13 @@ async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -
         if len(body) > cap:
             body = await storage.offload(body, job.id, cap, "aggregated output")
         return Outcome(JobStatus.COMPLETED, output=body)
-    return await returned(await (pool.run(h.fn, arg) if h.kind is HandlerKind.SYNC else h.fn(arg)), cap, job.id)
+    value = await (pool.run(h.fn, arg) if h.kind is HandlerKind.SYNC else h.fn(arg))
+    return returned_now(value, cap) or await returned(value, cap, job.id)
 
 
-async def returned(value: Any, cap: int, job_id: str) -> Outcome:
-    """The outcome of a value a handler returned for one job; raises JobFailure for ``{"error": ...}``, an output
-    orjson cannot encode, or one over the cap (that the bucket cannot take either)."""
+def returned_now(value: Any, cap: int) -> Outcome | None:
+    """``returned`` without its waits, for most values: None when the output needs its slow path (Files in it, or
+    over the cap)."""
     refresh = False
     if isinstance(value, dict):
         if "error" in value and value["error"] is not None:
@@ -304,15 +305,24 @@ async def returned(value: Any, cap: int, job_id: str) -> Outcome:
             refresh = bool(value.pop("refresh_worker"))
             value.pop("error", None)
     if value is None:
-        output = None
-    else:
-        try:
-            output = _encode_result(value, cap)
-        except (OutputNotSerializable, OutputTooLarge):
-            output = await _encode_slow(value, cap, job_id)
-    out = Outcome(JobStatus.COMPLETED, output=output)
-    out.refresh_worker = refresh
-    return out
+        return Outcome(JobStatus.COMPLETED, refresh_worker=refresh)
+    try:
+        return Outcome(JobStatus.COMPLETED, output=_encode_result(value, cap), refresh_worker=refresh)
+    except (OutputNotSerializable, OutputTooLarge):
+        return None
+
+
+async def returned(value: Any, cap: int, job_id: str) -> Outcome:
+    """The outcome of a value a handler returned for one job; raises JobFailure for ``{"error": ...}``, an output
+    orjson cannot encode, or one over the cap (that the bucket cannot take either)."""
+    out = returned_now(value, cap)
+    if out is not None:
+        return out
+    refresh = False
+    if isinstance(value, dict) and "refresh_worker" in value:  # (its error is None: returned_now raised on one)
+        refresh = bool(value["refresh_worker"])
+        value = {k: v for k, v in value.items() if k not in ("refresh_worker", "error")}
+    return Outcome(JobStatus.COMPLETED, output=await _encode_slow(value, cap, job_id), refresh_worker=refresh)
 
 
 async def run_job(

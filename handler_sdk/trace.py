@@ -15,7 +15,7 @@ __all__ = ["current", "derived", "parse"]
 
 # version-traceid-parentid-flags; a future version may append fields after a dash (W3C Trace Context 4.3).
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_HEX_DIGITS = "0123456789abcdef"
+_HEX_BYTES = b"0123456789abcdef"
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -38,7 +38,8 @@ def parse(header: str | None) -> str | None:
 def derived(job_id: str) -> str:
     """A new trace for a job that came without one: trace id and parent id read from the job's random UUID."""
     h = job_id.removeprefix("sync-").replace("-", "")
-    # (32 lowercase hex digits: what strip leaves nothing of, without a regex match per job.)
-    if len(h) != 32 or h.strip(_HEX_DIGITS):
+    # (32 lowercase hex digits: what deleting them leaves nothing of. Bytes, because str.strip with a set of
+    # characters cost a third of a microsecond per job.)
+    if len(h) != 32 or h.encode().translate(None, _HEX_BYTES):
         h = (h.encode().hex() + "1" * 32)[:32]  # ids from other brokers: still a valid, non-zero trace
     return f"00-{h}-{h[16:]}-01"

@@ -9,7 +9,7 @@ import pytest
 
 from handler_sdk import codec
 from handler_sdk.models import DashboardJobDetail, DashboardState, JobStatus
-from handler_sdk.serve.http.dashboard import History
+from handler_sdk.serve.http.finishes import Finishes
 from handler_sdk.serve.state.record import JobRecord
 
 # The same tests on both job stores: the embedded default and a real redis-server.
@@ -120,15 +120,16 @@ def _record(status: JobStatus, created: int, started: int | None, ended: int) ->
 
 
 def test_history_buckets_finished_jobs_per_second_and_forgets_old_ones():
-    h = History(span_s=10)
-    h.on_terminal(_record(JobStatus.COMPLETED, 1000, 1010, 1100))
-    h.on_terminal(_record(JobStatus.COMPLETED, 1000, 1030, 1500))
-    h.on_terminal(_record(JobStatus.CANCELLED, 1200, None, 1900))  # cancelled in the queue: no latency
-    h.on_terminal(_record(JobStatus.TIMED_OUT, 2000, 2000, 3000))
+    f = Finishes(span_s=10)
+    h = f.history
+    f.on_terminal(_record(JobStatus.COMPLETED, 1000, 1010, 1100))
+    f.on_terminal(_record(JobStatus.COMPLETED, 1000, 1030, 1500))
+    f.on_terminal(_record(JobStatus.CANCELLED, 1200, None, 1900))  # cancelled in the queue: no latency
+    f.on_terminal(_record(JobStatus.TIMED_OUT, 2000, 2000, 3000))
     s = h.series(3500)
     assert s == [
         {"t": 1000, "completed": 2, "failed": 0, "cancelled": 1, "delayMs": 20.0, "executionMs": 280.0},
         {"t": 3000, "completed": 0, "failed": 1, "cancelled": 0, "delayMs": 0.0, "executionMs": 1000.0},
     ]
-    h.on_terminal(_record(JobStatus.FAILED, 12000, 12000, 12500))
+    f.on_terminal(_record(JobStatus.FAILED, 12000, 12000, 12500))
     assert [p["t"] for p in h.series(12600)] == [3000, 12000]  # the second at 1 s is past the 10 s span

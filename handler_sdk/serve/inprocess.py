@@ -62,10 +62,12 @@ class InProcessTransport:
 
     def start(self, records: list[JobRecord]) -> None:
         assert self._start is not None
-        assignments = [_assignment(r) for r in records]
-        for r, a in zip(records, assignments, strict=True):
+        assignments = []
+        for r in records:
+            a = _assignment(r)
             if r.rerun:
                 a.ready = self._journaled
+            assignments.append(a)
         self._start(assignments)
 
     async def _journaled(self) -> None:

@@ -27,6 +27,7 @@ from ..threads import ElasticPool
 from ..worker.loop import Worker, WorkerConfig
 from .http.client import ClientLimits, add_client_routes
 from .http.dashboard import add_dashboard_routes
+from .http.finishes import Finishes
 from .http.metrics import add_metrics_route
 from .http.openai import add_openai_routes
 from .http.openapi import add_openapi_routes
@@ -164,9 +165,12 @@ class Server:
         add_client_routes(routes, self.state, self.cfg.client)
         add_worker_routes(routes, self.state, hold_s=self.cfg.take_hold_s, result_cap=self.cfg.result_cap)
         add_openai_routes(routes, self.state)
-        add_metrics_route(routes, self.state, limiter, self.cfg.metrics)
+        # What each finished job adds to /metrics and the dashboard: one on_terminal hook for both.
+        finishes = Finishes()
+        self.state.on_terminal.append(finishes.on_terminal)
+        add_metrics_route(routes, self.state, finishes, limiter, self.cfg.metrics)
         add_openapi_routes(routes, self.h.input_model if self.h is not None else None, self.cfg.client)
-        add_dashboard_routes(routes, self.state, events_s=self.cfg.dashboard_events_s)
+        add_dashboard_routes(routes, self.state, finishes.history, events_s=self.cfg.dashboard_events_s)
         routes.finish()
         return app
 

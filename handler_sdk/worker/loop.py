@@ -346,10 +346,11 @@ class Worker:
             outcome.error_details["worker_id"] = self.t.worker_id
             outcome.error_details["hostname"] = self.cfg.hostname
         # Success is the hot path (one line per job costs ~10% of a no-op job's time); failures always log.
+        # (The status itself, a StrEnum that prints as its value: .value is a descriptor call, paid even unlogged.)
         if outcome.error is None:
-            log.debug("job %s %s", job_id, outcome.status.value)
+            log.debug("job %s %s", job_id, outcome.status)
         else:
-            log.info("job %s %s: %s", job_id, outcome.status.value, outcome.error)
+            log.info("job %s %s: %s", job_id, outcome.status, outcome.error)
 
     async def _flush(self, sender: StreamSink, outcome: Outcome) -> Outcome | None:
         """Deliver the job's last stream items; None when the endpoint has stopped the job meanwhile."""

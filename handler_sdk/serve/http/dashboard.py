@@ -11,79 +11,37 @@ client of its /requests budget:
 * ``GET dashboard/jobs/{job_id}?from=N&wait=ms``: one job with its input, result and stream items from N.
 
 Everything is read through the state interface (serve/state/api.py); the per-second history is kept by an
-``on_terminal`` hook, so it is this process's (with many replicas on one store each shows its own throughput).
+``on_terminal`` hook (``finishes.py``), so it is this process's (with many replicas on one store each shows its
+own throughput).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from ... import codec
-from ...models import JobStatus
-from ..state.api import JobState, JobView
+from ..state.api import JobState
+from .finishes import History
 from .replies import json_reply
 from .router import Routes
 from .web import query_int
 
-__all__ = ["History", "add_dashboard_routes"]
+__all__ = ["add_dashboard_routes"]
 
-S = JobStatus
 RECENT = 50
-SERIES_S = 300
-# A bucket's count column by status (failed and timed out share one).
-_COLUMN = {S.COMPLETED: 1, S.CANCELLED: 3}
-
-
-class History:
-    """Finished jobs per second over the last ``span_s`` seconds: counts and latency sums (an on_terminal hook)."""
-
-    def __init__(self, span_s: int = SERIES_S) -> None:
-        self.span_s = span_s
-        # [second, completed, failed, cancelled, delay sum, delays, execution sum, executions]
-        self._buckets: deque[list[int]] = deque()
-        self._last: list[int] | None = None  # the latest bucket (the deque's last)
-
-    def on_terminal(self, r: JobView) -> None:
-        if (ended := r.ended) is None:
-            return
-        sec = ended // 1000
-        b = self._last
-        if b is None or b[0] < sec:
-            b = self._last = [sec, 0, 0, 0, 0, 0, 0, 0]
-            buckets = self._buckets
-            buckets.append(b)
-            while buckets[0][0] <= sec - self.span_s:
-                buckets.popleft()
-        # (an earlier second: a clock that stepped back, counted in the latest second)
-        b[_COLUMN.get(r.status, 2)] += 1
-        if (started := r.started) is not None:
-            b[4] += started - r.created
-            b[5] += 1
-            b[6] += ended - started
-            b[7] += 1
-
-    def series(self, now_ms: int) -> list[dict[str, Any]]:
-        since = now_ms // 1000 - self.span_s
-        return [
-            {"t": b[0] * 1000, "completed": b[1], "failed": b[2], "cancelled": b[3],
-             "delayMs": b[4] / b[5] if b[5] else None, "executionMs": b[6] / b[7] if b[7] else None}
-            for b in self._buckets if b[0] > since
-        ]  # fmt: skip
 
 
 class Dashboard:
-    def __init__(self, state: JobState, endpoint_id: str, events_s: float) -> None:
+    def __init__(self, state: JobState, history: History, endpoint_id: str, events_s: float) -> None:
         self.state = state
         self.endpoint_id = endpoint_id
         self.events_s = events_s
-        self.history = History()
-        state.on_terminal.append(self.history.on_terminal)
+        self.history = history
 
     async def snapshot(self) -> dict[str, Any]:
         s = self.state
@@ -135,8 +93,8 @@ def _page(prefix: str) -> bytes:
     return html.replace(b"__ENDPOINT_PREFIX__", prefix.encode())
 
 
-def add_dashboard_routes(routes: Routes, state: JobState, *, events_s: float = 300.0) -> None:
-    d = Dashboard(state, routes.endpoint_id, events_s)
+def add_dashboard_routes(routes: Routes, state: JobState, history: History, *, events_s: float = 300.0) -> None:
+    d = Dashboard(state, history, routes.endpoint_id, events_s)
     page = _page(routes.prefix)
 
     async def show(request: web.Request) -> web.Response:

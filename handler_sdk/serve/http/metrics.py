@@ -2,15 +2,14 @@
 
 Everything is read at scrape time through the broker's public state (``health()``, ``submitted``, the stream
 counters) and the rate limiter's ``limited``, except the two latency histograms and the finished counts, which an
-``on_terminal`` hook records for each job. Counters are this process's and carry a ``replica`` label; the
-queue, in-progress and worker gauges describe the endpoint's shared state, the same on every replica of one
-store (aggregate them with ``max()``, not ``sum()``).
+``on_terminal`` hook records for each job (``finishes.py``, shared with the dashboard). Counters are this process's
+and carry a ``replica`` label; the queue, in-progress and worker gauges describe the endpoint's shared state, the
+same on every replica of one store (aggregate them with ``max()``, not ``sum()``).
 """
 
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +17,10 @@ from aiohttp import web
 
 from ... import metrics
 from ...errors import NotEnabled
-from ...models import JobStatus
 from ..state.api import JobState
 from ..state.limits import RateLimiter
 from ..state.redis_limits import RedisRateLimiter
+from .finishes import Finishes
 from .router import Routes
 
 if TYPE_CHECKING:
@@ -32,40 +31,28 @@ __all__ = ["ServeMetrics", "add_metrics_route"]
 log = logging.getLogger(__name__)
 
 Limiter = RateLimiter | RedisRateLimiter
-_TERMINAL = [s for s in JobStatus if s.terminal]
 
 
 class ServeMetrics:
     """The registry behind serve's /metrics. Raises NotEnabled when prometheus-client is missing."""
 
     def __init__(
-        self, state: JobState, limiter: RateLimiter | RedisRateLimiter | None = None, replica: str | None = None
+        self,
+        state: JobState,
+        finishes: Finishes,
+        limiter: RateLimiter | RedisRateLimiter | None = None,
+        replica: str | None = None,
     ) -> None:
         self.exporter = metrics.Exporter(replica)
         self.state = state
         # The endpoint-wide counts, read (a Redis round trip with that store) before each scrape renders.
         self.health: dict[str, Any] = {"jobs": {"inQueue": 0, "inProgress": 0}, "workers": {}}
         self.limiter = limiter
-        self.finished: dict[JobStatus, int] = dict.fromkeys(_TERMINAL, 0)
+        self.finishes = finishes
         r = self.exporter.replica
         ex = self.exporter
-        self._delay = metrics.Latency("handler_sdk_job_delay_seconds", "time queued (delayTime)")
-        self._execution = metrics.Latency("handler_sdk_job_execution_seconds", "time run (executionTime)")
-        ex.add(lambda: (self._delay.family(r), self._execution.family(r)))
+        ex.add(lambda: (finishes.delay.family(r), finishes.execution.family(r)))
         ex.add(self._families)
-        state.on_terminal.append(self.on_terminal)
-
-    def on_terminal(self, r: Any) -> None:
-        self.finished[r.status] += 1
-        if (started := r.started) is not None:
-            # Latency.observe_ms, inline: two observations a job.
-            h, ms = self._delay, started - r.created
-            h.counts[bisect_left(h.bounds, ms)] += 1
-            h.sum_ms += ms
-            if (ended := r.ended) is not None:
-                h, ms = self._execution, ended - started
-                h.counts[bisect_left(h.bounds, ms)] += 1
-                h.sum_ms += ms
 
     def _families(self) -> Iterable[Metric]:
         b, rep = self.state, self.exporter.replica
@@ -74,7 +61,7 @@ class ServeMetrics:
         yield c("handler_sdk_jobs_submitted", "jobs submitted, by route", ["route", "replica"],
                 [((route, rep), n) for route, n in b.submitted.items()])  # fmt: skip
         yield c("handler_sdk_jobs_finished", "jobs that reached a terminal status", ["status", "replica"],
-                [((s.value, rep), n) for s, n in self.finished.items()])  # fmt: skip
+                [((s.value, rep), n) for s, n in self.finishes.finished.items()])  # fmt: skip
         limited = self.limiter.limited if self.limiter is not None else {}
         yield c("handler_sdk_rate_limited", "requests refused with 429, by rate-limit group", ["group", "replica"],
                 [((g, rep), n) for g, n in limited.items()])  # fmt: skip
@@ -92,7 +79,11 @@ class ServeMetrics:
 
 
 def add_metrics_route(
-    routes: Routes, state: JobState, limiter: RateLimiter | RedisRateLimiter | None, enabled: bool = True
+    routes: Routes,
+    state: JobState,
+    finishes: Finishes,
+    limiter: RateLimiter | RedisRateLimiter | None,
+    enabled: bool = True,
 ) -> None:
     """``GET /metrics`` behind the API key; 501 naming the extra (or the flag) when it cannot serve."""
     why: str | None = None
@@ -101,7 +92,7 @@ def add_metrics_route(
         why = "metrics are turned off (serve --no-metrics)"
     else:
         try:
-            m = ServeMetrics(state, limiter)
+            m = ServeMetrics(state, finishes, limiter)
         except NotEnabled as e:
             why = e.message
             log.info("%s", why)

@@ -22,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ...models import JobStatus
-from .finished import Finished, freeze, held_bytes, thaw
+from .finished import FINISHED_OVERHEAD, Finished, freeze, held_bytes, thaw
 from .pending import DELETED
 from .record import JobRecord
 
@@ -72,10 +72,12 @@ class Retained:
             self._last[r.retention] = r.ended
         q.append(r.id)
         r.retained_in += 1
-        v: JobRecord | Finished = freeze(r) or r
-        if v is not r:
+        v = freeze(r)
+        if v is not None:
             self.b.jobs[r.id] = v
-        self.bytes += held_bytes(r.id, v)
+            self.bytes += len(v) + len(r.id) + FINISHED_OVERHEAD  # (held_bytes of a Finished, inline)
+        else:
+            self.bytes += held_bytes(r.id, r)
         if self.bytes > self.max_bytes:
             self.evict()
 

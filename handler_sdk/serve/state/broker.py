@@ -200,9 +200,16 @@ class Broker:
 
     def enqueue(self, r: JobRecord) -> None:
         """Queue a job submitted with ``queue=False`` (unless it has ended meanwhile, e.g. cancelled)."""
-        if r.status is S.IN_QUEUE and r.id in self.jobs:
-            self.queue.add(r)
-            self.dispatch()
+        if r.status is not S.IN_QUEUE or r.id not in self.jobs:
+            return
+        local = self._local
+        if local is not None and not self.queue and local.free() > 0:
+            # What dispatch would do with it, without its trip through the queue: nothing waits ahead of it.
+            self._lease(r, self.seen(local.worker_id, local=True))
+            local.start([r])
+            return
+        self.queue.add(r)
+        self.dispatch()
 
     async def input_of(self, r: JobRecord) -> Any:
         """A job's input: a finished /run record drops it, and the journal still has it (None for /runsync)."""
@@ -272,6 +279,10 @@ class Broker:
     # --- worker side ---------------------------------------------------------------------------------------
 
     def seen(self, worker_id: str, *, local: bool = False, initializing: bool | None = None) -> WorkerSeen:
+        w = self.workers.get(worker_id)
+        if w is not None and initializing is None:  # most calls: a known worker's lease renewed
+            w.last_seen = self.clock()
+            return w
         return self.leases.seen(worker_id, self.clock(), local=local, initializing=initializing)
 
     async def take(

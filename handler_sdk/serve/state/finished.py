@@ -215,11 +215,26 @@ def freeze(r: JobRecord) -> Finished | None:
     end_off = r.ended - r.created
     if not (-1 <= start_off <= _I32 and 0 <= end_off <= _I32 and 0 <= r.retention <= _U32):
         return None
-    tail = _tail_of(r)
     worker = _index.get(r.worker_id) if r.worker_id is not None else _NO_WORKER  # (a known worker: the usual case)
+    out = r.output
+    values = (r.error, r.error_details, r.retries, r.webhook, r.execution_timeout, r.ttl, r.requeued, r.low_priority,
+              r.webhook_items, r.trace, r.cursor)  # fmt: skip
+    if (
+        values == _PLAIN
+        and worker is not None
+        and r.attempt == (0 if r.started is None else 1)
+        and r.webhook_events is None
+        and r.idempotency is None
+        and r.input is None
+        and (out is None or len(out) <= _U32)
+    ):
+        # Most jobs: one comparison of the plain fields, no tail, and the header with the output straight after.
+        flags = _CODE[r.status] | (_SYNC if r.sync else 0) | (0 if out is None else _OUT)
+        head = _HEAD.pack(flags, worker, r.created, start_off, end_off, r.retention)
+        return Finished(head if out is None else head + out)
+    tail = _tail_of(r, values)
     if worker is None and (worker := _worker_code(r.worker_id)) is None:
         worker, tail["worker_id"] = _NO_WORKER, r.worker_id
-    out = r.output
     if out is not None and len(out) > _U32:
         return None
     try:
@@ -233,18 +248,8 @@ def freeze(r: JobRecord) -> Finished | None:
     return Finished(b"".join((head, out or b"", extra)))
 
 
-def _tail_of(r: JobRecord) -> dict[str, Any]:
-    """The fields that differ from their defaults."""
-    values = (r.error, r.error_details, r.retries, r.webhook, r.execution_timeout, r.ttl, r.requeued, r.low_priority,
-              r.webhook_items, r.trace, r.cursor)  # fmt: skip
-    if (
-        values == _PLAIN
-        and r.attempt == (0 if r.started is None else 1)
-        and r.webhook_events is None
-        and r.idempotency is None
-        and r.input is None
-    ):
-        return {}  # most jobs: one comparison of the plain fields, and no dict built
+def _tail_of(r: JobRecord, values: tuple[Any, ...]) -> dict[str, Any]:
+    """The fields that differ from their defaults (``values``: the plain fields, in ``_FIELDS``' order)."""
     tail: dict[str, Any] = {k: v for k, v, d in zip(_FIELDS, values, _PLAIN, strict=True) if v != d}
     if r.attempt != (0 if r.started is None else 1):
         tail["attempt"] = r.attempt

@@ -120,7 +120,10 @@ class LocalState:
     ) -> tuple[JobView, bool]:
         if key is not None and self.broker.retained.on_disk and (old := await self._key_on_disk(req, key, True)):
             return old, True
-        r, replayed = self.keys.submit(req, key, sync=True, trace=trace)
+        if key is None:
+            r, replayed = self.broker.submit(req, sync=True, trace=trace), False
+        else:
+            r, replayed = self.keys.submit(req, key, sync=True, trace=trace)
         await wait_terminal(r, timeout, self.broker.jobs)
         return r, replayed
 

@@ -72,9 +72,11 @@ async def wait_terminal(r: JobRecord, timeout: float, jobs: Mapping[str, object]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     with Waiter(r) as w:
-        while not r.status.terminal and jobs.get(r.id) is r:
+        left = timeout
+        # Most waits are woken once, by the end: a wake that brought anything else waits on for the time left.
+        while await w.wait(left) and not r.status.terminal and jobs.get(r.id) is r:
             left = deadline - loop.time()
-            if left <= 0 or not await w.wait(left):
+            if left <= 0:
                 return
 
 
