@@ -26,13 +26,15 @@ class HandlerKind(enum.Enum):
     SYNC_GEN = "sync_generator"
     ASYNC_GEN = "async_generator"
 
-    @property
-    def streams(self) -> bool:
-        return self in (HandlerKind.SYNC_GEN, HandlerKind.ASYNC_GEN)
+    # Plain attributes of each member, set below: the runner reads them for every job, and a property on an enum
+    # costs a call each read.
+    streams: bool  # a generator: it yields stream items
+    threaded: bool  # runs in a thread (sync code)
 
-    @property
-    def threaded(self) -> bool:
-        return self in (HandlerKind.SYNC, HandlerKind.SYNC_GEN)
+
+for _kind in HandlerKind:
+    _kind.streams = _kind in (HandlerKind.SYNC_GEN, HandlerKind.ASYNC_GEN)
+    _kind.threaded = _kind in (HandlerKind.SYNC, HandlerKind.SYNC_GEN)
 
 
 def _kind_of(fn: Callable[..., Any]) -> HandlerKind:

@@ -236,7 +236,8 @@ class Worker:
     def _free(self) -> int:
         if self.state is not WorkerState.READY:
             return 0
-        self._apply_modifier()
+        if self.h.concurrency_modifier is not None:
+            self._apply_modifier()
         return max(0, self._room())
 
     def _room(self) -> int:
@@ -263,8 +264,10 @@ class Worker:
     # --- running one job -------------------------------------------------------------------------------------
 
     def _timeout_for(self, a: Assignment) -> float | None:
-        ts = [t for t in (self.h.timeout, a.timeout_s) if t is not None]
-        return min(ts) if ts else None
+        mine = self.h.timeout
+        if mine is None or a.timeout_s is None:
+            return a.timeout_s if mine is None else mine
+        return min(mine, a.timeout_s)
 
     async def _run_one(self, rj: _Running) -> None:
         a = rj.assignment
@@ -306,10 +309,11 @@ class Worker:
         finally:
             self.running.pop(a.id, None)
             self.progress.discard(a.id)
-            self.pump.wake()
-            if self._pusher is not None and not reporting:
-                # With a result to report, done() offers the slot once the result is recorded: the next job
-                # must not start (by the endpoint's clock) before this one has ended.
+            if self._pusher is None:
+                self.pump.wake()
+            elif not reporting:
+                # (A pushing transport runs no pump.) With a result to report, done() offers the slot once the
+                # result is recorded: the next job must not start (by the endpoint's clock) before this one ended.
                 self._pusher.slot_freed()
         self._note(a.id, outcome)
         await self.reporter.deliver(a.id, outcome)

@@ -49,6 +49,14 @@ def run_request(body: Any) -> RunRequest:
         raise BadRequest(f"invalid request: {fields}") from None
 
 
+def _key_and_trace(request: web.Request) -> tuple[str | None, str | None]:
+    """A submit's Idempotency-Key (BadRequest when malformed) and valid traceparent, each None when not sent
+    (most requests: two header lookups, and neither parser called)."""
+    headers = request.headers
+    key, tp = headers.get(KEY_HEADER), headers.get("traceparent")
+    return (None if key is None else parse_key(key)), (None if tp is None else trace.parse(tp))
+
+
 class ClientRoutes:
     def __init__(self, state: JobState, lim: ClientLimits) -> None:
         self.state = state
@@ -56,25 +64,25 @@ class ClientRoutes:
 
     def _wait_s(self, request: web.Request) -> float:
         lim = self.lim
+        if not request.query_string:  # (most requests: the default, without query_int's call)
+            return lim.default_wait_ms / 1000
         ms = query_int(request, "wait", lim.default_wait_ms, lim.min_wait_ms, lim.max_wait_ms)
         assert ms is not None
         return ms / 1000
 
     async def run(self, request: web.Request) -> web.Response:
-        key = parse_key(request.headers.get(KEY_HEADER))
+        key, tp = _key_and_trace(request)
         req = run_request(await read_json(request, self.lim.run_body))
-        r, replayed = await self.state.submit(req, key=key, trace=trace.parse(request.headers.get("traceparent")))
+        r, replayed = await self.state.submit(req, key=key, trace=tp)
         # The reply is the job as submitted: the in-process worker may already have started it. A replay says
         # where the job is now.
         reply = {"id": r.id, "status": (r.status if replayed else JobStatus.IN_QUEUE).value}
         return json_reply(reply, headers=_REPLAYED if replayed else None)
 
     async def runsync(self, request: web.Request) -> web.Response:
-        key = parse_key(request.headers.get(KEY_HEADER))
+        key, tp = _key_and_trace(request)
         req = run_request(await read_json(request, self.lim.runsync_body))
-        r, replayed = await self.state.runsync(
-            req, key=key, trace=trace.parse(request.headers.get("traceparent")), timeout=self._wait_s(request)
-        )
+        r, replayed = await self.state.runsync(req, key=key, trace=tp, timeout=self._wait_s(request))
         headers = _REPLAYED if replayed else None
         if r.status.terminal:
             return json_reply(r.reply(), headers=headers)

@@ -100,8 +100,9 @@ class Broker:
         if self._local is worker:
             self._local = None
 
-    def _lease(self, r: JobRecord, w: WorkerSeen) -> None:
-        now = self.clock()
+    def _lease(self, r: JobRecord, w: WorkerSeen, now: int | None = None) -> None:
+        if now is None:
+            now = self.clock()
         self.table.lease(r, w.id, now)
         # A re-run (after a lost lease or a restart) is journaled before its handler runs: a job that kills its
         # worker is then counted each time, and fails at max_attempts instead of crash-looping the endpoint.
@@ -192,7 +193,7 @@ class Broker:
             raise BadRequest(f"input cannot be stored: {e}") from None
         self.submitted[route or ("runsync" if sync else "run")] += 1
         self.table.add(r)
-        if (due := r.ttl_due) is not None:
+        if r.ttl is not None and (due := r.ttl_due) is not None:
             self.deadlines.at(due, "ttl", r)
         if queue:
             self.enqueue(r)
@@ -205,7 +206,8 @@ class Broker:
         local = self._local
         if local is not None and not self.queue and local.free() > 0:
             # What dispatch would do with it, without its trip through the queue: nothing waits ahead of it.
-            self._lease(r, self.seen(local.worker_id, local=True))
+            now = self.clock()
+            self._lease(r, self.leases.seen(local.worker_id, now, local=True), now)
             local.start([r])
             return
         self.queue.add(r)
