@@ -219,16 +219,16 @@ class WorkerRoutes:
 
     async def _apply_plain(self, wid: str, results: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         """A batch of plain successes applied as ``_judge`` applies each (same codes), in one coroutine."""
-        done, completed, codes = self.state.done, JobStatus.COMPLETED, []
-        for i, (jid, output) in enumerate(results):
-            if i and not i % _YIELD_EVERY:
+        codes = []
+        for i in range(0, len(results), _YIELD_EVERY):
+            if i:
                 await asyncio.sleep(0)  # (as in done_batch)
-            try:
-                await done(wid, jid, completed, output=None if output is None else codec.dumps(output), durable=False)
-            except HTTPError as e:
-                codes.append({"id": jid, "code": e.status})
-                continue
-            codes.append({"id": jid, "code": 200})
+            part = results[i : i + _YIELD_EVERY]
+            encoded = [(jid, None if output is None else codec.dumps(output)) for jid, output in part]
+            verdicts = await self.state.completed_many(wid, encoded)
+            codes += [
+                {"id": jid, "code": 200 if e is None else e.status} for (jid, _), e in zip(part, verdicts, strict=True)
+            ]
         return codes
 
     async def done(self, request: web.Request) -> web.Response:

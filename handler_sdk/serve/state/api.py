@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+from ...errors import HTTPError
 from ...models import JobStatus, RunRequest
 
 __all__ = ["JobState", "JobView", "Lease", "Watch"]
@@ -198,6 +199,13 @@ class JobState(Protocol):
         details: dict[str, Any] | None = None,
         durable: bool = True,
     ) -> None: ...
+
+    async def completed_many(
+        self, worker_id: str, results: Sequence[tuple[str, bytes | None]]
+    ) -> list[HTTPError | None]:
+        """Plain successes, ``(job id, serialized output)`` each, recorded as ``done(..., COMPLETED,
+        durable=False)`` records each: per result, None or why it was refused (a job-done-batch's answers)."""
+        ...
 
     async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None: ...
     async def stops(self, worker_id: str, wait: float = 0.0) -> list[str]: ...

@@ -12,6 +12,7 @@ the next dispatch. It does no I/O of its own except through the journal, the arc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -305,7 +306,7 @@ class Broker:
         w = self.seen(worker_id, local=local, initializing=False)
         if busy is False and w.jobs and not w.local:
             self._lost(w, list(w.jobs))
-        return await self.queue.take(self.jobs, n, wait, lambda r: self._lease(r, w), gone)
+        return await self.queue.take(self.jobs, n, wait, functools.partial(self._lease, w=w), gone)
 
     def _lost(self, w: WorkerSeen, job_ids: Sequence[str]) -> None:
         """These jobs' leases are lost with a process of the worker ``w``: they queue again (counted)."""

@@ -78,7 +78,9 @@ class JobTable:
 
     def leased(self, worker_id: str, job_id: str) -> JobRecord:
         """The job, if it is in progress under this worker's lease: a result from anyone else is refused."""
-        r = self.get(job_id)
+        r = self.records.get(job_id)
+        if type(r) is not JobRecord:
+            r = self.get(job_id)  # (NotFound, or a finished one's copy: refused below)
         if r.status is not S.IN_PROGRESS or r.worker_id != worker_id:
             raise Conflict(f"job {job_id} is {r.status} and not leased to worker {worker_id}; result ignored")
         return r

@@ -13,7 +13,8 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...errors import NotFound, StoreError
+from ... import trace
+from ...errors import HTTPError, NotFound, StoreError
 from ...models import JobStatus, RunRequest
 from . import views
 from .api import JobView, Lease, Watch
@@ -234,7 +235,11 @@ class LocalState:
         self, worker_id: str, n: int, wait: float, *, gone: Callable[[], bool] | None = None, busy: bool | None = None
     ) -> list[Lease]:
         jobs = await self.broker.take(worker_id, n, wait, gone=gone, busy=busy)
-        leases = [Lease(r.id, r.input, r.traceparent, r.execution_timeout, r.rerun) for r in jobs]
+        derived = trace.derived  # (JobRecord.traceparent, inline: once a job)
+        leases = [
+            Lease(r.id, r.input, r.trace if r.trace is not None else derived(r.id), r.execution_timeout, r.rerun)
+            for r in jobs
+        ]
         for x in leases:
             if x.rerun:
                 # A re-run's lease is on disk before its worker may start it (see Broker._lease).
@@ -268,6 +273,21 @@ class LocalState:
         r = self.broker.done(worker_id, job_id, status, output=output, error=error, details=details)
         if durable and keeps(r):
             await self.broker.durable()  # the worker forgets the result once we answer
+
+    async def completed_many(
+        self, worker_id: str, results: Sequence[tuple[str, bytes | None]]
+    ) -> list[HTTPError | None]:
+        # One coroutine for the batch, not one per result: a drain's worker sends hundreds in one request.
+        done, completed = self.broker.done, JobStatus.COMPLETED
+        verdicts: list[HTTPError | None] = []
+        for job_id, output in results:
+            try:
+                done(worker_id, job_id, completed, output=output)
+            except HTTPError as e:
+                verdicts.append(e)
+                continue
+            verdicts.append(None)
+        return verdicts
 
     async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
         self.broker.ping(worker_id, job_ids, initializing=initializing)

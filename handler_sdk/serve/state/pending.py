@@ -66,6 +66,9 @@ class Pending:
         self._sweep: int | None = None
         # Set by every change: the writer has something to commit.
         self._wake = asyncio.Event()
+        # Whether _wake is set, kept beside it (the writer clears both): a change while it is set already costs no
+        # call of Event.set, which every change to a job made (two or three a job).
+        self.woken = False
         self._closing = False
 
     def pending(self, job_id: str) -> JobRecord | _Deleted | None:
@@ -89,7 +92,9 @@ class Pending:
         """Queue a new job; raises OutputNotSerializable (nothing queued) when its input cannot be written."""
         self._new[r.id] = (r, codec.dumps(r.input))
         self._deleted.discard(r.id)
-        self._wake.set()
+        if not self.woken:
+            self.woken = True
+            self._wake.set()
 
     def update(self, r: JobRecord, *, now: bool = False) -> None:
         """Queue a job's new state. ``now``: write it at the next commit even if it is a young lease (a re-run's
@@ -101,7 +106,9 @@ class Pending:
             if r.id not in self._dirty or now:
                 self._since[r.id] = 0.0 if now else time.monotonic()
             self._dirty[r.id] = r
-        self._wake.set()
+        if not self.woken:
+            self.woken = True
+            self._wake.set()
 
     def add_stream(self, job_id: str, index: int, item: bytes) -> None:
         self._stream.append((job_id, index, item))

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from ... import codec, trace
-from ...errors import BadRequest, NotFound, OutputNotSerializable, StoreError, Unprocessable
+from ...errors import BadRequest, HTTPError, NotFound, OutputNotSerializable, StoreError, Unprocessable
 from ...models import JobStatus, RunRequest
 from .api import JobView, Lease, Watch
 from .changes import ChangeFeed
@@ -292,6 +292,19 @@ class RedisState:
             r = StoredJob(job_id, status, created, job_id.startswith("sync-"), 0, started=started, ended=self.now())
             for hook in self.on_terminal:
                 hook(r)
+
+    async def completed_many(
+        self, worker_id: str, results: Sequence[tuple[str, bytes | None]]
+    ) -> list[HTTPError | None]:
+        verdicts: list[HTTPError | None] = []
+        for job_id, output in results:
+            try:
+                await self.done(worker_id, job_id, JobStatus.COMPLETED, output=output, durable=False)
+            except HTTPError as e:
+                verdicts.append(e)
+                continue
+            verdicts.append(None)
+        return verdicts
 
     async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
         await self.jobs.ping(worker_id, job_ids, initializing=initializing)
