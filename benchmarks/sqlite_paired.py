@@ -40,7 +40,9 @@ BODY = '{"input":{"prompt":"hello","n":1}}'
 # More, shorter rounds than a verdict on one long pair: each pair sees the same moment of a shared machine, and the
 # median of many per-round ratios is what the target reads.
 RUNSYNC_ROUNDS, RUNSYNC_S = 16, 2.0
-DRAIN_ROUNDS, DRAIN_N = 10, 20_000
+# A drain of 20,000 jobs lasts about half a second at today's rates, and its per-round ratio ranged 0.80-1.09 over
+# ten rounds (2026-12-04): sixteen rounds, as /runsync has, for a median that noise moves less.
+DRAIN_ROUNDS, DRAIN_N = 16, 20_000
 # Student's t at 97.5 % for 1..12 degrees of freedom: a 95 % two-sided interval without scipy.
 _T975 = [12.71, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179]
 
