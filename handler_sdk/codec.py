@@ -116,7 +116,7 @@ def loads_request(data: bytes) -> Any:
             f"request body nests deeper than {MAX_DEPTH} levels (at {where or 'the top'}); "
             "flatten the input, or send it as a string"
         )
-    if _DIGIT_RUN in data.translate(_DIGIT_MAP):  # (_has_long_digits of bytes, inline: once a request)
+    if _has_long_digits(data):
         obj = _exact(data, obj)
     return obj
 

@@ -293,6 +293,14 @@ async def _call(h: Handler, job: Job, pool: ElasticPool, emit: Emit, cap: int) -
     return returned_now(value, cap) or await returned(value, cap, job.id)
 
 
+def _without_refresh(value: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A returned dict without its ``refresh_worker`` key (nor a null ``error``), and whether it asked for one."""
+    value = dict(value)
+    refresh = bool(value.pop("refresh_worker"))
+    value.pop("error", None)
+    return value, refresh
+
+
 def returned_now(value: Any, cap: int) -> Outcome | None:
     """``returned`` without its waits, for most values: None when the output needs its slow path (Files in it, or
     over the cap)."""
@@ -301,9 +309,7 @@ def returned_now(value: Any, cap: int) -> Outcome | None:
         if "error" in value and value["error"] is not None:
             raise HandlerError(_error_value(value["error"]))
         if "refresh_worker" in value:
-            value = dict(value)
-            refresh = bool(value.pop("refresh_worker"))
-            value.pop("error", None)
+            value, refresh = _without_refresh(value)
     if value is None:
         return Outcome(JobStatus.COMPLETED, refresh_worker=refresh)
     try:
@@ -320,8 +326,7 @@ async def returned(value: Any, cap: int, job_id: str) -> Outcome:
         return out
     refresh = False
     if isinstance(value, dict) and "refresh_worker" in value:  # (its error is None: returned_now raised on one)
-        refresh = bool(value["refresh_worker"])
-        value = {k: v for k, v in value.items() if k not in ("refresh_worker", "error")}
+        value, refresh = _without_refresh(value)
     return Outcome(JobStatus.COMPLETED, output=await _encode_slow(value, cap, job_id), refresh_worker=refresh)
 
 

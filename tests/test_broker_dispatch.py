@@ -174,6 +174,18 @@ def test_a_runsync_waiter_returns_when_its_job_is_purged() -> None:
     asyncio.run(go())
 
 
+def test_a_wait_on_a_job_purged_before_it_began_returns_at_once() -> None:
+    async def go() -> None:
+        b = Broker()
+        r = b.submit(RunRequest(input={}), sync=True)
+        assert b.purge() == 1  # before anyone waits: its wake-up has gone by
+        async with asyncio.timeout(1):
+            await wait_terminal(r, 30, b.jobs)
+        assert r.waiters is None
+
+    asyncio.run(go())
+
+
 async def test_the_in_process_worker_starts_the_next_job_only_after_the_last_ones_end_is_recorded() -> None:
     """Concurrency 1 through the real worker and in-process transport. The clock ticks on every reading, so a
     next job leased in the same millisecond as its predecessor's end, but before that end was recorded, shows."""

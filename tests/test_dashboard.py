@@ -133,3 +133,15 @@ def test_history_buckets_finished_jobs_per_second_and_forgets_old_ones():
     ]
     f.on_terminal(_record(JobStatus.FAILED, 12000, 12000, 12500))
     assert [p["t"] for p in h.series(12600)] == [3000, 12000]  # the second at 1 s is past the 10 s span
+
+
+def test_the_delay_of_a_job_without_an_end_is_still_observed_for_metrics():
+    f = Finishes()
+    f.on_terminal(_record(JobStatus.COMPLETED, 1000, 1010, 1100))
+    r = _record(JobStatus.FAILED, 2000, 2030, 0)
+    r.ended = None  # a view of a finished job that carries no end (nothing for the per-second series)
+    f.on_terminal(r)
+    assert f.finished[JobStatus.FAILED] == 1
+    assert (sum(f.delay.counts), f.delay.sum_ms) == (2, 40)
+    assert (sum(f.execution.counts), f.execution.sum_ms) == (1, 90)
+    assert [p["t"] for p in f.history.series(2500)] == [1000]

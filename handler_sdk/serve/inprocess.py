@@ -12,7 +12,6 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
-from .. import trace
 from ..chunker import EncodedItem
 from ..errors import Conflict, NotFound, StaleResult, StoreError, TransportError
 from ..runner import Outcome
@@ -129,9 +128,7 @@ class InProcessTransport:
 
 def _assignment(r: JobRecord) -> Assignment:
     timeout_s = None if r.execution_timeout is None else r.execution_timeout / 1000
-    # (JobRecord.traceparent, inline: once a job.)
-    traceparent = r.trace if r.trace is not None else trace.derived(r.id)
-    return Assignment(r.id, r.input, {"id": r.id, "input": r.input, "traceparent": traceparent}, timeout_s)
+    return Assignment(r.id, r.input, {"id": r.id, "input": r.input, "traceparent": r.traceparent}, timeout_s)
 
 
 class StateTransport:

@@ -64,8 +64,6 @@ class ClientRoutes:
 
     def _wait_s(self, request: web.Request) -> float:
         lim = self.lim
-        if not request.query_string:  # (most requests: the default, without query_int's call)
-            return lim.default_wait_ms / 1000
         ms = query_int(request, "wait", lim.default_wait_ms, lim.min_wait_ms, lim.max_wait_ms)
         assert ms is not None
         return ms / 1000

@@ -67,6 +67,12 @@ class Finishes:
     def on_terminal(self, r: JobView) -> None:
         status, started, ended = r.status, r.started, r.ended
         self.finished[status] += 1
+        # (Latency.observe_ms, inline: two observations a job.)
+        if started is not None:
+            delay = started - r.created
+            h = self.delay
+            h.counts[bisect_left(h.bounds, delay)] += 1
+            h.sum_ms += delay
         if ended is None:
             return
         sec = ended // 1000
@@ -76,11 +82,7 @@ class Finishes:
             b = hist.bucket(sec)
         b[_COLUMN.get(status, 2)] += 1
         if started is not None:
-            # Latency.observe_ms, inline: two observations a job.
-            delay, execution = started - r.created, ended - started
-            h = self.delay
-            h.counts[bisect_left(h.bounds, delay)] += 1
-            h.sum_ms += delay
+            execution = ended - started
             h = self.execution
             h.counts[bisect_left(h.bounds, execution)] += 1
             h.sum_ms += execution

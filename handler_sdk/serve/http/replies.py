@@ -22,7 +22,7 @@ def raw_json_reply(body: bytes, status: int = 200, headers: dict[str, str] | Non
 
 
 def json_reply(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=codec.dumps(obj), status=status, content_type=_JSON, headers=headers)
+    return raw_json_reply(codec.dumps(obj), status, headers)
 
 
 def ok_reply(headers: dict[str, str] | None = None, **fields: Any) -> web.Response:

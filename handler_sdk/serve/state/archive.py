@@ -22,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ...models import JobStatus
-from .finished import FINISHED_OVERHEAD, Finished, freeze, held_bytes, thaw
+from .finished import Finished, freeze, held_bytes, thaw
 from .pending import DELETED
 from .record import JobRecord
 
@@ -72,12 +72,10 @@ class Retained:
             self._last[r.retention] = r.ended
         q.append(r.id)
         r.retained_in += 1
-        v = freeze(r)
-        if v is not None:
+        v: JobRecord | Finished = freeze(r) or r
+        if v is not r:
             self.b.jobs[r.id] = v
-            self.bytes += len(v) + len(r.id) + FINISHED_OVERHEAD  # (held_bytes of a Finished, inline)
-        else:
-            self.bytes += held_bytes(r.id, r)
+        self.bytes += held_bytes(r.id, v)
         if self.bytes > self.max_bytes:
             self.evict()
 

@@ -194,7 +194,7 @@ class Broker:
             raise BadRequest(f"input cannot be stored: {e}") from None
         self.submitted[route or ("runsync" if sync else "run")] += 1
         self.table.add(r)
-        if r.ttl is not None and (due := r.ttl_due) is not None:
+        if (due := r.ttl_due) is not None:
             self.deadlines.at(due, "ttl", r)
         if queue:
             self.enqueue(r)

@@ -219,32 +219,27 @@ def freeze(r: JobRecord) -> Finished | None:
     out = r.output
     values = (r.error, r.error_details, r.retries, r.webhook, r.execution_timeout, r.ttl, r.requeued, r.low_priority,
               r.webhook_items, r.trace, r.cursor)  # fmt: skip
-    if (
+    plain = (
         values == _PLAIN
-        and worker is not None
         and r.attempt == (0 if r.started is None else 1)
         and r.webhook_events is None
         and r.idempotency is None
         and r.input is None
-        and (out is None or len(out) <= _U32)
-    ):
-        # Most jobs: one comparison of the plain fields, no tail, and the header with the output straight after.
-        flags = _CODE[r.status] | (_SYNC if r.sync else 0) | (0 if out is None else _OUT)
-        head = _HEAD.pack(flags, worker, r.created, start_off, end_off, r.retention)
-        return Finished(head if out is None else head + out)
-    tail = _tail_of(r, values)
+    )
+    tail = {} if plain else _tail_of(r, values)  # (most jobs: one comparison of the plain fields, no dict built)
     if worker is None and (worker := _worker_code(r.worker_id)) is None:
         worker, tail["worker_id"] = _NO_WORKER, r.worker_id
     if out is not None and len(out) > _U32:
         return None
-    try:
-        extra = codec.dumps(tail) if tail else b""
-    except Exception:  # error details nested too deep to write: kept whole, as they came
-        return None
     flags = _CODE[r.status] | (_SYNC if r.sync else 0) | (_TAIL if tail else 0) | (0 if out is None else _OUT)
     head = _HEAD.pack(flags, worker, r.created, start_off, end_off, r.retention)
-    if tail:
-        head += _OUT_LEN.pack(0 if out is None else len(out))
+    if not tail:
+        return Finished(head if out is None else head + out)  # the output straight after the header
+    try:
+        extra = codec.dumps(tail)
+    except Exception:  # error details nested too deep to write: kept whole, as they came
+        return None
+    head += _OUT_LEN.pack(0 if out is None else len(out))
     return Finished(b"".join((head, out or b"", extra)))
 
 

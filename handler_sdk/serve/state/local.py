@@ -13,7 +13,6 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ... import trace
 from ...errors import HTTPError, NotFound, StoreError
 from ...models import JobStatus, RunRequest
 from . import views
@@ -235,11 +234,7 @@ class LocalState:
         self, worker_id: str, n: int, wait: float, *, gone: Callable[[], bool] | None = None, busy: bool | None = None
     ) -> list[Lease]:
         jobs = await self.broker.take(worker_id, n, wait, gone=gone, busy=busy)
-        derived = trace.derived  # (JobRecord.traceparent, inline: once a job)
-        leases = [
-            Lease(r.id, r.input, r.trace if r.trace is not None else derived(r.id), r.execution_timeout, r.rerun)
-            for r in jobs
-        ]
+        leases = [Lease(r.id, r.input, r.traceparent, r.execution_timeout, r.rerun) for r in jobs]
         for x in leases:
             if x.rerun:
                 # A re-run's lease is on disk before its worker may start it (see Broker._lease).

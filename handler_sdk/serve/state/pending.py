@@ -68,7 +68,7 @@ class Pending:
         self._wake = asyncio.Event()
         # Whether _wake is set, kept beside it (the writer clears both): a change while it is set already costs no
         # call of Event.set, which every change to a job made (two or three a job).
-        self.woken = False
+        self._woken = False
         self._closing = False
 
     def pending(self, job_id: str) -> JobRecord | _Deleted | None:
@@ -92,8 +92,8 @@ class Pending:
         """Queue a new job; raises OutputNotSerializable (nothing queued) when its input cannot be written."""
         self._new[r.id] = (r, codec.dumps(r.input))
         self._deleted.discard(r.id)
-        if not self.woken:
-            self.woken = True
+        if not self._woken:
+            self._woken = True
             self._wake.set()
 
     def update(self, r: JobRecord, *, now: bool = False) -> None:
@@ -106,8 +106,8 @@ class Pending:
             if r.id not in self._dirty or now:
                 self._since[r.id] = 0.0 if now else time.monotonic()
             self._dirty[r.id] = r
-        if not self.woken:
-            self.woken = True
+        if not self._woken:
+            self._woken = True
             self._wake.set()
 
     def add_stream(self, job_id: str, index: int, item: bytes) -> None:

@@ -67,7 +67,7 @@ class Waiter:
 
 async def wait_terminal(r: JobRecord, timeout: float, jobs: Mapping[str, object]) -> None:
     """Wait up to ``timeout`` s for the job to end, or to leave ``jobs`` (purged, expired)."""
-    if r.status.terminal or timeout <= 0:
+    if r.status.terminal or timeout <= 0 or jobs.get(r.id) is not r:
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

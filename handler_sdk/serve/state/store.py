@@ -214,7 +214,7 @@ class JobStore(Pending):
             await self._wake.wait()
             await self._linger()
             self._wake.clear()
-            self.woken = False
+            self._woken = False
             self._urgent.clear()
             waiter, self._waiter = self._waiter, None
             try:
