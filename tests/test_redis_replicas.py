@@ -110,8 +110,10 @@ async def test_the_change_feed_resubscribes_after_redis_restarts(redis_aof_serve
                 break
             await asyncio.sleep(0.05)
         assert a.feed.subscriptions >= 2
-        waiter = asyncio.create_task(a.wait_terminal("x", 30))
+        # The job exists before a waits on it: a wait on an unknown job returns None at once, and after the restart
+        # b's submit (reconnecting first) could reach Redis after a's read.
         await b.submit("x", b"1")
+        waiter = asyncio.create_task(a.wait_terminal("x", 30))
         await asyncio.sleep(0.05)
         [t] = [t for t in await b.take("w", 5) if t.id == "x"]
         await b.done("w", t.id, S.COMPLETED)
