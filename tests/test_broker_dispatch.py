@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import uuid
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -20,6 +20,7 @@ from handler_sdk import handler
 from handler_sdk.models import JobStatus, Policy, RunRequest
 from handler_sdk.serve.inprocess import InProcessTransport
 from handler_sdk.serve.state.broker import Broker, new_job_id
+from handler_sdk.serve.state.queue import JobQueue
 from handler_sdk.serve.state.record import JobRecord, wait_terminal
 from handler_sdk.worker.loop import Worker, WorkerConfig
 
@@ -224,3 +225,26 @@ def test_a_hand_back_naming_a_job_twice_queues_it_again_once() -> None:
         assert await b.take("w2", 2) == [r], "queued once, not twice"
 
     asyncio.run(go())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.booleans()), max_size=30),  # (low priority, still queued) per job
+    st.integers(min_value=1, max_value=40),
+)
+def test_pop_many_takes_the_next_queued_jobs_in_order_and_skips_stale_ids(
+    jobs: list[tuple[bool, bool]], n: int
+) -> None:
+    q = JobQueue()
+    records: dict[str, JobRecord] = {}
+    for i, (low, queued) in enumerate(jobs):
+        r = JobRecord(f"job-{i}", None, 0, low_priority=low)
+        if not queued:
+            r.status = S.CANCELLED  # ended while queued: its id stays in the queue, stale
+        records[r.id] = r
+        q.add(r)
+    owed = [r for r in records.values() if not r.low_priority and r.status is S.IN_QUEUE]
+    owed += [r for r in records.values() if r.low_priority and r.status is S.IN_QUEUE]
+    assert q.pop_many(records, n) == owed[:n]
+    assert q.pop_many(records, len(jobs) + 1) == owed[n:]
+    assert not q

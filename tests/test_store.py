@@ -351,6 +351,17 @@ async def test_a_flush_does_not_wait_out_the_linger(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_a_young_lease_is_written_with_its_first_stream_items(tmp_path: Path) -> None:
+    """Items journaled without their attempt's lease would be followed, after a crash, by a re-run numbered as the
+    same attempt."""
+    path = tmp_path / "jobs.db"
+    store, r = await waiting_lease(path, linger_s=60)
+    store.add_stream(r.id, 0, b'"tok"')
+    await store.flush()
+    assert journaled(path, r.id) == "IN_PROGRESS"
+    await store.close()
+
+
 async def test_close_writes_the_leases_still_waiting(tmp_path: Path) -> None:
     store, r = await waiting_lease(tmp_path / "jobs.db", linger_s=60)
     store, records, _ = await reopen(store)

@@ -16,7 +16,7 @@ from ..chunker import EncodedItem
 from ..errors import Conflict, NotFound, StaleResult, StoreError, TransportError
 from ..runner import Outcome
 from ..worker.transport import Assignment
-from .state.api import JobState, Lease
+from .state.api import JobState, Lease, lease_payload
 from .state.broker import Broker
 from .state.journal import keeps
 from .state.record import JobRecord
@@ -194,4 +194,4 @@ def _as_transport_errors() -> Iterator[None]:
 
 def _lease_assignment(x: Lease) -> Assignment:
     timeout_s = None if x.execution_timeout is None else x.execution_timeout / 1000
-    return Assignment(x.id, x.input, x.payload(), timeout_s)
+    return Assignment(x.id, x.input, lease_payload(x), timeout_s)

@@ -92,12 +92,15 @@ class TakePump:
         self.most_in_flight = 0
         # Asked once: a runtime protocol check costs microseconds, and the pump looks at each freed slot.
         self._pipe: Pipelining | None = transport if isinstance(transport, Pipelining) else None
+        # depth() as the pump's last turn found it, for wake (called for every job that ends). A depth that grew
+        # since was learned from a take's reply, whose return wakes the pump anyway.
+        self._depth = 1
 
     def wake(self) -> None:
         """A slot freed (or the worker is stopping): look again. Not while every take that may be in flight is:
         nothing can be sent until one returns, and its return wakes the pump (``_took``); a wake per finished job
         cost the pump a turn and a timer each."""
-        if len(self._takes) < self.depth() or not self.host.taking():
+        if len(self._takes) < self._depth or not self.host.taking():
             self._wake.set()
 
     def depth(self) -> int:
@@ -113,7 +116,7 @@ class TakePump:
         wait for the takes in flight and start (or refuse) their jobs, so none is left leased and never run."""
         while self.host.taking():
             free = self.host.room() - self.reserved
-            depth = self.depth()
+            depth = self._depth = self.depth()
             if free <= 0 or len(self._takes) >= depth or self._unbusy:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +22,7 @@ from ...models import (
     StreamBody,
     make_error_details,
 )  # fmt: skip
-from ..state.api import JobState, Lease
+from ..state.api import JobState, Lease, lease_payload
 from .replies import json_reply, ok_reply, raw_json_reply
 from .router import Routes
 from .web import query_int, read_json
@@ -162,7 +162,7 @@ class WorkerRoutes:
         self.result_cap = result_cap
         self.max_batch = max_batch
 
-    async def _take(self, request: web.Request, n: int) -> list[Lease]:
+    async def _take(self, request: web.Request, n: int) -> Sequence[Lease]:
         wid = request.match_info["worker_id"]
         busy = {"0": False, "1": True}.get(request.query.get("job_in_progress", ""))
         return await self.state.take(wid, n, self.hold_s, gone=_hung_up(request), busy=busy)
@@ -171,7 +171,7 @@ class WorkerRoutes:
         jobs = await self._take(request, 1)
         if not jobs:
             return raw_json_reply(b"", 204, _HEADERS)
-        return raw_json_reply(codec.dumps(jobs[0].payload()), headers=_HEADERS)
+        return raw_json_reply(codec.dumps(lease_payload(jobs[0])), headers=_HEADERS)
 
     async def take_batch(self, request: web.Request) -> web.Response:
         n = query_int(request, "batch_size", 1, 1, self.max_batch)
@@ -179,9 +179,11 @@ class WorkerRoutes:
         jobs = await self._take(request, n)
         if not jobs:
             return raw_json_reply(b"", 204, _HEADERS)
-        # Each lease's dict built here (Lease.payload's, without a call per job).
+        # Each lease's dict built here (lease_payload's, without a call per job).
         leases = [
-            {"id": r.id, "input": r.input, "traceparent": r.traceparent} if r.execution_timeout is None else r.payload()
+            {"id": r.id, "input": r.input, "traceparent": r.traceparent}
+            if r.execution_timeout is None
+            else lease_payload(r)
             for r in jobs
         ]
         return raw_json_reply(codec.dumps(leases), headers=_HEADERS)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from ...errors import HTTPError
 from ...models import JobStatus, RunRequest
 
-__all__ = ["JobState", "JobView", "Lease", "Watch"]
+__all__ = ["JobState", "JobView", "Lease", "Leased", "Watch", "lease_payload"]
 
 
 class JobView(Protocol):
@@ -54,23 +54,42 @@ class JobView(Protocol):
         ...
 
 
+class Lease(Protocol):
+    """A job leased to a worker by a take: what the worker is sent. The local engine answers a take with the job
+    records themselves (which have these fields: a lease object per job was a fiftieth of a drain's serve time),
+    the Redis engine with ``Leased``. Read at once: a record changes as its job goes on."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def input(self) -> Any: ...
+    @property
+    def traceparent(self) -> str: ...
+    @property
+    def execution_timeout(self) -> int | None: ...
+    @property
+    def rerun(self) -> bool:
+        """This lease is a re-run that must be journaled before its handler starts (see Broker._lease)."""
+        ...
+
+
 @dataclass(slots=True)
-class Lease:
-    """A job leased to a worker by a take: what the worker is sent."""
+class Leased:
+    """A lease as its own object (what a take answers when the job's record lives elsewhere, in Redis)."""
 
     id: str
     input: Any
     traceparent: str
     execution_timeout: int | None = None
-    # This lease is a re-run that must be journaled before its handler starts (the local engine; see Broker._lease).
     rerun: bool = False
 
-    def payload(self) -> dict[str, Any]:
-        """The job as job-take sends it."""
-        d: dict[str, Any] = {"id": self.id, "input": self.input, "traceparent": self.traceparent}
-        if self.execution_timeout is not None:
-            d["policy"] = {"executionTimeout": self.execution_timeout}
-        return d
+
+def lease_payload(x: Lease) -> dict[str, Any]:
+    """The job as job-take sends it."""
+    d: dict[str, Any] = {"id": x.id, "input": x.input, "traceparent": x.traceparent}
+    if x.execution_timeout is not None:
+        d["policy"] = {"executionTimeout": x.execution_timeout}
+    return d
 
 
 class Watch(Protocol):
@@ -180,7 +199,7 @@ class JobState(Protocol):
 
     async def take(
         self, worker_id: str, n: int, wait: float, *, gone: Callable[[], bool] | None = None, busy: bool | None = None
-    ) -> list[Lease]: ...
+    ) -> Sequence[Lease]: ...
 
     async def stream(
         self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]

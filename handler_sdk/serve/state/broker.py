@@ -16,7 +16,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...errors import BadRequest, OutputNotSerializable
+from ...errors import BadRequest, HTTPError, OutputNotSerializable
 from ...models import JobStatus, RunRequest, make_error_details
 from . import views
 from .archive import Retained
@@ -82,12 +82,9 @@ class Broker:
         """Hand queued jobs on: to the in-process worker while it has free slots, else to a waiting taker."""
         local, queue = self._local, self.queue
         if local is not None and queue and (n := local.free()) > 0:
-            w = self.seen(local.worker_id, local=True)
-            leased: list[JobRecord] = []
-            while len(leased) < n and (r := queue.pop(self.jobs)) is not None:
-                self._lease(r, w)
-                leased.append(r)
+            leased = queue.pop_many(self.jobs, n)
             if leased:
+                self._lease_all(self.seen(local.worker_id, local=True), leased)
                 local.start(leased)
         if queue.takers and queue:
             queue.wake()
@@ -141,11 +138,12 @@ class Broker:
         details: dict[str, Any] | None = None,
         error_type: str | None = None,
         message: str = "",
+        now: int | None = None,
     ) -> None:
         if error_type is not None:
             details = make_error_details(error_type, message)
             error = f"{error_type}: {message}"
-        self.table.finish(r, status, self.clock(), output=output, error=error, details=details)
+        self.table.finish(r, status, self.clock() if now is None else now, output=output, error=error, details=details)
         self.leases.release(r)
         self.journal.update(r)
         self.retained.add(r)  # (and packed: see finished.py)
@@ -306,7 +304,12 @@ class Broker:
         w = self.seen(worker_id, local=local, initializing=False)
         if busy is False and w.jobs and not w.local:
             self._lost(w, list(w.jobs))
-        return await self.queue.take(self.jobs, n, wait, functools.partial(self._lease, w=w), gone)
+        return await self.queue.take(self.jobs, n, wait, functools.partial(self._lease_all, w), gone)
+
+    def _lease_all(self, w: WorkerSeen, records: list[JobRecord]) -> None:
+        now = self.clock()  # (one read for a take's jobs, which leave the queue together)
+        for r in records:
+            self._lease(r, w, now)
 
     def _lost(self, w: WorkerSeen, job_ids: Sequence[str]) -> None:
         """These jobs' leases are lost with a process of the worker ``w``: they queue again (counted)."""
@@ -358,6 +361,27 @@ class Broker:
         finally:
             self.dispatch()
         return r
+
+    def completed_many(self, worker_id: str, results: Sequence[tuple[str, bytes | None]]) -> list[HTTPError | None]:
+        """Many plain successes of one worker (a job-done-batch), each recorded as ``done`` records it: a verdict
+        per result, None or the Conflict (409) / NotFound (404) that ``done`` raises. The worker is seen, the clock
+        read and the queue's head offered once for the batch, after every result is recorded (a drain's worker
+        sends hundreds in one request)."""
+        self.seen(worker_id)
+        now, leased, finish, completed = self.clock(), self.table.leased, self._finish, S.COMPLETED
+        verdicts: list[HTTPError | None] = []
+        try:
+            for job_id, output in results:
+                try:
+                    r = leased(worker_id, job_id)
+                except HTTPError as e:
+                    verdicts.append(e)
+                    continue
+                finish(r, completed, output=output, now=now)
+                verdicts.append(None)
+        finally:
+            self.dispatch()
+        return verdicts
 
     def hand_back(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """A draining worker returns jobs it will not finish: they queue again at the front, not as results."""

@@ -232,10 +232,9 @@ class LocalState:
 
     async def take(
         self, worker_id: str, n: int, wait: float, *, gone: Callable[[], bool] | None = None, busy: bool | None = None
-    ) -> list[Lease]:
+    ) -> Sequence[Lease]:
         jobs = await self.broker.take(worker_id, n, wait, gone=gone, busy=busy)
-        leases = [Lease(r.id, r.input, r.traceparent, r.execution_timeout, r.rerun) for r in jobs]
-        for x in leases:
+        for x in jobs:
             if x.rerun:
                 # A re-run's lease is on disk before its worker may start it (see Broker._lease).
                 try:
@@ -244,7 +243,7 @@ class LocalState:
                     self.broker.hand_back(worker_id, [r.id for r in jobs])
                     raise
                 break
-        return leases
+        return jobs
 
     async def stream(
         self, worker_id: str, job_id: str, outputs: Sequence[bytes], metrics: Sequence[bytes | None]
@@ -272,17 +271,7 @@ class LocalState:
     async def completed_many(
         self, worker_id: str, results: Sequence[tuple[str, bytes | None]]
     ) -> list[HTTPError | None]:
-        # One coroutine for the batch, not one per result: a drain's worker sends hundreds in one request.
-        done, completed = self.broker.done, JobStatus.COMPLETED
-        verdicts: list[HTTPError | None] = []
-        for job_id, output in results:
-            try:
-                done(worker_id, job_id, completed, output=output)
-            except HTTPError as e:
-                verdicts.append(e)
-                continue
-            verdicts.append(None)
-        return verdicts
+        return self.broker.completed_many(worker_id, results)
 
     async def ping(self, worker_id: str, job_ids: Sequence[str] = (), *, initializing: bool = False) -> None:
         self.broker.ping(worker_id, job_ids, initializing=initializing)

@@ -112,6 +112,10 @@ class Pending:
 
     def add_stream(self, job_id: str, index: int, item: bytes) -> None:
         self._stream.append((job_id, index, item))
+        if job_id in self._since:
+            # Its lease goes with them: items journaled without the attempt they belong to would, after a crash,
+            # be followed by a re-run numbered as the same attempt.
+            self._since[job_id] = 0.0
         self._wake.set()
 
     def reset_stream(self, job_id: str) -> None:
@@ -164,7 +168,8 @@ class Pending:
 
     def _due(self) -> dict[str, JobRecord]:
         """The dirty jobs to write now. Leases queued less than ``linger_s`` ago stay queued (unless closing): a
-        no-op job's lease and result, a few milliseconds apart, are then one row write instead of two."""
+        no-op job's lease and result, a few milliseconds apart, are then one row write instead of two. A lease
+        with stream items queued is written with them (``add_stream``)."""
         dirty, self._dirty, since, self._since = self._dirty, {}, self._since, {}
         if self._closing or self.linger_s <= 0:
             return dirty

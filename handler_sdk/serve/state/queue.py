@@ -1,6 +1,6 @@
 """The jobs waiting for a worker, in order (the normal queue before lowPriority), and the takes waiting for one.
 
-The queues hold ids and keep stale ones (a queued job that was cancelled, timed out or has expired): ``pop``
+The queues hold ids and keep stale ones (a queued job that was cancelled, timed out or has expired): ``pop_many``
 skips them, which costs less than finding and removing each when it leaves the queue.
 """
 
@@ -41,14 +41,15 @@ class JobQueue:
         order)."""
         (self._normal.appendleft if front else self._normal.append)(r.id)
 
-    def pop(self, jobs: dict[str, JobRecord | Finished]) -> JobRecord | None:
-        """The next job still queued, or None."""
+    def pop_many(self, jobs: dict[str, JobRecord | Finished], n: int) -> list[JobRecord]:
+        """Up to ``n`` of the next jobs still queued, in order, off the queue (the stale ids before them too)."""
+        taken: list[JobRecord] = []
         for q in (self._normal, self._low):
-            while q:
+            while q and len(taken) < n:
                 r = jobs.get(q.popleft())
-                if isinstance(r, JobRecord) and r.status is _QUEUED:
-                    return r
-        return None
+                if type(r) is JobRecord and r.status is _QUEUED:
+                    taken.append(r)
+        return taken
 
     def queued(self, jobs: dict[str, JobRecord | Finished]) -> list[JobRecord]:
         """Every job still queued, each once (a job retried after timing out in the queue is listed twice)."""
@@ -66,23 +67,22 @@ class JobQueue:
         jobs: dict[str, JobRecord | Finished],
         n: int,
         wait: float,
-        lease: Callable[[JobRecord], None],
+        lease: Callable[[list[JobRecord]], None],
         gone: Callable[[], bool] | None,
     ) -> list[JobRecord]:
-        """Up to ``n`` queued jobs, each passed to ``lease`` as it leaves the queue, holding an empty take open up
-        to ``wait`` s. ``gone`` says whether the taker has hung up meanwhile: it then takes nothing, and the job it
-        was woken for goes to the next taker."""
+        """Up to ``n`` queued jobs, passed to ``lease`` together as they leave the queue, holding an empty take open
+        up to ``wait`` s. ``gone`` says whether the taker has hung up meanwhile: it then takes nothing, and the job
+        it was woken for goes to the next taker."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        taken: list[JobRecord] = []
         while True:
             if gone is not None and gone():
                 if self:
                     self.wake()
                 return []
-            while len(taken) < n and (r := self.pop(jobs)) is not None:
-                lease(r)
-                taken.append(r)
+            taken = self.pop_many(jobs, n)
+            if taken:
+                lease(taken)
             remaining = deadline - loop.time()
             if taken or remaining <= 0:
                 if taken and self:

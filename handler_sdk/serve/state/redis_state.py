@@ -23,7 +23,7 @@ from typing import Any
 from ... import codec, trace
 from ...errors import BadRequest, HTTPError, NotFound, OutputNotSerializable, StoreError, Unprocessable
 from ...models import JobStatus, RunRequest
-from .api import JobView, Lease, Watch
+from .api import JobView, Lease, Leased, Watch
 from .changes import ChangeFeed
 from .changes import Watch as FeedWatch
 from .idempotency import KEY_HEADER, fingerprint
@@ -249,7 +249,7 @@ class RedisState:
 
     async def take(
         self, worker_id: str, n: int, wait: float, *, gone: Callable[[], bool] | None = None, busy: bool | None = None
-    ) -> list[Lease]:
+    ) -> Sequence[Lease]:
         taken = await self.jobs.take(worker_id, n, wait)
         if taken and gone is not None and gone():
             # The worker hung up while its take was held: the jobs go to the next taker, not to a dead lease.
@@ -261,7 +261,7 @@ class RedisState:
             tp = extras.get("trace")
             if not isinstance(tp, str):
                 tp = trace.derived(t.id)
-            leases.append(Lease(t.id, codec.loads(t.input) if t.input else None, tp, t.execution_timeout))
+            leases.append(Leased(t.id, codec.loads(t.input) if t.input else None, tp, t.execution_timeout))
         return leases
 
     async def stream(
