@@ -202,10 +202,12 @@ WHAT_IS_LEFT = (
     "item; on loopback the kernel may do part of serve's receive in the worker's time). What changed here: the runner "
     "hands each token's two encoded parts to the multiplexer's stream (no EncodedItem per token), and a request body "
     "is one join with its bytes counted per request, not per stream: 39,500 -> 36,750 instructions per item through "
-    "the multiplexer at 256 streams (the SDK's part -13 %). Next, in order of size: fewer requests per second at many"
-    " streams (the per-stream part of a request is paid per request: the 20 ms interval is worker/http.py's), and the"
-    " exact-size copies (two per token; dropping them needs a bound on the memory that queued and in-flight tokens "
-    "then pin)."
+    "the multiplexer at 256 streams (the SDK's part -13 %). Then fewer requests per second at many streams (the "
+    "per-stream part of a request is paid per request): past 64 streams queued the 20 ms interval grows with them, "
+    "up to 50 ms (worker/mux.py's SPREAD_FROM and SPREAD_MAX), so a part carries ~4 items at 256 streams, not ~1.5; "
+    "measured alone at 256 streams (2 runs each, same hour): worker 8.90 and 9.02 -> 7.28 and 7.96 us per item, "
+    "serve's share of a core 41 % -> 30 %. Next: the exact-size copies (two per token; dropping them needs a bound on"
+    " the memory that queued and in-flight tokens then pin)."
 )
 
 

@@ -16,7 +16,7 @@ from handler_sdk import codec
 from handler_sdk.chunker import EncodedItem, batch_body, encode
 from handler_sdk.errors import StaleResult, TransportError
 from handler_sdk.serve.http.workers import EXTENSIONS
-from handler_sdk.worker.mux import Mux, Stream
+from handler_sdk.worker.mux import SPREAD_FROM, SPREAD_MAX, Mux, Stream
 
 
 @pytest.fixture
@@ -357,3 +357,40 @@ def test_the_runners_items_reach_the_body_as_encoded_items_would_same_bytes_same
         out = codec.loads(codec.dumps(str(value) if as_str else value))
         want.setdefault(f"job-{who}", []).append((out, None if as_str or not metrics else kept))
     assert got == want
+
+
+@given(st.integers(min_value=0, max_value=5000), st.integers(min_value=0, max_value=5000))
+def test_the_wait_between_requests_grows_with_the_streams_queued_past_spread_from_up_to_spread_max(
+    a: int, b: int
+) -> None:
+    mux = Mux(Endpoint().post, Endpoint().post_one, 1 << 20, interval_s=0.02)
+    few, many = sorted((a, b))
+    assert 0.02 <= mux._wait(few) <= mux._wait(many) <= 0.02 * SPREAD_MAX
+    if many <= SPREAD_FROM:
+        assert mux._wait(many) == 0.02
+    if many >= SPREAD_FROM * SPREAD_MAX:
+        assert mux._wait(many) == pytest.approx(0.02 * SPREAD_MAX)
+
+
+async def test_at_many_streams_requests_come_further_apart_and_each_part_carries_more_items() -> None:
+    ep = Endpoint()
+    ep.mux = Mux(ep.post, ep.post_one, 1 << 20, interval_s=0.02)
+    streams = [ep.mux.open(f"j{i}") for i in range(200)]
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+    post = ep.post
+
+    async def timed(body: bytes) -> tuple[list[str], list[int]]:
+        starts.append(loop.time())
+        return await post(body)
+
+    ep.mux._post = timed
+    for _ in range(3):  # three engine steps, one item per stream each
+        for s in streams:
+            emit_all(s, [0])
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*(s.flush() for s in streams))
+    assert len(starts) >= 2
+    # 200 streams queued: the wait is 2.5 intervals (less a little for the loop's clock resolution).
+    assert starts[1] - starts[0] >= 0.02 * SPREAD_MAX - 0.002
+    assert all(s.sent == 3 for s in streams)

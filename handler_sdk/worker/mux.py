@@ -50,6 +50,13 @@ _COMMAS = 2
 # A job's items as its part carries them: the outputs, and the metrics (None for none) in the same order.
 Items = tuple[list[bytes], list[bytes | None]]
 
+# Past this many streams with items queued, the wait between requests grows with them, up to SPREAD_MAX times the
+# interval: a request costs the worker per stream in it (its part's joins and verdict), so at a GPU's many streams,
+# each with a token every few steps, a request per interval carried ~1.5 items per stream at 256 streams. With the
+# wait 2.5 times longer (50 ms at the worker's 20 ms) each part carries ~4, and a token waits at most that long.
+SPREAD_FROM = 64
+SPREAD_MAX = 2.5
+
 
 class Stream:
     """One job's stream: ``emit`` per item (None, or an awaitable when the job must wait for room), ``flush`` at the
@@ -187,7 +194,8 @@ class Mux:
     """The per-worker multiplexer: ``open(job_id)`` gives a job's ``Stream``; ``post`` sends one job-stream-batch
     body and answers each part's job id and code in order, ``post_one`` sends one item on its job's own route (for
     an item too big to share a body). Requests start at most every ``interval_s``: the first item after a quiet
-    spell goes at once, and at a GPU's token rate each request carries every stream's items of a few steps."""
+    spell goes at once, and at a GPU's token rate each request carries every stream's items of a few steps. With
+    more than ``SPREAD_FROM`` streams queued, the interval grows in proportion, up to ``SPREAD_MAX`` times."""
 
     def __init__(self, post: Post, post_one: PostOne, max_bytes: int, *, interval_s: float = 0.0) -> None:
         self._post = post
@@ -217,7 +225,7 @@ class Mux:
         delay = self.backoff_s
         try:
             while self._dirty:
-                if (wait := self._last + self._interval - loop.time()) > 0:
+                if (wait := self._last + self._wait(len(self._dirty)) - loop.time()) > 0:
                     await asyncio.sleep(wait)
                 self._last = loop.time()
                 parts, body = self._take()
@@ -245,6 +253,12 @@ class Mux:
                     delay *= 2
         finally:
             self._task = None
+
+    def _wait(self, streams: int) -> float:
+        """The interval between two requests when ``streams`` streams have items queued."""
+        if streams <= SPREAD_FROM:
+            return self._interval
+        return self._interval * min(SPREAD_MAX, streams / SPREAD_FROM)
 
     def _take(self) -> tuple[list[Stream], bytes | None]:
         """The dirty streams' items that fit in one body (every stream's whole queue, usually), now in flight."""
