@@ -98,9 +98,7 @@ class Broker:
         if self._local is worker:
             self._local = None
 
-    def _lease(self, r: JobRecord, w: WorkerSeen, now: int | None = None) -> None:
-        if now is None:
-            now = self.clock()
+    def _lease(self, r: JobRecord, w: WorkerSeen, now: int) -> None:
         self.table.lease(r, w.id, now)
         # A re-run (after a lost lease or a restart) is journaled before its handler runs: a job that kills its
         # worker is then counted each time, and fails at max_attempts instead of crash-looping the endpoint.
