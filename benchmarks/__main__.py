@@ -33,6 +33,7 @@ MODULES = {
     "soak": "benchmarks.soak",
     "redis_state": "benchmarks.redis_state",
     "vllm_openai": "benchmarks.vllm_openai",
+    "journal": "benchmarks.journal",
 }
 # Parts of a benchmark that run alone and update their figures in its section (not run by default).
 PARTS = {"sqlite_paired": "benchmarks.sqlite_paired"}

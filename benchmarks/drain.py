@@ -60,10 +60,12 @@ async def _preload(base: str, n: int, connections: int = 64) -> None:
         await asyncio.gather(*(one() for _ in range(connections)))
 
 
-def _cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system, every thread) a process has used so far; None without /proc."""
+def _cpu_s(pid: int, thread: int | None = None) -> float | None:
+    """CPU seconds (user + system) a process has used so far, every thread, or only ``thread`` (a thread id; the
+    main thread's is the pid); None without /proc."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = stat.read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
@@ -144,6 +146,8 @@ class _Drain:
     serve_us: float | None = None
     workers_us: float | None = None
     profile: str | None = None
+    # The endpoint's event loop (its main thread) alone: the rest of serve_us is its journal writer's thread.
+    loop_us: float | None = None
 
 
 def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = False, loop: str = "uvloop") -> _Drain:
@@ -161,7 +165,7 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
         wait_until(lambda: http_ok(f"{base}/health"), 30, "drain serve ready", serve)
         run.shared.setdefault("drain_extensions", extensions(base))
         asyncio.run(_preload(base, n))
-        serve_cpu = _cpu_s(serve.pid)
+        serve_cpu, loop_cpu = _cpu_s(serve.pid), _cpu_s(serve.pid, serve.pid)
         for i in range(workers):
             env: dict[str, str | None] = {
                 "HANDLER_SDK_ENDPOINT_URL": base,
@@ -181,11 +185,12 @@ def _drain_once(run: Run, work: Path, n: int, workers: int, profile: bool = Fals
         summary = _profile(work, tag, serve, procs[0], workers) if profile else None
         cpu = _WorkerCpu()
         asyncio.run(_wait_drained(base, n, 600, procs, cpu))
-        serve_end = _cpu_s(serve.pid)
+        serve_end, loop_end = _cpu_s(serve.pid), _cpu_s(serve.pid, serve.pid)
         first, last = asyncio.run(_span_ms(base, n))
         serve_us = None if serve_cpu is None or serve_end is None else (serve_end - serve_cpu) / n * 1e6
+        loop_us = None if loop_cpu is None or loop_end is None else (loop_end - loop_cpu) / n * 1e6
         rate = n / max((last - first) / 1000, 1e-3)
-        return _Drain(rate, serve_us, None if profile else cpu.per_job_us(n), summary)
+        return _Drain(rate, serve_us, None if profile else cpu.per_job_us(n), summary, loop_us)
     finally:
         stop_all(procs, 1.0)  # a worker waits out its held take (3 s) before it exits; nothing to keep
         serve.stop(10)
@@ -203,18 +208,37 @@ def _cpu_bound(sec: Section, worker_counts: Sequence[int]) -> str | None:
     if not (serve > 0 and workers > 0 and ceiling > 0):
         return None
     bound = cores / (serve + workers) * 1e6
-    return (
+    text = (
         f"With {who}, a job costs {serve:.1f} µs of endpoint CPU and {workers:.1f} µs of worker CPU: on "
         f"{cores} cores no drain can beat {bound:,.0f} jobs/s, {bound / ceiling:.2f} x the store's ceiling. "
         "The 0.7 x ceiling target needs the two together under "
         f"{cores / (0.7 * ceiling) * 1e6:.1f} µs per job."
     )
+    loop = medians.get(f"CPU per job: the endpoint's event loop thread alone, {who}", 0.0)
+    rate = medians.get(f"drain over HTTP, {who}", 0.0)
+    if loop > 0 and rate > 0:
+        # CPU per job x jobs per second: the share of the drain each thread spent running.
+        busy = [x * rate / 1e4 for x in (loop, serve - loop, workers)]
+        text += (
+            f" Over the drain (CPU per job x its rate) the endpoint's event loop ran {busy[0]:.0f} % of the time, "
+            f"its other threads (the journal writer) {busy[1]:.0f} %, and the worker{'s' if w > 1 else ''} "
+            f"{busy[2]:.0f} %"
+        )
+        text += (
+            ": no thread is saturated, so the drain waits on the round trips between the processes (and on the "
+            "machine's cores, shared by three busy threads), not on any one thread's CPU."
+            if max(busy) < 90
+            else "."
+        )
+    return text
 
 
 def _note_cpu(cpu: dict[str, list[float]], workers: int, d: _Drain) -> None:
     who = f"{workers} worker process{'es' if workers > 1 else ''}"
     if d.serve_us is not None:
         cpu.setdefault(f"CPU per job: endpoint (serve), {who}", []).append(d.serve_us)
+    if d.loop_us is not None:
+        cpu.setdefault(f"CPU per job: the endpoint's event loop thread alone, {who}", []).append(d.loop_us)
     if d.workers_us is not None:
         cpu.setdefault(f"CPU per job: the worker processes together, {who}", []).append(d.workers_us)
 

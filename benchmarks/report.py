@@ -30,6 +30,7 @@ ORDER = [
     "soak",
     "redis_state",
     "vllm_openai",
+    "journal",
 ]
 
 Panel = tuple[str, list[str], dict[str, list[Figure | None]]]  # y label, group names, series -> one figure per group

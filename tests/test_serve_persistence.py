@@ -17,7 +17,11 @@ def journal(data_dir: Path) -> dict[str, dict[str, Any]]:
     """Every journaled job as another process would read it: id -> {state..., input, output}."""
     conn = sqlite3.connect(f"file:{data_dir / 'jobs.sqlite3'}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT id, input, state, output FROM jobs").fetchall()
+        # A big input lives in the inputs table (its row's input is empty).
+        rows = conn.execute(
+            "SELECT id, CASE WHEN j.input = X'' THEN i.input ELSE j.input END, state, output FROM jobs j "
+            "LEFT JOIN inputs i USING (id)"
+        ).fetchall()
     finally:
         conn.close()
     return {

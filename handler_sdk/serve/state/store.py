@@ -14,7 +14,9 @@ one is written here when the broker's bound on retained jobs (archive.py) moves 
 
 Each row carries its status and when its retention ends (``expires``, indexed): a start-up loads every unfinished
 job and the newest finished ones up to that bound, ``read`` fetches one job that is not in memory, and ``sweep``
-deletes the rows past their retention, through the index.
+deletes the rows past their retention, through the index. An input over ``journal_rows.INLINE_INPUT`` bytes is
+written once, to a table of its own (``inputs``), so that a job's lease and result, which rewrite its row, do not
+write the input again.
 
 No single record and no failed commit stops the writer. A job input that cannot be encoded is refused when it is
 inserted (its request fails); a commit that fails (a full disk, an unwritable file) fails the flushes waiting on
@@ -35,7 +37,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ... import codec
 from ...errors import StoreError
 from ...models import JobStatus
 from . import journal_rows as rows
@@ -52,6 +53,10 @@ CREATE TABLE IF NOT EXISTS stream (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, item BLOB NOT NULL, PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS inputs (id TEXT PRIMARY KEY, input BLOB NOT NULL);
+CREATE TRIGGER IF NOT EXISTS inputs_gone AFTER DELETE ON jobs WHEN OLD.input = X'' BEGIN
+    DELETE FROM inputs WHERE id = OLD.id;
+END;
 """
 # A commit that failed is retried after this long, doubling up to the cap, while nobody waits on it.
 _RETRY_BASE_S = 0.2
@@ -163,10 +168,7 @@ class JobStore(Pending):
 
         def read() -> Any:
             assert self._conn is not None
-            row = self._conn.execute(
-                "SELECT input FROM jobs WHERE id = ? AND endpoint = ?", (job_id, self.endpoint_id)
-            ).fetchone()
-            return None if row is None else codec.loads(row[0])
+            return rows.read_input(self._conn, self.endpoint_id, job_id)
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._exec, read)
