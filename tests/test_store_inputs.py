@@ -175,3 +175,22 @@ def test_an_input_stays_in_its_row_up_to_the_bound_and_moves_past_it_reading_bac
 
     with tempfile.TemporaryDirectory() as d:
         asyncio.run(go(Path(d) / "jobs.db"))
+
+
+def test_writing_a_big_input_job_again_keeps_its_side_row_even_with_recursive_triggers(tmp_path: Path) -> None:
+    """A failed commit's changes are written again (an INSERT OR REPLACE of the same row): the REPLACE may delete
+    the old row (and, with recursive triggers on, fire the trigger) but never the side row written after it."""
+    from handler_sdk.serve.state import journal_rows
+    from handler_sdk.serve.state.store import _SCHEMA
+
+    conn = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
+    conn.executescript(_SCHEMA)
+    journal_rows.migrate(conn, "ep", None)
+    conn.execute("PRAGMA recursive_triggers = ON")
+    data = codec.dumps(BIG)
+    row = ("job-1", data, b'{"status":"IN_QUEUE","created":1,"retention":10}', None, "ep", "IN_QUEUE", None, None)
+    batch: Any = ([row], [], [], [], [], [], [], None, [])
+    journal_rows.write(conn, "ep", batch)
+    journal_rows.write(conn, "ep", batch)
+    assert journal_rows.read_input(conn, "ep", "job-1") == BIG
+    assert conn.execute("SELECT count(*) FROM inputs").fetchone()[0] == 1

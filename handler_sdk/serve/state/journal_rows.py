@@ -30,7 +30,9 @@ _INDEXES = (
 # An input over this many bytes (encoded) lives in the inputs table, and its job's row holds an empty one: SQLite
 # rewrites a whole row on every update, so a job's lease and then its result each wrote its input again (a 1 MB
 # input: 2.7 ms and 1 MB of journal a time, against 4.8 us for a 100-byte one, measured). Small inputs stay in the
-# row, where they cost no second lookup. The inputs_gone trigger (store.py) drops a side row with its job's.
+# row, where they cost no second lookup. The inputs_gone trigger (store.py) drops a side row with its job's. A side
+# row is written in its job's transaction, so it cannot be missing; if a damaged file lacks one, the job reads back
+# with a null input rather than stopping the start-up.
 INLINE_INPUT = 1024
 _INPUT = (
     "CASE WHEN jobs.input = X'' THEN coalesce((SELECT i.input FROM inputs i WHERE i.id = jobs.id), X'6e756c6c') "
@@ -175,13 +177,20 @@ def sweep(conn: sqlite3.Connection, ep: str, now: int) -> None:
     conn.execute("DELETE FROM jobs WHERE endpoint = ? AND expires <= ?", (ep, now))
 
 
-def _side_inputs(conn: sqlite3.Connection, inserts: list[Any]) -> list[Any]:
-    """Write the inputs over INLINE_INPUT to the inputs table; the rows to insert, theirs with an empty input."""
+def _insert(conn: sqlite3.Connection, inserts: list[Any]) -> None:
+    """The new rows, an input over INLINE_INPUT in the inputs table and its row's input empty. The side rows go in
+    last: a REPLACE of a row written before (a failed commit's retry) must not be followed by the trigger's delete
+    of the side row just written, were recursive triggers on."""
     big = [(row[0], row[1]) for row in inserts if len(row[1]) > INLINE_INPUT]
-    if not big:
-        return inserts
-    conn.executemany("INSERT OR REPLACE INTO inputs (id, input) VALUES (?,?)", big)
-    return [row if len(row[1]) <= INLINE_INPUT else (row[0], b"", *row[2:]) for row in inserts]
+    if big:
+        inserts = [row if len(row[1]) <= INLINE_INPUT else (row[0], b"", *row[2:]) for row in inserts]
+    conn.executemany(
+        "INSERT OR REPLACE INTO jobs (id, input, state, output, endpoint, status, expires, idem) "
+        "VALUES (?,?,?,?,?,?,?,?)",
+        inserts,
+    )
+    if big:
+        conn.executemany("INSERT OR REPLACE INTO inputs (id, input) VALUES (?,?)", big)
 
 
 def read_input(conn: sqlite3.Connection, ep: str, job_id: str) -> Any:
@@ -197,12 +206,7 @@ def write(conn: sqlite3.Connection | None, ep: str, batch: Batch) -> None:
     conn.execute("BEGIN")
     try:
         if inserts:
-            inserts = _side_inputs(conn, inserts)
-            conn.executemany(
-                "INSERT OR REPLACE INTO jobs (id, input, state, output, endpoint, status, expires, idem) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                inserts,
-            )
+            _insert(conn, inserts)
         # A finished job keeps the expiry its row has (none, unless it left memory); a job that runs again (a
         # /retry) loses it. Two statements, not one with a CASE: the finished row's update (the one of most jobs)
         # then leaves the column and its index alone, 6.1 -> 4.8 us a job in a commit of 50 (measured).
