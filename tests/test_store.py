@@ -380,21 +380,22 @@ async def test_a_deleted_job_with_a_waiting_lease_stays_deleted(tmp_path: Path) 
 # --- the broker restarted on the journal -----------------------------------------------------------------------
 
 
-def _cfg() -> BrokerConfig:
-    return BrokerConfig(run_retention_ms=10_000, lease_ms=1_000, max_attempts=3)
+def _cfg(**kw: Any) -> BrokerConfig:
+    return BrokerConfig(run_retention_ms=10_000, lease_ms=1_000, max_attempts=3, **kw)
 
 
-async def _broker(path: Path, now: list[int]) -> Broker:
-    b = Broker(JobStore(path), _cfg(), clock=lambda: now[0])
+async def _broker(path: Path, now: list[int], *, linger_s: float = 0.1, **cfg: Any) -> Broker:
+    b = Broker(JobStore(path, linger_s=linger_s), _cfg(**cfg), clock=lambda: now[0])
     await b.open()
     return b
 
 
 async def _restart(b: Broker, now: list[int]) -> Broker:
+    """The same journal opened again by a new broker (default config, the same linger)."""
     assert b.store is not None
     await b.durable()
     await b.store.close()
-    return await _broker(b.store.path, now)
+    return await _broker(b.store.path, now, linger_s=b.store.linger_s)
 
 
 def _run(b: Broker, n: int, **policy: Any) -> str:

@@ -14,30 +14,19 @@ from hypothesis import strategies as st
 
 from handler_sdk import codec
 from handler_sdk.models import JobStatus, RunRequest
-from handler_sdk.serve.state.broker import Broker, BrokerConfig
+from handler_sdk.serve.state.broker import Broker
 from handler_sdk.serve.state.journal_rows import INLINE_INPUT
 from handler_sdk.serve.state.local import LocalState
-from handler_sdk.serve.state.store import JobStore
+from tests import test_store
+from tests.test_store import _cfg, _restart
 
 S = JobStatus
 BIG = {"image": "x" * 100_000}
 
 
-def _cfg(**kw: Any) -> BrokerConfig:
-    return BrokerConfig(run_retention_ms=10_000, lease_ms=1_000, max_attempts=3, **kw)
-
-
-async def _broker(path: Path, now: list[int], **kw: Any) -> Broker:
-    b = Broker(JobStore(path, linger_s=0), _cfg(**kw), clock=lambda: now[0])
-    await b.open()
-    return b
-
-
-async def _restart(b: Broker, now: list[int]) -> Broker:
-    assert b.store is not None
-    await b.durable()
-    await b.store.close()
-    return await _broker(b.store.path, now)
+async def _broker(path: Path, now: list[int], **cfg: Any) -> Broker:
+    # No linger: every lease is written, as for a job that outlives it (a GPU job).
+    return await test_store._broker(path, now, linger_s=0, **cfg)
 
 
 def _conn(b: Broker) -> sqlite3.Connection:
