@@ -356,6 +356,21 @@ async def test_requests_lists_newest_first_and_filters_by_status(redis_url: str)
         assert page["total"] == 1 and page["requests"][0]["id"] == "a" and page["requests"][0]["delayTime"] == 30
 
 
+async def test_requests_lists_jobs_of_one_millisecond_newest_first_too(redis_url: str) -> None:
+    """Jobs submitted within one millisecond (a fast client, or a frozen clock) list in reverse submission order:
+    the listing's order never falls back on the ids, which are random."""
+    clock = Clock()
+    async with replicas(redis_url, clock=clock) as [e]:
+        ids = list("qzakmbwpcy")  # in no sorted order
+        for job_id in ids:
+            await submitted(e, job_id)
+        page = await e.requests(20, 0)
+        assert [r["id"] for r in page["requests"]] == ids[::-1]
+        clock.advance(-5)  # another replica's clock, a little behind: still listed as the newest
+        await submitted(e, "late")
+        assert (await e.requests(1, 0))["requests"][0]["id"] == "late"
+
+
 async def test_two_endpoints_on_one_redis_keep_apart_in_one_hash_slot_each(redis_url: str) -> None:
     async with replicas(redis_url, endpoint="one") as [a], replicas(redis_url, endpoint="two") as [b]:
         await submitted(a, "x")

@@ -22,7 +22,13 @@ if ARGV[8] ~= '' then redis.call('HSET', k, 'exec', ARGV[8]) end
 if ARGV[10] ~= '' then redis.call('HSET', k, 'meta', ARGV[10]) end
 if ARGV[11] == '1' then redis.call('HSET', k, 'sse', '1') end
 redis.call('HINCRBY', COUNTS, 'IN_QUEUE', 1)
-redis.call('ZADD', IDS, NOW, id)
+-- The listing's order (newest first): a score above every earlier one, so jobs of one millisecond, or from a replica
+-- whose clock is a little behind, never tie (ZREVRANGE would order ties by their random ids). Still milliseconds,
+-- as the scores of entries written before this were.
+local last = tonumber(redis.call('GET', IDS .. 'last') or 0)
+local score = NOW > last and NOW or last + 1
+redis.call('SET', IDS .. 'last', score)
+redis.call('ZADD', IDS, score, id)
 redis.call('RPUSH', ARGV[6] == '1' and QLOW or Q, id)
 wake_for_work()
 return 1
