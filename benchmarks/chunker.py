@@ -178,8 +178,9 @@ def run(run: Run) -> Section:
         out = run.dir("chunker") / "pack.pyspy.txt"
         code = f"from benchmarks.chunker import spin; spin({total}, {2 if run.quick else 4})"
         sec.profile = summarize(
-            profile_command([PY, "-c", code], out), title="packing the mixed stream", ours="handler_sdk/chunker"
-        )
+            profile_command([PY, "-c", code], out), title="packing the mixed stream", ours="handler_sdk/chunker",
+            within="pack_all",
+        )  # fmt: skip
     sec.plot = _plot(run, sec)
     del items, strings, dicts
     gc.set_threshold(*thresholds)

@@ -99,8 +99,12 @@ def _area(path: str) -> str:
     return "other (interpreter, stdlib)"
 
 
-def summarize(raw: Path | None, *, title: str, top: int = 12, ours: str = "handler_sdk/") -> str:
-    """A markdown summary of a py-spy collapsed-stack file."""
+def summarize(
+    raw: Path | None, *, title: str, top: int = 12, ours: str = "handler_sdk/", within: str | None = None
+) -> str:
+    """A markdown summary of a py-spy collapsed-stack file. With ``within`` (a function name), only the samples
+    taken inside that function count: a workload whose set-up (building its input, importing) would otherwise
+    take a share of the profile that says nothing about the code measured."""
     if raw is None:
         return f"**Profile ({title})**: not taken (py-spy is not installed: `pip install py-spy`)."
     self_t: collections.Counter[str] = collections.Counter()
@@ -112,8 +116,10 @@ def summarize(raw: Path | None, *, title: str, top: int = 12, ours: str = "handl
         if not stack or not n_raw.isdigit():
             continue
         n = int(n_raw)
-        total += n
         frames = [_parse(f) for f in stack.split(";")]
+        if within is not None and all(f != within for f, _ in frames):
+            continue
+        total += n
         fn, path = frames[-1]
         self_t[f"{fn} ({path})"] += n
         areas[_area(path)] += n
@@ -121,13 +127,15 @@ def summarize(raw: Path | None, *, title: str, top: int = 12, ours: str = "handl
         for key in {f"{f} ({p})" for f, p in frames if ours in p and not p.endswith("__main__.py")}:
             incl[key] += n
     if total == 0:
-        return f"**Profile ({title})**: py-spy collected no samples."
+        where = "" if within is None else f" inside `{within}`"
+        return f"**Profile ({title})**: py-spy collected no samples{where}."
 
     def pct(n: int) -> str:
         return f"{100 * n / total:.1f}%"
 
     lines = [
-        f"**Profile ({title})**: py-spy, {total} on-CPU samples.",
+        f"**Profile ({title})**: py-spy, {total} on-CPU samples"
+        + ("." if within is None else f" inside `{within}` (the rest, the workload's set-up, left out)."),
         "",
         "| where (self time) | share |",
         "|---|---|",

@@ -134,3 +134,20 @@ def test_the_redis_counts_alone_replace_the_counted_figures_and_keep_the_rest(tm
     under = old["text"][0].index("**Under load**")
     assert new["text"][0].endswith(old["text"][0][under:]) and new["text"][0] != old["text"][0]
     assert sum("run again alone" in x for x in new["notes"]) == 1
+
+
+def test_a_profile_within_one_function_leaves_the_workloads_set_up_out(tmp_path: Path) -> None:
+    from benchmarks.profile import summarize
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "<module> (x.py:1);make_items (benchmarks/chunker.py:40) 30\n"
+        "<module> (x.py:1);pack_all (benchmarks/chunker.py:80);encode (handler_sdk/chunker.py:190) 60\n"
+        "<module> (x.py:1);pack_all (benchmarks/chunker.py:80) 10\n"
+    )
+    whole = summarize(raw, title="t")
+    inside = summarize(raw, title="t", within="pack_all")
+    assert "100 on-CPU samples." in whole and "make_items" in whole
+    assert "70 on-CPU samples inside `pack_all`" in inside and "make_items" not in inside
+    assert "| `encode (handler_sdk/chunker.py)` | 85.7% |" in inside
+    assert "no samples inside `nowhere`" in summarize(raw, title="t", within="nowhere")
