@@ -17,7 +17,19 @@ from ... import codec
 from .pending import Batch
 from .record import JobRecord
 
-__all__ = ["INLINE_INPUT", "load", "meta", "migrate", "page", "read_input", "read_key", "read_one", "sweep", "write"]
+__all__ = [
+    "INLINE_INPUT",
+    "INLINE_OUTPUT",
+    "load",
+    "meta",
+    "migrate",
+    "page",
+    "read_input",
+    "read_key",
+    "read_one",
+    "sweep",
+    "write",
+]
 
 # The columns added with the bound on retained jobs; rows journaled before them get theirs at the next open.
 _COLUMNS = {"status": "TEXT", "expires": "INTEGER", "idem": "TEXT"}
@@ -38,7 +50,20 @@ _INPUT = (
     "CASE WHEN jobs.input = X'' THEN coalesce((SELECT i.input FROM inputs i WHERE i.id = jobs.id), X'6e756c6c') "
     "ELSE jobs.input END"
 )
-_COLS = f"SELECT id, {_INPUT}, state, output FROM jobs WHERE endpoint = ?"
+# A finished job's output over this many bytes lives in the outputs table, its row's output empty (an output is
+# JSON: never empty). The row is updated once more after its result, with its expiry, when the bound on retained
+# jobs moves the record out of memory, and SQLite rewrites a whole row: a 1 MB output was written twice. Below a
+# page (SQLite's 4 KiB) that rewrite writes the same one page either way; past it, the overflow pages too. Only a
+# finished job's output goes there: a running job's (its latest progress update) changes with every update, and
+# it could then shrink under a side row that nothing would delete. A finished job changes its output only when a
+# /retry runs it again, and the retry's reset deletes the side row first. The outputs_gone trigger (store.py)
+# deletes a side row with its job's row.
+INLINE_OUTPUT = 4096
+_OUTPUT = (
+    "CASE WHEN jobs.output = X'' THEN coalesce((SELECT o.output FROM outputs o WHERE o.id = jobs.id), X'6e756c6c') "
+    "ELSE jobs.output END"
+)
+_COLS = f"SELECT id, {_INPUT}, state, {_OUTPUT} FROM jobs WHERE endpoint = ?"
 _LIVE = ("IN_QUEUE", "IN_PROGRESS")
 
 
@@ -177,13 +202,16 @@ def sweep(conn: sqlite3.Connection, ep: str, now: int) -> None:
     conn.execute("DELETE FROM jobs WHERE endpoint = ? AND expires <= ?", (ep, now))
 
 
-def _insert(conn: sqlite3.Connection, inserts: list[Any]) -> None:
-    """The new rows, an input over INLINE_INPUT in the inputs table and its row's input empty. The side rows go in
-    last: a REPLACE of a row written before (a failed commit's retry) must not be followed by the trigger's delete
-    of the side row just written, were recursive triggers on."""
+def _insert(conn: sqlite3.Connection, inserts: list[Any], outputs: list[tuple[str, bytes]]) -> None:
+    """The new rows, an input over INLINE_INPUT in the inputs table and its row's input empty (an output over
+    INLINE_OUTPUT goes to ``outputs``, written by the caller). The side rows go in last: a REPLACE of a row written
+    before (a failed commit's retry) must not be followed by the trigger's delete of the side row just written,
+    were recursive triggers on."""
     big = [(row[0], row[1]) for row in inserts if len(row[1]) > INLINE_INPUT]
     if big:
         inserts = [row if len(row[1]) <= INLINE_INPUT else (row[0], b"", *row[2:]) for row in inserts]
+    if any(row[3] is not None and len(row[3]) > INLINE_OUTPUT and row[5] not in _LIVE for row in inserts):
+        inserts = [row if row[5] in _LIVE else _output_apart(row, 3, 0, outputs) for row in inserts]
     conn.executemany(
         "INSERT OR REPLACE INTO jobs (id, input, state, output, endpoint, status, expires, idem) "
         "VALUES (?,?,?,?,?,?,?,?)",
@@ -191,6 +219,45 @@ def _insert(conn: sqlite3.Connection, inserts: list[Any]) -> None:
     )
     if big:
         conn.executemany("INSERT OR REPLACE INTO inputs (id, input) VALUES (?,?)", big)
+
+
+def _output_apart(row: tuple[Any, ...], at: int, key: int, outputs: list[tuple[str, bytes]]) -> tuple[Any, ...]:
+    """The row with its output (at index ``at``; its job id at ``key``) left empty when the output goes to the
+    outputs table, where it is queued."""
+    out = row[at]
+    if out is None or len(out) <= INLINE_OUTPUT:
+        return row
+    outputs.append((row[key], out))
+    return (*row[:at], b"", *row[at + 1 :])
+
+
+def _ended(rows: list[Any], outputs: list[tuple[str, bytes]]) -> list[Any]:
+    """Finished jobs' (state, output, status, id) rows, a big output queued for the outputs table."""
+    if any(row[1] is not None and len(row[1]) > INLINE_OUTPUT for row in rows):
+        return [_output_apart(row, 1, 3, outputs) for row in rows]
+    return rows
+
+
+def _job_rows(
+    conn: sqlite3.Connection, inserts: list[Any], ended: list[Any], running: list[Any], resets: list[str]
+) -> None:
+    """The jobs' rows (new, finished, running) and their side rows."""
+    if resets:
+        # A /retry: the job runs again and its row's output changes, so its old one goes first (before any side
+        # row of this batch is written: the job may have finished again within it).
+        conn.executemany("DELETE FROM outputs WHERE id = ?", [(i,) for i in resets])
+    outputs: list[tuple[str, bytes]] = []
+    if inserts:
+        _insert(conn, inserts, outputs)
+    # A finished job keeps the expiry its row has (none, unless it left memory); a job that runs again (a /retry)
+    # loses it. Two statements, not one with a CASE: the finished row's update (the one of most jobs) then leaves
+    # the column and its index alone, 6.1 -> 4.8 us a job in a commit of 50 (measured).
+    if ended:
+        conn.executemany("UPDATE jobs SET state = ?, output = ?, status = ? WHERE id = ?", _ended(ended, outputs))
+    if running:
+        conn.executemany("UPDATE jobs SET state = ?, output = ?, status = ?, expires = NULL WHERE id = ?", running)
+    if outputs:  # after their rows, as inputs are (see _insert)
+        conn.executemany("INSERT OR REPLACE INTO outputs (id, output) VALUES (?,?)", outputs)
 
 
 def read_input(conn: sqlite3.Connection, ep: str, job_id: str) -> Any:
@@ -205,15 +272,7 @@ def write(conn: sqlite3.Connection | None, ep: str, batch: Batch) -> None:
     assert conn is not None
     conn.execute("BEGIN")
     try:
-        if inserts:
-            _insert(conn, inserts)
-        # A finished job keeps the expiry its row has (none, unless it left memory); a job that runs again (a
-        # /retry) loses it. Two statements, not one with a CASE: the finished row's update (the one of most jobs)
-        # then leaves the column and its index alone, 6.1 -> 4.8 us a job in a commit of 50 (measured).
-        if ended:
-            conn.executemany("UPDATE jobs SET state = ?, output = ?, status = ? WHERE id = ?", ended)
-        if running:
-            conn.executemany("UPDATE jobs SET state = ?, output = ?, status = ?, expires = NULL WHERE id = ?", running)
+        _job_rows(conn, inserts, ended, running, resets)
         if expiring:
             conn.executemany("UPDATE jobs SET expires = ? WHERE id = ?", expiring)
         if resets:

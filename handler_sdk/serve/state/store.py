@@ -16,7 +16,8 @@ Each row carries its status and when its retention ends (``expires``, indexed): 
 job and the newest finished ones up to that bound, ``read`` fetches one job that is not in memory, and ``sweep``
 deletes the rows past their retention, through the index. An input over ``journal_rows.INLINE_INPUT`` bytes is
 written once, to a table of its own (``inputs``), so that a job's lease and result, which rewrite its row, do not
-write the input again.
+write the input again; an output over ``journal_rows.INLINE_OUTPUT`` bytes likewise lives in ``outputs``, so that
+the expiry its row gets when the record leaves memory does not write the output again.
 
 No single record and no failed commit stops the writer. A job input that cannot be encoded is refused when it is
 inserted (its request fails); a commit that fails (a full disk, an unwritable file) fails the flushes waiting on
@@ -56,6 +57,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS inputs (id TEXT PRIMARY KEY, input BLOB NOT NULL);
 CREATE TRIGGER IF NOT EXISTS inputs_gone AFTER DELETE ON jobs WHEN OLD.input = X'' BEGIN
     DELETE FROM inputs WHERE id = OLD.id;
+END;
+CREATE TABLE IF NOT EXISTS outputs (id TEXT PRIMARY KEY, output BLOB NOT NULL);
+CREATE TRIGGER IF NOT EXISTS outputs_gone AFTER DELETE ON jobs WHEN OLD.output = X'' BEGIN
+    DELETE FROM outputs WHERE id = OLD.id;
 END;
 """
 # A commit that failed is retried after this long, doubling up to the cap, while nobody waits on it.
