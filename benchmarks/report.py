@@ -103,14 +103,18 @@ def _section_md(s: dict[str, Any]) -> list[str]:
     return out
 
 
+_ASYNCIO = " [asyncio]"
+
+
 def _before_after(sections: dict[str, dict[str, Any]], before: dict[str, Any]) -> list[str]:
     """Each target's ratio in ``before`` (an earlier results.json, kept in benchmarks/before/) and now."""
     rows = []
     for name, s in sections.items():
         old = {t["label"]: t for t in before.get("sections", {}).get(name, {}).get("targets", [])}
         for t in s["targets"]:
-            if t["label"] in old:
-                was = old[t["label"]]
+            # Runs from before the loop was a choice ran on asyncio's, and their labels name no loop.
+            was = old.get(t["label"]) or old.get(t["label"].removesuffix(_ASYNCIO))
+            if was is not None:
                 rows.append(
                     f"| {name} | {t['label']} | {_fig(was['ratio'])} ({'PASS' if was['passed'] else 'MISS'}) "
                     f"| {_fig(t['ratio'])} ({'PASS' if t['passed'] else 'MISS'}) |"

@@ -151,3 +151,16 @@ def test_a_profile_within_one_function_leaves_the_workloads_set_up_out(tmp_path:
     assert "70 on-CPU samples inside `pack_all`" in inside and "make_items" not in inside
     assert "| `encode (handler_sdk/chunker.py)` | 85.7% |" in inside
     assert "no samples inside `nowhere`" in summarize(raw, title="t", within="nowhere")
+
+
+def test_before_and_after_compares_a_loop_tagged_asyncio_target_with_its_untagged_before() -> None:
+    from benchmarks.report import _before_after
+
+    def target(label: str, value: float) -> dict[str, object]:
+        ratio = {"name": label, "unit": "x", "values": [value], "median": value, "min": value, "max": value}
+        return {"label": label, "passed": False, "ratio": ratio}
+
+    now = {"runsync": {"targets": [target("ratio [uvloop]", 0.5), target("ratio [asyncio]", 0.4)]}}
+    before = {"about": "x.", "sections": {"runsync": {"targets": [target("ratio", 0.3)]}}}
+    rows = [line for line in _before_after(now, before) if line.startswith("| runsync")]
+    assert rows == ["| runsync | ratio [asyncio] | 0.300 (MISS) | 0.400 (MISS) |"]
