@@ -25,12 +25,15 @@ Target (ours): a job moved out of memory writes at most 1.2 x what the same job 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .common import Run, Section, Target, ratios
 
-__all__ = ["lifecycle", "run"]
+__all__ = ["lifecycle", "output_lifecycle", "run"]
 
 SIZES = (100_000, 1_000_000)
 # This benchmark's lifecycle() run on the tree before the inputs table, the same day and machine.
@@ -46,6 +49,7 @@ BEFORE_OUTPUTS = (
     "what the same job kept in memory did (3.11 x and 3.12 x its output's bytes, against 1.94 x and 2.02 x)."
 )
 BATCH = 20
+_NO_BOUND = 1 << 40
 
 
 def _wchar() -> int:
@@ -55,44 +59,17 @@ def _wchar() -> int:
     raise RuntimeError("no wchar in /proc/self/io")
 
 
-async def _lifecycle(path: Path, size: int, n: int, whole: bool) -> tuple[float, float]:
-    from handler_sdk.models import JobStatus, RunRequest
-    from handler_sdk.serve.state.broker import Broker
-    from handler_sdk.serve.state.store import JobStore
-
-    req = RunRequest.model_validate({"input": {"image": "x" * size}})
-    store = JobStore(path, linger_s=0)  # every lease written, as for a job that outlives the linger
-    broker = Broker(store)
-    await broker.open()
-    try:
-        w0, t0 = _wchar(), time.perf_counter()
-        for start in range(0, n, BATCH):
-            k = min(BATCH, n - start)
-            for _ in range(k):
-                broker.submit(req)
-            await broker.durable()
-            if whole:
-                taken = await broker.take("bench", k)
-                await broker.durable()
-                for r in taken:
-                    broker.done("bench", r.id, JobStatus.COMPLETED, output=b'"ok"')
-                await broker.durable()
-        return (_wchar() - w0) / n, (time.perf_counter() - t0) / n
-    finally:
-        await store.close()
-
-
-async def _output_lifecycle(path: Path, size: int, n: int, evicted: bool) -> tuple[float, float]:
+async def _jobs(path: Path, inp: Any, output: bytes, n: int, *, run_them: bool, bound: int) -> tuple[float, float]:
+    """(bytes written per job, seconds per job): ``n`` jobs submitted in batches, and, with ``run_them``, taken
+    (their leases written: no linger, as for jobs that outlive it) and finished with ``output``."""
     from handler_sdk.models import JobStatus, RunRequest
     from handler_sdk.serve.state.broker import Broker
     from handler_sdk.serve.state.config import BrokerConfig
     from handler_sdk.serve.state.store import JobStore
 
-    req = RunRequest.model_validate({"input": {"prompt": "a cat"}})
-    output = b'"' + b"x" * size + b'"'
+    req = RunRequest.model_validate({"input": inp})
     store = JobStore(path, linger_s=0)
-    # A bound of 0 moves every finished record out of memory at once, as a full bound does to the oldest.
-    broker = Broker(store, BrokerConfig(max_retained_bytes=0 if evicted else 1 << 40))
+    broker = Broker(store, BrokerConfig(max_retained_bytes=bound))
     await broker.open()
     try:
         w0, t0 = _wchar(), time.perf_counter()
@@ -101,11 +78,13 @@ async def _output_lifecycle(path: Path, size: int, n: int, evicted: bool) -> tup
             for _ in range(k):
                 broker.submit(req)
             await broker.durable()
-            taken = await broker.take("bench", k)
-            for r in taken:
-                broker.done("bench", r.id, JobStatus.COMPLETED, output=output)
-            await broker.durable()
-            await broker.durable()  # the expiry written for the records the bound moved out
+            if run_them:
+                taken = await broker.take("bench", k)
+                await broker.durable()
+                for r in taken:
+                    broker.done("bench", r.id, JobStatus.COMPLETED, output=output)
+                await broker.durable()
+                await broker.durable()  # the expiry of the records the bound moved out of memory meanwhile
         return (_wchar() - w0) / n, (time.perf_counter() - t0) / n
     finally:
         await store.close()
@@ -113,15 +92,17 @@ async def _output_lifecycle(path: Path, size: int, n: int, evicted: bool) -> tup
 
 def output_lifecycle(work: Path, size: int, n: int, evicted: bool) -> tuple[float, float]:
     """(bytes written per job, seconds per job) for /run jobs with a ``size``-byte output, each moved out of memory
-    by the retention bound as it finishes, or (``evicted=False``) all kept in memory."""
+    by the retention bound as it finishes (a bound of 0, as a full bound does to the oldest), or
+    (``evicted=False``) all kept in memory."""
     path = work / f"journal-out-{size}-{evicted}-{time.monotonic_ns()}.sqlite3"
-    return asyncio.run(_output_lifecycle(path, size, n, evicted))
+    output = b'"' + b"x" * size + b'"'
+    return asyncio.run(_jobs(path, {"prompt": "a cat"}, output, n, run_them=True, bound=0 if evicted else _NO_BOUND))
 
 
 def lifecycle(work: Path, size: int, n: int, whole: bool) -> tuple[float, float]:
     """(bytes written per job, seconds per job) on a fresh journal: the whole lifecycle, or the submits alone."""
     path = work / f"journal-{size}-{whole}-{time.monotonic_ns()}.sqlite3"
-    return asyncio.run(_lifecycle(path, size, n, whole))
+    return asyncio.run(_jobs(path, {"image": "x" * size}, b'"ok"', n, run_them=whole, bound=_NO_BOUND))
 
 
 def run(run: Run) -> Section:
@@ -131,49 +112,18 @@ def run(run: Run) -> Section:
     sec.params = {"bytes": list(SIZES), "jobs": list(jobs.values()), "batch": BATCH, "repeats": repeats}
     work = run.dir("journal")
     for size in SIZES:
-        whole_b, once_b, whole_t, once_t = [], [], [], []
-        for r in range(repeats):
-            for whole in (True, False) if r % 2 == 0 else (False, True):
-                b, t = lifecycle(work, size, jobs[size], whole)
-                (whole_b if whole else once_b).append(b)
-                (whole_t if whole else once_t).append(t * 1e3)
-        kb = f"{size // 1000:,} kB input"
-        sec.figure(f"whole lifecycle, {kb}: bytes written per job", "B").values = whole_b
-        sec.figure(f"its submit alone, {kb}: bytes written per job", "B").values = once_b
-        sec.figure(f"whole lifecycle, {kb}: time per job", "ms").values = whole_t
-        sec.figure(f"its submit alone, {kb}: time per job", "ms").values = once_t
-        sec.figure(f"ratio time, lifecycle / submit alone, {kb}", "x").values = ratios(whole_t, once_t)
-        t = Target(
-            f"bytes written per job, whole lifecycle / its submit alone, {kb}",
-            sec.figure(f"ratio bytes, lifecycle / submit alone, {kb}", "x"),
-            1.5,
-            "<=",
-        )
-        t.ratio.values = ratios(whole_b, once_b)
-        sec.targets.append(t)
-        run.log(f"journal {kb}: lifecycle {whole_b[-1]:,.0f} B/job, its submit alone {once_b[-1]:,.0f} B/job")
+        _paired(
+            run, sec, repeats, f"{size // 1000:,} kB input", functools.partial(lifecycle, work, size, jobs[size]),
+            ("whole lifecycle", "its submit alone"), "lifecycle / submit alone",
+            "whole lifecycle / its submit alone", 1.5,
+        )  # fmt: skip
     for size in SIZES:
-        out_b, kept_b, out_t, kept_t = [], [], [], []
-        for r in range(repeats):
-            for evicted in (True, False) if r % 2 == 0 else (False, True):
-                b, t = output_lifecycle(work, size, jobs[size], evicted)
-                (out_b if evicted else kept_b).append(b)
-                (out_t if evicted else kept_t).append(t * 1e3)
-        kb = f"{size // 1000:,} kB output"
-        sec.figure(f"moved out of memory, {kb}: bytes written per job", "B").values = out_b
-        sec.figure(f"kept in memory, {kb}: bytes written per job", "B").values = kept_b
-        sec.figure(f"moved out of memory, {kb}: time per job", "ms").values = out_t
-        sec.figure(f"kept in memory, {kb}: time per job", "ms").values = kept_t
-        sec.figure(f"ratio time, moved out / kept, {kb}", "x").values = ratios(out_t, kept_t)
-        t = Target(
-            f"bytes written per job, moved out of memory by the bound / kept in memory, {kb}",
-            sec.figure(f"ratio bytes, moved out / kept, {kb}", "x"),
-            1.2,
-            "<=",
-        )
-        t.ratio.values = ratios(out_b, kept_b)
-        sec.targets.append(t)
-        run.log(f"journal {kb}: moved out {out_b[-1]:,.0f} B/job, kept {kept_b[-1]:,.0f} B/job")
+        _paired(
+            run, sec, repeats, f"{size // 1000:,} kB output",
+            functools.partial(output_lifecycle, work, size, jobs[size]),
+            ("moved out of memory", "kept in memory"), "moved out / kept",
+            "moved out of memory by the bound / kept in memory", 1.2,
+        )  # fmt: skip
     sec.notes.append(BEFORE)
     sec.notes.append(BEFORE_OUTPUTS)
     sec.notes.append(
@@ -185,6 +135,36 @@ def run(run: Run) -> Section:
     )
     sec.plot = _plot(run, sec)
     return sec
+
+
+def _paired(
+    run: Run,
+    sec: Section,
+    repeats: int,
+    kb: str,
+    measure: Callable[[bool], tuple[float, float]],
+    names: tuple[str, str],
+    short: str,
+    target: str,
+    bound: float,
+) -> None:
+    """``measure(True)`` against its yardstick ``measure(False)``, in rounds of alternating order: bytes and time per
+    job of each, their ratios, and the target on the bytes' ratio."""
+    got: dict[bool, tuple[list[float], list[float]]] = {True: ([], []), False: ([], [])}
+    for r in range(repeats):
+        for first in (True, False) if r % 2 == 0 else (False, True):
+            b, t = measure(first)
+            got[first][0].append(b)
+            got[first][1].append(t * 1e3)
+    (ours_b, ours_t), (yard_b, yard_t) = got[True], got[False]
+    for name, (b_values, t_values) in zip(names, (got[True], got[False]), strict=True):
+        sec.figure(f"{name}, {kb}: bytes written per job", "B").values = b_values
+        sec.figure(f"{name}, {kb}: time per job", "ms").values = t_values
+    sec.figure(f"ratio time, {short}, {kb}", "x").values = ratios(ours_t, yard_t)
+    t = Target(f"bytes written per job, {target}, {kb}", sec.figure(f"ratio bytes, {short}, {kb}", "x"), bound, "<=")
+    t.ratio.values = ratios(ours_b, yard_b)
+    sec.targets.append(t)
+    run.log(f"journal {kb}: {names[0]} {ours_b[-1]:,.0f} B/job, {names[1]} {yard_b[-1]:,.0f} B/job")
 
 
 def _plot(run: Run, sec: Section) -> str | None:

@@ -398,6 +398,13 @@ async def _restart(b: Broker, now: list[int]) -> Broker:
     return await _broker(b.store.path, now, linger_s=b.store.linger_s)
 
 
+async def _past_retention(b: Broker, now: list[int]) -> None:
+    """The clock moved past a /run job's retention (in _cfg) and what expired then committed."""
+    now[0] += _cfg().run_retention_ms + 1
+    b.expire_due()
+    await b.durable()
+
+
 def _run(b: Broker, n: int, **policy: Any) -> str:
     return b.submit(RunRequest.model_validate({"input": {"n": n}, "policy": policy})).id
 

@@ -18,7 +18,7 @@ from handler_sdk.serve.state.broker import Broker
 from handler_sdk.serve.state.journal_rows import INLINE_INPUT
 from handler_sdk.serve.state.local import LocalState
 from tests import test_store
-from tests.test_store import _cfg, _restart
+from tests.test_store import _past_retention, _restart
 
 S = JobStatus
 BIG = {"image": "x" * 100_000}
@@ -103,9 +103,7 @@ async def test_a_purged_or_swept_job_takes_its_side_input_with_it(tmp_path: Path
         # The finished one left memory (a bound of 0 bytes): it lives on disk until its retention ends...
         assert finished not in b.jobs and (await state.status(finished)).output == b"1"
         assert await b.input_of(await state.status(finished)) == BIG
-        now[0] += _cfg().run_retention_ms + 1
-        b.expire_due()
-        await b.durable()
+        await _past_retention(b, now)
         # ...and its sweep (a DELETE through the expires index) takes the side row with it.
         assert _side_inputs(b) == {} and _conn(b).execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
     finally:

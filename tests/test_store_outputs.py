@@ -19,7 +19,7 @@ from handler_sdk.serve.state.broker import Broker
 from handler_sdk.serve.state.journal_rows import INLINE_OUTPUT
 from handler_sdk.serve.state.local import LocalState
 from tests import test_store
-from tests.test_store import _cfg, _restart
+from tests.test_store import _cfg, _past_retention, _restart
 
 S = JobStatus
 BIG = b'"' + b"x" * 100_000 + b'"'
@@ -68,9 +68,7 @@ async def test_an_evicted_big_output_is_not_written_again_with_its_expiry(tmp_pa
         # The row that the result and then the expiry rewrote holds no output: neither wrote the 100 kB in it.
         assert _row_output(b, job) == b"" and _side_outputs(b) == {job: BIG}
         assert (await state.status(job)).output == BIG  # /status past the bound reads it back whole
-        now[0] += _cfg().run_retention_ms + 1
-        b.expire_due()
-        await b.durable()
+        await _past_retention(b, now)
         # The sweep (a DELETE through the expires index) takes the side row with it.
         assert _side_outputs(b) == {} and _conn(b).execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
     finally:
@@ -87,9 +85,7 @@ async def test_a_big_output_reads_back_after_a_restart_and_goes_with_its_expired
     b = await _restart(b, now)
     try:
         assert b.status(job).output == BIG and b.status(job).status is S.COMPLETED
-        now[0] += _cfg().run_retention_ms + 1
-        b.expire_due()  # in memory: the broker deletes its row (a DELETE by id)
-        await b.durable()
+        await _past_retention(b, now)  # in memory: the broker deletes its row (a DELETE by id)
         assert _side_outputs(b) == {} and _conn(b).execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
     finally:
         assert b.store is not None
