@@ -189,3 +189,39 @@ async def test_a_restart_loads_only_what_fits_the_bound_and_reads_the_rest_from_
             assert code == 200 and body["status"] == "COMPLETED" and body["output"] == inp, (job_id, body)
     _, health = await second.get("health")
     assert health["jobs"]["completed"] == len(jobs) - len(lost)
+
+
+async def test_big_outputs_past_the_bound_read_back_whole_from_their_own_table_and_after_a_restart(
+    endpoint_factory, tmp_path
+):
+    data = tmp_path / "data"
+    h = Handler(_echo_or_fail, concurrency=8)
+    ep = await endpoint_factory(h, data_dir=data, broker=_cfg())
+    big: dict[str, dict[str, Any]] = {}
+    for i in range(4):
+        for route in ("run", "runsync"):
+            inp = {"route": route, "image": f"{i}" * 50_000}
+            code, body = await ep.post(route, {"input": inp})
+            assert code == 200, body
+            big[body["id"]] = inp
+    for job_id in big:
+        if not job_id.startswith("sync-"):
+            await ep.wait_status(job_id, "COMPLETED")
+    await _submit_many(ep, 60)  # small jobs behind them push them out of memory
+    assert not any(job_id in ep.broker.jobs for job_id in big)
+    await ep.broker.durable()
+    conn = sqlite3.connect(f"file:{data / 'jobs.sqlite3'}?mode=ro", uri=True)
+    try:
+        apart = {i for (i,) in conn.execute("SELECT id FROM outputs")}
+        empty = {i for (i,) in conn.execute("SELECT id FROM jobs WHERE output = X''")}
+    finally:
+        conn.close()
+    assert apart == empty == set(big)  # every big output in its own table, its row's left empty
+    for job_id, inp in big.items():
+        code, body = await ep.get(f"status/{job_id}")
+        assert code == 200 and body["status"] == "COMPLETED" and body["output"] == inp, job_id
+    await ep.server.close()
+    again = await endpoint_factory(h, data_dir=data, broker=_cfg())
+    for job_id, inp in big.items():
+        code, body = await again.get(f"status/{job_id}")
+        assert code == 200 and body["output"] == inp, job_id
