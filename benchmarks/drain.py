@@ -42,6 +42,8 @@ CONCURRENCY = 100  # the worker's slots, hence its take batch size; also the cei
 INPUT = {"prompt": "hello", "n": 1}
 # The profiled drain lasts this long at the measured 1-worker rate: py-spy's 3 s window from 0.5 s in, and slack.
 PROFILE_DRAIN_S = 5.0
+# Serve and the workers on uvloop (their default where installed), then on asyncio's own loop.
+LOOPS = ("uvloop", "asyncio")
 
 
 async def _preload(base: str, n: int, connections: int = 64) -> None:
@@ -327,12 +329,21 @@ def store_ceiling(work: Path, n: int, batch: int = CONCURRENCY, loop: str = "uvl
 # --- the benchmark -------------------------------------------------------------------------------------------
 
 
-def _bare_rate(run: Run, work: Path, repeats: int, duration: float) -> list[float]:
-    """The bare aiohttp server's /runsync rate at 32 connections: from benchmark 1 when it ran, else measured."""
-    if "bare_rps_32" in run.shared:
-        return list(run.shared["bare_rps_32"])
+def _drain_label(workers: int) -> str:
+    return f"drain over HTTP, {workers} worker process{'es' if workers > 1 else ''}"
+
+
+def _bare_rate(run: Run, work: Path, repeats: int, duration: float, loop: str) -> list[float]:
+    """The bare aiohttp server's /runsync rate at 32 connections on ``loop``: from benchmark 1 when it ran, else
+    measured."""
+    if f"bare_rps_32_{loop}" in run.shared:
+        return list(run.shared[f"bare_rps_32_{loop}"])
     port = free_port()
-    bare = Proc([PY, "-m", "benchmarks.bare_server", "--port", str(port)], log=work / "bare.log")
+    bare = Proc(
+        [PY, "-m", "benchmarks.bare_server", "--port", str(port)],
+        log=work / f"bare-{loop}.log",
+        env={"HANDLER_SDK_LOOP": loop},
+    )
     url = f"http://127.0.0.1:{port}/v2/local/runsync"
     body = '{"input":{"prompt":"hello","n":1}}'
     tool = run.loadgen if run.loadgen != "auto" else ("wrk" if have_wrk() else "async")
@@ -344,6 +355,61 @@ def _bare_rate(run: Run, work: Path, repeats: int, duration: float) -> list[floa
         bare.stop()
 
 
+_Rates = dict[str, dict[int, list[float]]]  # loop -> worker count -> drain rates, per round
+
+
+def _rounds(
+    run: Run, work: Path, n: int, repeats: int, worker_counts: Sequence[int]
+) -> tuple[_Rates, dict[str, list[float]], list[float], dict[str, list[float]]]:
+    """Every drain on each loop, and the store's ceiling (take -> done) in the same rounds; the full ceiling
+    (submit -> take -> done) and the CPU per job on uvloop."""
+    drains: _Rates = {lp: {w: [] for w in worker_counts} for lp in LOOPS}
+    ceilings: dict[str, list[float]] = {lp: [] for lp in LOOPS}
+    cpu: dict[str, list[float]] = {}
+    full: list[float] = []
+    for r in range(repeats):
+        for lp in LOOPS if r % 2 == 0 else tuple(reversed(LOOPS)):
+            ceil_a, ceil_b = store_ceiling(work, n, loop=lp)
+            ceilings[lp].append(ceil_a)
+            if lp == "uvloop":
+                full.append(ceil_b)
+            run.log(f"drain [{lp}] store ceiling: take->done {ceil_a:,.0f} jobs/s, submit->take->done {ceil_b:,.0f}")
+            for w in worker_counts if r % 2 == 0 else tuple(reversed(worker_counts)):
+                d = _drain_once(run, work, n, w, loop=lp)
+                drains[lp][w].append(d.rate)
+                if lp == "uvloop":
+                    _note_cpu(cpu, w, d)
+                run.log(f"drain [{lp}] {w} worker(s): {d.rate:,.0f} jobs/s{_cpu_text(d)}")
+    return drains, ceilings, full, cpu
+
+
+def _targets(
+    run: Run, sec: Section, work: Path, repeats: int, drains: _Rates, ceilings: dict[str, list[float]]
+) -> None:
+    """Each drain against the bare server and against the store's ceiling, on each loop."""
+    for lp in LOOPS:
+        tag = "" if lp == "uvloop" else f" [{lp}]"
+        name = f"bare aiohttp server /runsync at 32 conn (benchmark 1 (b)){tag}"
+        sec.figure(name, "req/s").values = _bare_rate(run, work, repeats, 0.5 if run.quick else 3.0, lp)
+        bare_med = sec.figure(name, "req/s").median
+        for w, rates in drains[lp].items():
+            t = Target(
+                f"drain with {w} worker(s) / bare server req/s{tag}",
+                sec.figure(f"ratio drain {w}w / bare{tag}", "x"),
+                1.5,
+            )
+            # The bare server ran in other rounds (or in benchmark 1), so each drain round is set against its median.
+            t.ratio.values = [x / bare_med for x in rates]
+            sec.targets.append(t)
+            t = Target(
+                f"drain with {w} worker(s) / store ceiling{tag}",
+                sec.figure(f"ratio drain {w}w / ceiling{tag}", "x"),
+                0.7,
+            )
+            t.ratio.values = ratios(rates, ceilings[lp])
+            sec.targets.append(t)
+
+
 def run(run: Run) -> Section:
     sec = Section("drain", "2. Queue drain over the HTTP worker protocol")
     n = 600 if run.quick else 20_000
@@ -351,7 +417,7 @@ def run(run: Run) -> Section:
     worker_counts = (1, 2)
     work = run.dir("drain")
     sec.params = {
-        "loops": "uvloop; 1 worker and the ceiling again on asyncio",
+        "loops": "uvloop, and every drain with its ceiling and yardstick again on asyncio",
         "jobs": n,
         "repeats": repeats,
         "workers": list(worker_counts),
@@ -359,63 +425,28 @@ def run(run: Run) -> Section:
         "handler": "benchmarks/noop_handler.py",
         "store_batch": CONCURRENCY,
     }
-    drains: dict[int, list[float]] = {w: [] for w in worker_counts}
-    cpu: dict[str, list[float]] = {}
-    take_done: list[float] = []
-    full: list[float] = []
-    plain_drain: list[float] = []
-    plain_ceiling: list[float] = []
-    for r in range(repeats):
-        ceil_a, ceil_b = store_ceiling(work, n)
-        take_done.append(ceil_a)
-        full.append(ceil_b)
-        run.log(f"drain store ceiling: take->done {ceil_a:,.0f} jobs/s, submit->take->done {ceil_b:,.0f} jobs/s")
-        for w in worker_counts if r % 2 == 0 else tuple(reversed(worker_counts)):
-            d = _drain_once(run, work, n, w)
-            drains[w].append(d.rate)
-            _note_cpu(cpu, w, d)
-            run.log(f"drain {w} worker(s): {d.rate:,.0f} jobs/s{_cpu_text(d)}")
-        # The same drain and its ceiling on asyncio's own loop (HANDLER_SDK_LOOP=asyncio), 1 worker.
-        plain_ceiling.append(store_ceiling(work, n, loop="asyncio")[0])
-        plain_drain.append(_drain_once(run, work, n, 1, loop="asyncio").rate)
-        run.log(f"drain [asyncio] ceiling {plain_ceiling[-1]:,.0f} jobs/s, 1 worker {plain_drain[-1]:,.0f} jobs/s")
-    bare = _bare_rate(run, work, repeats, 0.5 if run.quick else 3.0)
-    sec.figure("store ceiling: take -> done, batched, no HTTP", "jobs/s").values = take_done
+    drains, ceilings, full, cpu = _rounds(run, work, n, repeats, worker_counts)
+    sec.figure("store ceiling: take -> done, batched, no HTTP", "jobs/s").values = ceilings["uvloop"]
     sec.figure("store ceiling: submit -> take -> done, batched, no HTTP", "jobs/s").values = full
     for w in worker_counts:
-        sec.figure(f"drain over HTTP, {w} worker process{'es' if w > 1 else ''}", "jobs/s").values = drains[w]
-    sec.figure("bare aiohttp server /runsync at 32 conn (benchmark 1 (b))", "req/s").values = bare
+        sec.figure(_drain_label(w), "jobs/s").values = drains["uvloop"][w]
     for name, values in cpu.items():
         sec.figure(name, "µs/job").values = values
-    bare_med = sec.figure("bare aiohttp server /runsync at 32 conn (benchmark 1 (b))", "req/s").median
+    sec.figure("[asyncio] store ceiling: take -> done", "jobs/s").values = ceilings["asyncio"]
     for w in worker_counts:
-        t = Target(f"drain with {w} worker(s) / bare server req/s", sec.figure(f"ratio drain {w}w / bare", "x"), 1.5)
-        # The bare server ran in other rounds (or in benchmark 1), so each drain round is set against its median.
-        t.ratio.values = [x / bare_med for x in drains[w]]
-        sec.targets.append(t)
-        t = Target(f"drain with {w} worker(s) / store ceiling", sec.figure(f"ratio drain {w}w / ceiling", "x"), 0.7)
-        t.ratio.values = ratios(drains[w], take_done)
-        sec.targets.append(t)
-    sec.figure("[asyncio] store ceiling: take -> done", "jobs/s").values = plain_ceiling
-    sec.figure("[asyncio] drain over HTTP, 1 worker process", "jobs/s").values = plain_drain
-    t = Target(
-        "drain with 1 worker(s) / store ceiling [asyncio]", sec.figure("ratio drain 1w / ceiling [asyncio]", "x"), 0.7
-    )
-    t.ratio.values = ratios(plain_drain, plain_ceiling)
-    sec.targets.append(t)
+        sec.figure(f"[asyncio] {_drain_label(w)}", "jobs/s").values = drains["asyncio"][w]
+    _targets(run, sec, work, repeats, drains, ceilings)
     sec.notes.append(
-        "Serve, the workers and the store's ceiling run on uvloop (the default where installed) in every figure "
-        "not marked [asyncio]; the [asyncio] ones ran with HANDLER_SDK_LOOP=asyncio in the same rounds."
+        "Serve, the workers, the store's ceiling and the bare server run on uvloop (the default where installed) in "
+        "every figure not marked [asyncio]; the [asyncio] ones ran with HANDLER_SDK_LOOP=asyncio in the same rounds "
+        "(the bare server's in benchmark 1's, when it ran first)."
     )
     if run.profile and not all(t.passed for t in sec.targets):
         # A timed drain ends in about a second, before py-spy has sampled much: the profiled one drains more jobs,
         # enough to outlast the sampling window.
-        jobs = max(n, round(statistics.median(drains[1]) * PROFILE_DRAIN_S)) if drains.get(1) else n
+        jobs = max(n, round(statistics.median(drains["uvloop"][1]) * PROFILE_DRAIN_S)) if drains["uvloop"][1] else n
         sec.profile = _drain_once(run, work, jobs, 1, profile=True).profile
-    best = max(
-        sec.figure(f"drain over HTTP, {w} worker process{'es' if w > 1 else ''}", "jobs/s").median
-        for w in worker_counts
-    )
+    best = max(sec.figure(_drain_label(w), "jobs/s").median for w in worker_counts)
     ceiling = sec.figure("store ceiling: take -> done, batched, no HTTP", "jobs/s").median
     sec.notes.append(
         f"Per job the drain takes about {1e6 / best:.0f} µs (1 / throughput, best of 1 and 2 workers) against "
@@ -451,9 +482,7 @@ def _plot(run: Run, sec: Section, worker_counts: tuple[int, ...]) -> str | None:
         "bare aiohttp req/s (1b)": [sec.figure("bare aiohttp server /runsync at 32 conn (benchmark 1 (b))", "req/s")],
     }
     for w in worker_counts:
-        series[f"drain, {w} worker(s)"] = [
-            sec.figure(f"drain over HTTP, {w} worker process{'es' if w > 1 else ''}", "jobs/s")
-        ]
+        series[f"drain, {w} worker(s)"] = [sec.figure(_drain_label(w), "jobs/s")]
     return bar_plot(
         run,
         "drain",

@@ -230,7 +230,8 @@ def _figures(run: Run, sec: Section, servers: list[_Server], results: dict[tuple
     def rps(key: str, c: int) -> list[float]:
         return [x.rps for x in results[(key, c)]]
 
-    run.shared["bare_rps_32"] = rps("bare-uvloop", 32)
+    for lp in LOOPS:  # the drain's yardstick too, on each loop
+        run.shared[f"bare_rps_32_{lp}"] = rps(f"bare-{lp}", 32)
     for lp in LOOPS:
         t = Target(
             f"(a) / (b) requests/s at 32 connections [{lp}]", sec.figure(f"ratio (a)/(b) at 32 conn [{lp}]", "x"), 0.85
