@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import Run, Section, Target, ratios
+from .common import Figure, Run, Section, Target, ratios
 
 __all__ = ["lifecycle", "output_lifecycle", "run"]
 
@@ -161,21 +161,23 @@ def _paired(
         sec.figure(f"{name}, {kb}: bytes written per job", "B").values = b_values
         sec.figure(f"{name}, {kb}: time per job", "ms").values = t_values
     sec.figure(f"ratio time, {short}, {kb}", "x").values = ratios(ours_t, yard_t)
-    t = Target(f"bytes written per job, {target}, {kb}", sec.figure(f"ratio bytes, {short}, {kb}", "x"), bound, "<=")
-    t.ratio.values = ratios(ours_b, yard_b)
-    sec.targets.append(t)
+    goal = Target(f"bytes written per job, {target}, {kb}", sec.figure(f"ratio bytes, {short}, {kb}", "x"), bound, "<=")
+    goal.ratio.values = ratios(ours_b, yard_b)
+    sec.targets.append(goal)
     run.log(f"journal {kb}: {names[0]} {ours_b[-1]:,.0f} B/job, {names[1]} {yard_b[-1]:,.0f} B/job")
 
 
 def _plot(run: Run, sec: Section) -> str | None:
     from .report import bar_plot
 
-    panels = []
+    panels: list[tuple[str, list[str], dict[str, list[Figure | None]]]] = []
     for kind, labels in (
         ("input", ("whole lifecycle", "its submit alone")),
         ("output", ("moved out of memory", "kept in memory")),
     ):
         groups = [f"{size // 1000:,} kB {kind}" for size in SIZES]
-        series = {label: [sec.figure(f"{label}, {g}: bytes written per job", "B") for g in groups] for label in labels}
-        panels.append((f"big {kind}s: bytes per job", groups, dict(series)))
+        series: dict[str, list[Figure | None]] = {
+            label: [sec.figure(f"{label}, {g}: bytes written per job", "B") for g in groups] for label in labels
+        }
+        panels.append((f"big {kind}s: bytes per job", groups, series))
     return bar_plot(run, "journal", "Journal: bytes written per job", panels)
