@@ -138,6 +138,36 @@ def _journal(path: Path) -> sqlite3.Connection:
     return conn
 
 
+async def test_a_journal_from_before_the_outputs_table_opens_reads_its_inline_outputs_and_moves_new_ones(
+    tmp_path: Path,
+) -> None:
+    """A journal written by an earlier version: no outputs table or trigger, every output in its row."""
+    now = [1_000]
+    b = await _broker(tmp_path / "jobs.db", now)
+    old = _submit(b)
+    b = await _restart(b, now)
+    assert b.store is not None
+    await b.store.close()
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    conn.executescript("DROP TRIGGER outputs_gone; DROP TABLE outputs;")
+    state = b'{"status":"COMPLETED","created":1000,"started":1000,"ended":1000,"retention":10000}'
+    conn.execute("UPDATE jobs SET state = ?, output = ?, status = 'COMPLETED' WHERE id = ?", (state, BIG, old))
+    conn.commit()
+    conn.close()
+    b = await _broker(tmp_path / "jobs.db", now)
+    try:
+        assert b.status(old).output == BIG and _row_output(b, old) == BIG and _side_outputs(b) == {}
+        new = _submit(b)
+        await _finish(b, new, BIG)
+        assert _row_output(b, new) == b"" and _side_outputs(b) == {new: BIG}
+        assert b.purge() == 0
+        await _past_retention(b, now)  # both expire (in memory): the inline row and the moved one alike
+        assert _side_outputs(b) == {} and _conn(b).execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+    finally:
+        assert b.store is not None
+        await b.store.close()
+
+
 def test_a_retry_and_a_new_result_in_one_commit_keep_the_new_side_output(tmp_path: Path) -> None:
     """A job retried and finished again before the writer's next commit: that commit holds the retry's reset and
     the new result. The reset deletes the old side row before the new one is written, never after."""
