@@ -47,9 +47,15 @@ def _submit(b: Broker) -> str:
     return b.submit(RunRequest.model_validate({"input": {"prompt": "a cat"}})).id
 
 
-async def _finish(b: Broker, job_id: str, output: bytes | None, status: JobStatus = S.COMPLETED) -> None:
+async def _finish(
+    b: Broker, job_id: str, output: bytes | None, status: JobStatus = S.COMPLETED, *, progress: bytes | None = None
+) -> None:
     (lease,) = await b.take("w1", 1)
     assert lease.id == job_id
+    if progress is not None:  # written with the running job's row, before its result
+        b.progress("w1", job_id, progress)
+        await b.durable()
+        assert _row_output(b, job_id) == progress
     b.done("w1", job_id, status, output=output, error=None if status is S.COMPLETED else "E: x")
     await b.durable()
 
@@ -96,14 +102,22 @@ async def test_a_running_jobs_big_progress_stays_in_its_row(tmp_path: Path) -> N
     now = [1_000]
     b = await _broker(tmp_path / "jobs.db", now)
     try:
-        job = _submit(b)
-        await b.take("w1", 1)
-        b.progress("w1", job, BIG)
+        # One job's row is on disk before its progress (an update writes it), the other's is not yet (its insert
+        # carries the running job).
+        written = _submit(b)
         await b.durable()
-        assert _row_output(b, job) == BIG and _side_outputs(b) == {}
-        b.done("w1", job, S.COMPLETED, output=b'"done"')
+        unwritten = _submit(b)
+        await b.take("w1", 2)
+        for job in (written, unwritten):
+            b.progress("w1", job, BIG)
         await b.durable()
-        assert _row_output(b, job) == b'"done"' and _side_outputs(b) == {}
+        for job in (written, unwritten):
+            assert _row_output(b, job) == BIG
+        assert _side_outputs(b) == {}
+        for job in (written, unwritten):
+            b.done("w1", job, S.COMPLETED, output=b'"done"')
+        await b.durable()
+        assert _row_output(b, written) == _row_output(b, unwritten) == b'"done"' and _side_outputs(b) == {}
     finally:
         assert b.store is not None
         await b.store.close()
@@ -212,14 +226,14 @@ async def _check(b: Broker, state: LocalState, job: str, expected: bytes | None)
 @settings(max_examples=30, deadline=None)
 @given(
     steps=st.lists(
-        st.tuples(st.integers(-4, 4), st.booleans(), st.booleans()),
+        st.tuples(st.integers(-4, 4), st.booleans(), st.booleans(), st.sampled_from([None, b'"p"', BIG])),
         min_size=1,
         max_size=4,
     ),
     bound=st.sampled_from([0, 1 << 30]),
 )
-def test_outputs_on_both_sides_of_the_bound_read_back_through_retries_restarts_and_eviction(
-    steps: list[tuple[int, bool, bool]], bound: int
+def test_outputs_on_both_sides_of_the_bound_read_back_through_progress_retries_restarts_and_eviction(
+    steps: list[tuple[int, bool, bool, bytes | None]], bound: int
 ) -> None:
     # b'"..."' with n characters is n + 2 bytes: sizes on both sides of INLINE_OUTPUT, or a 100 kB one.
     async def go(path: Path) -> None:
@@ -227,9 +241,9 @@ def test_outputs_on_both_sides_of_the_bound_read_back_through_retries_restarts_a
         b = await _broker(path, now, max_retained_bytes=bound)
         job = _submit(b)
         try:
-            for extra, huge, restart in steps:
+            for extra, huge, restart, progress in steps:
                 out = BIG if huge else b'"' + b"y" * (INLINE_OUTPUT - 2 + extra) + b'"'
-                await _finish(b, job, out, S.FAILED)
+                await _finish(b, job, out, S.FAILED, progress=progress)
                 await b.durable()
                 assert (_row_output(b, job) == out) is (len(out) <= INLINE_OUTPUT)
                 await _check(b, LocalState(b), job, out)
