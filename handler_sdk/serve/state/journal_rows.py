@@ -207,34 +207,34 @@ def _insert(conn: sqlite3.Connection, inserts: list[Any], outputs: list[tuple[st
     INLINE_OUTPUT goes to ``outputs``, written by the caller). The side rows go in last: a REPLACE of a row written
     before (a failed commit's retry) must not be followed by the trigger's delete of the side row just written,
     were recursive triggers on."""
-    big = [(row[0], row[1]) for row in inserts if len(row[1]) > INLINE_INPUT]
-    if big:
-        inserts = [row if len(row[1]) <= INLINE_INPUT else (row[0], b"", *row[2:]) for row in inserts]
+    inputs: list[tuple[str, bytes]] = []
+    if any(len(row[1]) > INLINE_INPUT for row in inserts):
+        inserts = [_apart(row, 1, 0, INLINE_INPUT, inputs) for row in inserts]
     if any(row[3] is not None and len(row[3]) > INLINE_OUTPUT and row[5] not in _LIVE for row in inserts):
-        inserts = [row if row[5] in _LIVE else _output_apart(row, 3, 0, outputs) for row in inserts]
+        inserts = [row if row[5] in _LIVE else _apart(row, 3, 0, INLINE_OUTPUT, outputs) for row in inserts]
     conn.executemany(
         "INSERT OR REPLACE INTO jobs (id, input, state, output, endpoint, status, expires, idem) "
         "VALUES (?,?,?,?,?,?,?,?)",
         inserts,
     )
-    if big:
-        conn.executemany("INSERT OR REPLACE INTO inputs (id, input) VALUES (?,?)", big)
+    if inputs:
+        conn.executemany("INSERT OR REPLACE INTO inputs (id, input) VALUES (?,?)", inputs)
 
 
-def _output_apart(row: tuple[Any, ...], at: int, key: int, outputs: list[tuple[str, bytes]]) -> tuple[Any, ...]:
-    """The row with its output (at index ``at``; its job id at ``key``) left empty when the output goes to the
-    outputs table, where it is queued."""
-    out = row[at]
-    if out is None or len(out) <= INLINE_OUTPUT:
+def _apart(row: tuple[Any, ...], at: int, key: int, limit: int, side: list[tuple[str, bytes]]) -> tuple[Any, ...]:
+    """The row with its blob at index ``at`` (its job id at ``key``) left empty when the blob is over ``limit``
+    bytes and so goes to its side table, queued in ``side``."""
+    blob = row[at]
+    if blob is None or len(blob) <= limit:
         return row
-    outputs.append((row[key], out))
+    side.append((row[key], blob))
     return (*row[:at], b"", *row[at + 1 :])
 
 
 def _ended(rows: list[Any], outputs: list[tuple[str, bytes]]) -> list[Any]:
     """Finished jobs' (state, output, status, id) rows, a big output queued for the outputs table."""
     if any(row[1] is not None and len(row[1]) > INLINE_OUTPUT for row in rows):
-        return [_output_apart(row, 1, 3, outputs) for row in rows]
+        return [_apart(row, 1, 3, INLINE_OUTPUT, outputs) for row in rows]
     return rows
 
 
